@@ -1,0 +1,1 @@
+"""audio_align: see shared/ARCHITECTURE.md; filled in by its own issue."""

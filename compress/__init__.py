@@ -1,0 +1,1 @@
+"""compress: see shared/ARCHITECTURE.md; filled in by its own issue."""

@@ -1,0 +1,5 @@
+import sys
+
+from interpres.cli import main
+
+sys.exit(main())

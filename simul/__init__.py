@@ -1,0 +1,1 @@
+"""simul: see shared/ARCHITECTURE.md; filled in by its own issue."""

@@ -1,0 +1,1 @@
+"""Offline corpus builders and the MuST-C reader."""
