@@ -112,6 +112,12 @@ def _unit(*parts: object) -> float:
     return int.from_bytes(h, "big") / 2**64
 
 
+def _seconds(samples: int, sr: int) -> str:
+    """Seconds in fixed-point notation: YAML reads ``1e-05`` as a string, not a number."""
+    text = f"{samples / sr:.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
 def speakable(en: str, min_words: int) -> bool:
     return bool(_SPEAKABLE.match(en)) and len(en.split()) >= min_words and any(c.isalpha() for c in en)
 
@@ -201,13 +207,17 @@ class SpeechCorpusBuilder:
         batches = [group[i:i + self.cfg.batch] for group in by_voice.values()
                    for i in range(0, len(group), self.cfg.batch)]
         workers = self.cfg.workers if self.cfg.workers > 0 else (os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool, \
-                tqdm(total=len(todo), desc="synthesis", unit="utt", disable=None) as bar:
-            futures = {pool.submit(tts.synthesize, [tts.Job(u.en, u.voice, u.tempo, u.pitch, u.wav) for u in b]): len(b)
-                       for b in batches}
-            for fut in as_completed(futures):
-                fut.result()
-                bar.update(futures[fut])
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            with tqdm(total=len(todo), desc="synthesis", unit="utt", disable=None) as bar:
+                futures = {pool.submit(tts.synthesize, [tts.Job(u.en, u.voice, u.tempo, u.pitch, u.wav) for u in b]): len(b)
+                           for b in batches}
+                for fut in as_completed(futures):
+                    fut.result()
+                    bar.update(futures[fut])
+        finally:
+            # on an error or Ctrl-C, start no new batch; finished utterances stay cached
+            pool.shutdown(wait=True, cancel_futures=True)
         return len(todo), cached
 
     def write_split(self, pair: str, split: str, utts: list[Utt]) -> dict:
@@ -220,7 +230,7 @@ class SpeechCorpusBuilder:
         if yaml_path.exists():  # the YAML is written last: its presence means done
             entries = yaml.load(yaml_path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or []
             return {"utterances": len(entries), "talks": len({e["wav"] for e in entries}),
-                    "hours": round(sum(e["duration"] for e in entries) / 3600, 4)}
+                    "hours": round(sum(float(e["duration"]) for e in entries) / 3600, 4)}
 
         # talks: utterances of one voice, in corpus order, utterances_per_talk at a time
         by_voice: dict[str, list[int]] = {}
@@ -243,7 +253,7 @@ class SpeechCorpusBuilder:
                     raise tts.SynthesisError(f"{u.wav}: cached utterance at {file_sr} Hz, expected {sr}")
                 pieces += [gap, audio]
                 pos += len(gap)
-                entries[i] = {"duration": round(len(audio) / sr, 6), "offset": round(pos / sr, 6),
+                entries[i] = {"duration": _seconds(len(audio), sr), "offset": _seconds(pos, sr),
                               "speaker_id": u.voice.slug, "wav": name}
                 pos += len(audio)
             pieces.append(np.zeros(int(0.3 * sr), dtype=np.int16))
@@ -257,7 +267,7 @@ class SpeechCorpusBuilder:
         lines = ["- {" + ", ".join(f"{k}: {v}" for k, v in entries[i].items()) + "}" for i in order]
         write_text_atomic(yaml_path, "\n".join(lines) + "\n")
         return {"utterances": len(utts), "talks": len(talks),
-                "hours": round(sum(e["duration"] for e in entries) / 3600, 4)}
+                "hours": round(sum(float(e["duration"]) for e in entries) / 3600, 4)}
 
 
 def build_speech_corpus(cfg: SpeechCorpusConfig, home: Path | None = None) -> dict:
