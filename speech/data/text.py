@@ -16,7 +16,9 @@ ASR sentence that equals a test string is a test sentence too.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import os
 import re
@@ -180,8 +182,6 @@ def build_text_corpus(cfg: TextCorpusConfig, home: Path | None = None) -> dict:
     cfg_dict.pop("force", None)
     cfg_dict.pop("workers", None)
     if summary_path.exists() and not cfg.force:
-        import json
-
         old = json.loads(summary_path.read_text(encoding="utf-8"))
         if old.get("config") == cfg_dict:
             log.info("text corpus already built at %s", out_dir)
@@ -214,7 +214,8 @@ def build_text_corpus(cfg: TextCorpusConfig, home: Path | None = None) -> dict:
     t_catalogs = time.perf_counter() - t0 - t_fetch
 
     counts: dict[str, dict[str, int]] = {}
-    split_of = lambda en: assign_split(en, cfg.seed, cfg.dev_fraction, cfg.test_fraction)  # noqa: E731
+    split_of = functools.partial(assign_split, seed=cfg.seed, dev_fraction=cfg.dev_fraction,
+                                 test_fraction=cfg.test_fraction)
     for lang in cfg.langs:
         chosen = choose_translations(per_lang[lang], lang)
         by_split: dict[str, list[catalogs.Pair]] = {s: [] for s in SPLITS}
