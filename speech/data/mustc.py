@@ -31,9 +31,10 @@ import numpy as np
 import soundfile as sf
 import yaml
 
+from speech.audio import SAMPLE_RATE, resample
+
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 SRC_LANG = "en"
 ASR = "asr"  # the target of a pair with no translation: en-asr
 END_TOLERANCE_S = 0.010  # a segment may end this far past its talk (MuST-C offsets are rounded)
@@ -382,10 +383,4 @@ def load_segment(segment: Segment) -> np.ndarray:
         raise MustcError(f"{segment.where}: {segment.wav} holds {start + len(audio)} frames, fewer than its "
                          f"header's {info.frames}: segment {segment.id} is cut short")
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
-    if info.samplerate == SAMPLE_RATE:
-        return np.ascontiguousarray(mono, dtype=np.float32)
-    import librosa  # slow to import; only resampled corpora need it
-
-    out = librosa.resample(mono, orig_sr=info.samplerate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
-    out = librosa.util.fix_length(out, size=round(n * SAMPLE_RATE / info.samplerate))
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return resample(mono, info.samplerate, SAMPLE_RATE)

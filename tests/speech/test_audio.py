@@ -1,0 +1,84 @@
+"""load_audio on small files written here: other rates and channels, and broken files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speech.audio import SAMPLE_RATE, AudioError, load_audio
+
+
+def tone(n: int, sr: int, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
+    return (amp * np.sin(2 * np.pi * freq * np.arange(n) / sr)).astype(np.float32)
+
+
+def peak_hz(x: np.ndarray, sr: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)), n=8 * len(x)))
+    return float(np.fft.rfftfreq(8 * len(x), 1 / sr)[spectrum.argmax()])
+
+
+def test_stereo_flac_at_44k1_becomes_16k_mono(tmp_path: Path):
+    left = tone(22050, 44100)
+    path = tmp_path / "stereo.flac"
+    sf.write(path, np.stack([left, 0.5 * left], axis=1), 44100, format="FLAC", subtype="PCM_16")
+    audio = load_audio(path)
+    assert audio.dtype == np.float32 and audio.shape == (8000,)  # 0.5 s
+    assert abs(peak_hz(audio, SAMPLE_RATE) - 440) < 2
+    middle = audio[1000:-1000]  # channels averaged: amplitude 0.75 * 0.5
+    assert abs(np.abs(middle).max() - 0.375) < 0.005
+
+
+def test_8k_wav_becomes_16k(tmp_path: Path):
+    path = tmp_path / "phone.wav"
+    sf.write(path, tone(12345, 8000, freq=1000), 8000, subtype="PCM_16")
+    audio = load_audio(str(path))
+    assert audio.dtype == np.float32 and audio.shape == (24690,)
+    assert abs(peak_hz(audio, SAMPLE_RATE) - 1000) < 2
+
+
+def test_16k_wav_is_read_as_is(tmp_path: Path):
+    samples = np.random.default_rng(0).integers(-20000, 20000, size=3210, dtype=np.int16)
+    path = tmp_path / "a.wav"
+    sf.write(path, samples, SAMPLE_RATE, subtype="PCM_16")
+    np.testing.assert_array_equal(load_audio(path), samples.astype(np.float32) / 32768)
+
+
+def broken(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.wav"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "no_frames":
+        sf.write(path, np.zeros(0, dtype=np.int16), SAMPLE_RATE, subtype="PCM_16")
+    elif kind == "text":
+        path.write_text("this is not audio, only a text file with a .wav name\n")
+    elif kind == "silent":
+        sf.write(path, np.zeros(16000, dtype=np.int16), SAMPLE_RATE, subtype="PCM_16")
+    elif kind == "one_lsb":  # dither-level noise of +-1 int16 step: digital silence too
+        lsb = np.random.default_rng(0).integers(-1, 2, size=16000, dtype=np.int16)
+        sf.write(path, lsb, SAMPLE_RATE, subtype="PCM_16")
+    elif kind == "nan":
+        x = tone(1600, SAMPLE_RATE)
+        x[100] = np.nan
+        sf.write(path, x, SAMPLE_RATE, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize("kind, why", [("empty", "empty file"), ("no_frames", "0 frames"),
+                                       ("text", "not a readable audio file"), ("silent", "silent"),
+                                       ("one_lsb", "silent"), ("nan", "NaN")])
+def test_bad_files_name_the_file(tmp_path: Path, kind: str, why: str):
+    path = broken(tmp_path, kind)
+    with pytest.raises(AudioError, match=why) as err:
+        load_audio(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert isinstance(err.value, ValueError)
+
+
+def test_missing_file(tmp_path: Path):
+    path = tmp_path / "nowhere.wav"
+    with pytest.raises(AudioError, match="no such file") as err:
+        load_audio(path)
+    assert str(path) in str(err.value)
