@@ -1,0 +1,595 @@
+"""The CNN+Transformer speech-to-text model (fairseq's S2T Transformer), in one file.
+
+    features (B, T, n_mels) --Conv1dSubsampler--> (B, T/4, D) --AudioEncoder layers--> enc_out
+    prev_tokens (B, U) + enc_out --TextDecoder--> logits (B, U, V)
+    enc_out --ctc_head--> ctc_logits (B, T/4, V)          (when ``ModelConfig.ctc``)
+
+The blocks stack visibly: :class:`MultiHeadAttention` -> :class:`EncoderLayer` /
+:class:`DecoderLayer` -> :class:`AudioEncoder` / :class:`TextDecoder` -> :class:`S2TModel`.
+Both stacks are pre-LayerNorm with a final LayerNorm (fairseq's ``--*-normalize-before``),
+ReLU feed-forward blocks, sinusoidal positions (no parameters) and embeddings scaled by
+sqrt(d_model), as in fairseq's ``s2t_transformer``. Two deliberate differences:
+
+- The subsampler zeroes padded frames before each convolution, so a padded utterance
+  gives the same encoder output as the utterance alone (fairseq lets padding leak into
+  the last frames through the convolution windows).
+- Positions count from 0 (fairseq starts them at ``padding_idx + 1``).
+
+Token ids (the same as :mod:`speech.tokenizer`): pad 0, unk 1, bos 2, eos 3. The CTC blank
+is the pad id: pad never occurs inside a CTC target, so it needs no vocabulary entry of
+its own. The decoder's first input token is the start token (the target-language tag,
+or bos for a model without tags); the targets are the inputs shifted left, ending in eos.
+
+Masks: ``enc_mask`` is (B, T') bool, **True at padding frames** (fairseq's and
+nn.Transformer's key-padding convention). Inside attention it becomes a boolean
+``attn_mask`` with True = may attend, as ``scaled_dot_product_attention`` wants; all
+masks are built from ``torch.arange`` so they export with dynamic batch and length.
+
+A model directory holds ``config.json`` (``{"model": ModelConfig fields, ...extra}``) and
+``model.safetensors``; :func:`save_model_dir` and :func:`load_model_dir` write and read it
+without pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from speech.config import ConfigError, config_to_dict
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # speech.tokenizer's fixed ids
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A model.safetensors does not fit its config; the message names the file and tensor."""
+
+
+@dataclass
+class ModelConfig:
+    """The architecture. The defaults are fairseq's ``s2t_transformer_s``; see :data:`PRESETS`."""
+
+    vocab_size: int = 0  # 0 = not set yet: a recipe takes it from spm.model
+    n_mels: int = 80
+    conv_channels: int = 1024  # the first conv's output channels (GLU halves them)
+    conv_kernel_sizes: list[int] = field(default_factory=lambda: [5, 5])
+    d_model: int = 256
+    encoder_layers: int = 12
+    decoder_layers: int = 6
+    heads: int = 4
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    max_source_positions: int = 6000  # input feature frames (60 s at a 10 ms shift)
+    max_target_positions: int = 1024  # decoder tokens
+    share_decoder_input_output_embed: bool = True
+    ctc: bool = True  # a CTC head on the encoder output (ASR pretraining, joint CTC loss)
+    pad_id: int = PAD_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
+    blank_id: int = PAD_ID  # CTC blank: the pad id (never a CTC target)
+
+    def __post_init__(self) -> None:
+        positive = ("n_mels", "conv_channels", "d_model", "encoder_layers", "decoder_layers",
+                    "heads", "ffn_dim", "max_source_positions", "max_target_positions")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"'{name}' must be at least 1, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise ValueError(f"'vocab_size' must be positive (or 0 = not set), got {self.vocab_size}")
+        if self.d_model % self.heads:
+            raise ValueError(f"'d_model' ({self.d_model}) must be a multiple of 'heads' ({self.heads})")
+        if self.conv_channels % 2:
+            raise ValueError(f"'conv_channels' must be even (GLU halves it), got {self.conv_channels}")
+        if not self.conv_kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.conv_kernel_sizes):
+            raise ValueError(f"'conv_kernel_sizes' must be odd sizes, got {self.conv_kernel_sizes}")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"'{name}' must be in [0, 1), got {getattr(self, name)}")
+        for name in ("pad_id", "bos_id", "eos_id", "blank_id"):
+            value = getattr(self, name)
+            if value < 0 or (self.vocab_size and value >= self.vocab_size):
+                raise ValueError(f"'{name}' ({value}) is outside the vocabulary of {self.vocab_size}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # for tests: builds and runs in milliseconds
+    "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, heads=4, ffn_dim=128, conv_channels=64),
+    # the CPU default: about a third of s's compute per frame
+    "small": dict(d_model=256, encoder_layers=8, decoder_layers=4, heads=4, ffn_dim=1024, conv_channels=512),
+    # fairseq s2t_transformer_s
+    "s": dict(d_model=256, encoder_layers=12, decoder_layers=6, heads=4, ffn_dim=2048, conv_channels=1024),
+}
+
+
+def preset(name: str, vocab_size: int, **overrides: Any) -> ModelConfig:
+    """The :data:`PRESETS` entry ``name`` for a vocabulary, with any field overridden."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset '{name}' (known: {', '.join(PRESETS)})")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    for key in overrides:
+        if key not in fields:
+            raise ConfigError(f"preset '{name}': unknown ModelConfig field '{key}'")
+    try:
+        return ModelConfig(**{**PRESETS[name], "vocab_size": vocab_size, **overrides})
+    except ValueError as e:
+        raise ConfigError(f"preset '{name}': {e}") from e
+
+
+def param_count(model: nn.Module) -> int:
+    """Trainable and frozen parameters, a tied weight counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def sinusoids(positions: Tensor, dim: int) -> Tensor:
+    """fairseq's sinusoidal positions: sin in the first half, cos in the second.
+
+    positions (...,) integer -> (..., dim) float32
+    """
+    half = dim // 2
+    step = math.log(10000.0) / max(half - 1, 1)
+    inv_freq = torch.exp(torch.arange(half, dtype=torch.float32, device=positions.device) * -step)
+    angles = positions.to(torch.float32)[..., None] * inv_freq
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def lengths_to_padding_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """lengths (B,) -> (B, max_len) bool, True at padding."""
+    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+def _check_length(length: int, limit: int, what: str) -> None:
+    # Shape checks in Python would become guards on the dynamic axes during export.
+    if not torch.compiler.is_compiling() and length > limit:
+        raise ValueError(f"{what}: {length} is longer than the model's limit of {limit}")
+
+
+class Conv1dSubsampler(nn.Module):
+    """Strided Conv1d + GLU layers: 2x fewer frames per layer.
+
+    features (B, T, in_channels), lengths (B,) -> (B, T', out_channels), lengths' (B,)
+    with T' = floor((T - 1) / 2) + 1 per layer (kernel k, stride 2, padding k // 2).
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, kernel_sizes: list[int]):
+        super().__init__()
+        n = len(kernel_sizes)
+        self.conv_layers = nn.ModuleList(
+            nn.Conv1d(
+                in_channels if i == 0 else mid_channels // 2,
+                mid_channels if i < n - 1 else out_channels * 2,
+                k,
+                stride=2,
+                padding=k // 2,
+            )
+            for i, k in enumerate(kernel_sizes)
+        )
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        for _ in self.conv_layers:
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        return lengths
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.transpose(1, 2)  # (B, C, T)
+        for conv in self.conv_layers:
+            # zero the padding so it reads like the conv's own zero padding
+            x = x.masked_fill(lengths_to_padding_mask(lengths, x.shape[-1])[:, None, :], 0.0)
+            x = F.glu(conv(x), dim=1)
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        return x.transpose(1, 2), lengths
+
+
+class MultiHeadAttention(nn.Module):
+    """Attention with separate q/k/v/out projections, computed by scaled_dot_product_attention.
+
+    ``heads`` and ``head_dim`` are attributes, read at run time: a module whose projections
+    were sliced to fewer heads (rows of q/k/v, columns of out) keeps working once
+    ``heads`` is updated.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = d_model // heads
+        self.dropout = dropout
+        inner = heads * self.head_dim
+        self.q_proj = nn.Linear(d_model, inner)
+        self.k_proj = nn.Linear(d_model, inner)
+        self.v_proj = nn.Linear(d_model, inner)
+        self.out_proj = nn.Linear(inner, d_model)
+        # fairseq's initialisation
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=1 / math.sqrt(2))
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _split(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # (B, H, T, hd)
+
+    def keys_values(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """source (B, S, D) -> keys, values, each (B, H, S, head_dim): what a cache holds."""
+        return self._split(self.k_proj(source)), self._split(self.v_proj(source))
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x (B, Tq, D), k/v (B, H, S, head_dim), mask bool broadcastable to (B, H, Tq, S),
+        True = may attend -> (B, Tq, D)"""
+        q = self._split(self.q_proj(x))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int, activation_dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.activation_dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.d_model)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.final_layer_norm = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+        h = self.self_attn_layer_norm(x)
+        x = x + self.dropout(self.self_attn(h, *self.self_attn.keys_values(h), attn_mask))
+        return x + self.dropout(self.ffn(self.final_layer_norm(x)))
+
+
+@dataclass
+class LayerCache:
+    """One decoder layer's keys and values, each (B, H, S, head_dim)."""
+
+    self_k: Tensor | None = None  # grows by one step per decoded token
+    self_v: Tensor | None = None
+    cross_k: Tensor | None = None  # computed once per source
+    cross_v: Tensor | None = None
+
+
+class DecoderCache:
+    """The state of incremental decoding: :meth:`TextDecoder.new_cache` makes an empty one."""
+
+    def __init__(self, n_layers: int):
+        self.layers = [LayerCache() for _ in range(n_layers)]
+
+    def __len__(self) -> int:
+        """How many target tokens are cached."""
+        k = self.layers[0].self_k if self.layers else None
+        return 0 if k is None else k.shape[2]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (B',) in this order, e.g. the surviving beams."""
+        for layer in self.layers:
+            for name in ("self_k", "self_v", "cross_k", "cross_v"):
+                t = getattr(layer, name)
+                if t is not None:
+                    setattr(layer, name, t.index_select(0, index))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.d_model)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.encoder_attn_layer_norm = nn.LayerNorm(cfg.d_model)
+        self.encoder_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.final_layer_norm = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, enc_out: Tensor, self_mask: Tensor | None, cross_mask: Tensor | None,
+                cache: LayerCache | None = None) -> Tensor:
+        h = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.keys_values(h)
+        if cache is not None:
+            if cache.self_k is not None:
+                k, v = torch.cat([cache.self_k, k], dim=2), torch.cat([cache.self_v, v], dim=2)
+            cache.self_k, cache.self_v = k, v
+        x = x + self.dropout(self.self_attn(h, k, v, self_mask))
+
+        h = self.encoder_attn_layer_norm(x)
+        if cache is not None and cache.cross_k is not None:
+            k, v = cache.cross_k, cache.cross_v
+        else:
+            k, v = self.encoder_attn.keys_values(enc_out)
+            if cache is not None:
+                cache.cross_k, cache.cross_v = k, v
+        x = x + self.dropout(self.encoder_attn(h, k, v, cross_mask))
+        return x + self.dropout(self.ffn(self.final_layer_norm(x)))
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.max_source_positions = cfg.max_source_positions
+        self.subsample = Conv1dSubsampler(cfg.n_mels, cfg.conv_channels, cfg.d_model, cfg.conv_kernel_sizes)
+        self.embed_scale = math.sqrt(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.layer_norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, features: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """features (B, T, n_mels), feat_lens (B,)
+        -> enc_out (B, T', D) (zero at padding), enc_lens (B,), enc_mask (B, T') True at padding"""
+        _check_length(features.shape[1], self.max_source_positions, "input frames")
+        x, lens = self.subsample(features, feat_lens)
+        mask = lengths_to_padding_mask(lens, x.shape[1])
+        x = self.embed_scale * x + sinusoids(torch.arange(x.shape[1], device=x.device), x.shape[-1]).to(x.dtype)
+        x = self.dropout(x)
+        attn_mask = ~mask[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        x = self.layer_norm(x).masked_fill(mask[..., None], 0.0)
+        return x, lens, mask
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.max_target_positions = cfg.max_target_positions
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=cfg.d_model**-0.5)
+        nn.init.zeros_(self.embed_tokens.weight[cfg.pad_id])
+        self.embed_scale = math.sqrt(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.layer_norm = nn.LayerNorm(cfg.d_model)
+        self.output_projection = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.share_decoder_input_output_embed:
+            self.output_projection.weight = self.embed_tokens.weight
+        else:
+            nn.init.normal_(self.output_projection.weight, mean=0.0, std=cfg.d_model**-0.5)
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache(len(self.layers))
+
+    def forward(self, tokens: Tensor, enc_out: Tensor, enc_mask: Tensor | None,
+                cache: DecoderCache | None = None) -> Tensor:
+        """tokens (B, U) all tokens so far, enc_out (B, S, D), enc_mask (B, S) True at padding
+        or None -> logits (B, N, V) for the N tokens not yet in ``cache``.
+
+        Without a cache, N = U (teacher forcing: causal self-attention over the whole
+        prefix). With one, only the tokens past ``len(cache)`` are run (normally the last
+        one) and their keys/values are appended; the cross-attention keys/values are
+        computed on the first call and reused.
+        """
+        start = len(cache) if cache is not None else 0
+        total = tokens.shape[1]
+        if not torch.compiler.is_compiling() and total <= start:
+            raise ValueError(f"decoder: {total} tokens given but {start} are already cached")
+        _check_length(total, self.max_target_positions, "target tokens")
+        new = tokens[:, start:]
+        q_pos = torch.arange(start, total, device=tokens.device)
+        x = self.embed_scale * self.embed_tokens(new) + sinusoids(q_pos, self.embed_tokens.embedding_dim).to(
+            self.embed_tokens.weight.dtype)
+        x = self.dropout(x)
+        # token i may attend to every position up to its own (cached ones included)
+        self_mask = torch.arange(total, device=tokens.device)[None, :] <= q_pos[:, None]  # (N, U)
+        cross_mask = None if enc_mask is None else ~enc_mask[:, None, None, :]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, enc_out, self_mask, cross_mask, None if cache is None else cache.layers[i])
+        return self.output_projection(self.layer_norm(x))
+
+
+class S2TModel(nn.Module):
+    """Speech-to-text: an AudioEncoder, a TextDecoder and an optional CTC head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        special = max(cfg.pad_id, cfg.bos_id, cfg.eos_id, cfg.blank_id)
+        if cfg.vocab_size <= special:
+            raise ConfigError(f"ModelConfig: 'vocab_size' ({cfg.vocab_size}) must be set above the "
+                              f"special ids (largest: {special})")
+        self.cfg = cfg
+        self.encoder = AudioEncoder(cfg)
+        self.decoder = TextDecoder(cfg)
+        self.ctc_head = nn.Linear(cfg.d_model, cfg.vocab_size) if cfg.ctc else None
+
+    def encode(self, features: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """features (B, T, n_mels), feat_lens (B,)
+        -> enc_out (B, T', D), enc_lens (B,), enc_mask (B, T') bool True at padding"""
+        return self.encoder(features, feat_lens)
+
+    def forward(self, features: Tensor, feat_lens: Tensor, prev_tokens: Tensor) -> dict[str, Tensor | None]:
+        """features (B, T, n_mels), feat_lens (B,), prev_tokens (B, U)
+        -> {"logits": (B, U, V), "ctc_logits": (B, T', V) or None, "enc_lens": (B,)}"""
+        enc_out, enc_lens, enc_mask = self.encode(features, feat_lens)
+        logits = self.decoder(prev_tokens, enc_out, enc_mask)
+        ctc_logits = self.ctc_head(enc_out) if self.ctc_head is not None else None
+        return {"logits": logits, "ctc_logits": ctc_logits, "enc_lens": enc_lens}
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def label_smoothed_nll_loss(logits: Tensor, target: Tensor, epsilon: float = 0.1,
+                            ignore_index: int = PAD_ID) -> tuple[Tensor, Tensor]:
+    """fairseq's label-smoothed cross entropy, summed over the non-pad targets.
+
+    logits (B, U, V), target (B, U) -> (loss, nll_loss), both scalar sums in float32;
+    divide by the number of target tokens for a per-token loss.
+    """
+    lprobs = F.log_softmax(logits.float(), dim=-1)
+    target = target.unsqueeze(-1)
+    nll = -lprobs.gather(-1, target).squeeze(-1)
+    smooth = -lprobs.sum(-1)
+    keep = target.squeeze(-1) != ignore_index
+    nll = nll.masked_fill(~keep, 0.0).sum()
+    smooth = smooth.masked_fill(~keep, 0.0).sum()
+    eps_i = epsilon / (lprobs.shape[-1] - 1)
+    loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
+    return loss, nll
+
+
+def ctc_loss(ctc_logits: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor,
+             blank: int = PAD_ID) -> Tensor:
+    """CTC summed over the batch. ctc_logits (B, T', V), enc_lens (B,), targets (B, S)
+    padded, target_lens (B,) -> scalar float32. Impossible alignments count as 0."""
+    lprobs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (T', B, V)
+    return F.ctc_loss(lprobs, targets, enc_lens, target_lens, blank=blank, reduction="sum",
+                      zero_infinity=True)
+
+
+# --------------------------------------------------------------------------- model directories
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _saved_names(state: dict[str, Tensor]) -> list[str]:
+    """State-dict names without the aliases of an earlier tensor (the tied output projection)."""
+    seen: set[tuple] = set()
+    names = []
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if key in seen:
+            continue
+        seen.add(key)
+        names.append(name)
+    return names
+
+
+def save_model_dir(model: S2TModel, cfg: ModelConfig, path: str | Path, extra: dict[str, Any] | None = None,
+                   dtype: torch.dtype | None = None) -> Path:
+    """Write ``path/model.safetensors`` and ``path/config.json`` = {"model": cfg, **extra}.
+
+    ``extra`` holds what else a model directory records (languages, feature settings,
+    the recipe). ``dtype`` (e.g. torch.float16) converts the floating tensors for storage.
+    A tied weight is stored once. Each file is written to a temporary name, then renamed.
+    """
+    path = Path(path)
+    extra = dict(extra or {})
+    if "model" in extra:
+        raise ValueError("save_model_dir: 'model' is reserved in config.json for the ModelConfig")
+    path.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    tensors = {}
+    for name in _saved_names(state):
+        t = state[name].detach().to("cpu")
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        tensors[name] = t.contiguous()
+    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    config = {"model": config_to_dict(cfg), **extra}
+    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    _atomic_write(path / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return path
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    return isinstance(value, tp)
+
+
+def model_config_from_dict(data: Any, where: str) -> ModelConfig:
+    """A ModelConfig from a config.json's "model" mapping; every field must be present."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: 'model' must be a mapping of ModelConfig fields")
+    hints = typing.get_type_hints(ModelConfig)
+    fields = [f.name for f in dataclasses.fields(ModelConfig)]
+    for key in data:
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown key 'model.{key}' (known keys: {', '.join(fields)})")
+    for key in fields:
+        if key not in data:
+            raise ConfigError(f"{where}: missing key 'model.{key}'")
+        if not _type_ok(data[key], hints[key]):
+            raise ConfigError(f"{where}: 'model.{key}' must be {hints[key]}, got {data[key]!r}")
+    kwargs = {k: float(v) if hints[k] is float else v for k, v in data.items()}
+    try:
+        return ModelConfig(**kwargs)
+    except ValueError as e:
+        raise ConfigError(f"{where}: ModelConfig: {e}") from e
+
+
+def load_model_dir(path: str | Path, dtype: torch.dtype | None = None,
+                   device: str | torch.device = "cpu") -> tuple[S2TModel, dict[str, Any]]:
+    """Read a model directory -> (model in eval mode, the whole config.json as a dict).
+
+    The weights load strictly; fp16 storage is upcast to ``dtype`` (float32 by default).
+    """
+    path = Path(path)
+    config_path = path / CONFIG_FILE
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{config_path}: not found (is {path} a model directory?)") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    if not isinstance(config, dict) or "model" not in config:
+        raise ConfigError(f"{config_path}: missing key 'model'")
+    cfg = model_config_from_dict(config["model"], str(config_path))
+
+    model = S2TModel(cfg)
+    weights_path = path / WEIGHTS_FILE
+    if not weights_path.exists():
+        raise CheckpointError(f"{weights_path}: not found")
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights_path}: cannot read ({e})") from e
+    state = model.state_dict()
+    expected = _saved_names(state)
+    for name in expected:
+        if name not in tensors:
+            raise CheckpointError(f"{weights_path}: missing tensor '{name}'")
+        if tuple(tensors[name].shape) != tuple(state[name].shape):
+            raise CheckpointError(f"{weights_path}: tensor '{name}' has shape {tuple(tensors[name].shape)}, "
+                                  f"the config wants {tuple(state[name].shape)}")
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{weights_path}: unexpected tensor '{unexpected[0]}'"
+                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    with torch.no_grad():
+        for name in expected:
+            state[name].copy_(tensors[name])  # state-dict tensors share storage with the parameters
+    model.to(device=device, dtype=dtype or torch.float32)
+    return model.eval(), config
