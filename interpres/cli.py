@@ -2,6 +2,8 @@
 
     interpres data text   [--config YAML] [key=value ...]
     interpres data speech [--size tiny|small|full | --config YAML] [key=value ...]
+    interpres translate FILE... --tgt de,fr [--model DIR] [--beam 5] [--format text|json|srt] [--out FILE]
+    interpres transcribe FILE... [--model DIR] [--beam 5] [--format text|json|srt] [--out FILE]
 
 Every subcommand that runs a recipe takes a YAML config and ``key=value`` overrides
 of its fields; ``interpres SUBCOMMAND --help`` lists them.
@@ -71,6 +73,38 @@ def build_parser() -> argparse.ArgumentParser:
                        help="preset configs/speech/data_speech_SIZE.yaml (default: small)")
     group.add_argument("--config", type=Path, default=None, help="YAML recipe instead of a preset")
     _add_common(speech)
+
+    translate = sub.add_parser(
+        "translate", help="translate speech in audio files into text in one or more languages",
+        description="Cut each file at pauses, translate the segments with a model directory "
+                    "(config.json, model.safetensors, spm.model) and print the translations: "
+                    "text (one line per file and language), json (segments with times) or srt "
+                    "(subtitles; several languages with --out are written as OUT.LANG.srt).")
+    translate.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                           help="audio files (any format libsndfile reads)")
+    translate.add_argument("--tgt", required=True, help="target languages, comma-separated (e.g. de,fr)")
+    _add_decoding_args(translate)
+
+    transcribe = sub.add_parser(
+        "transcribe", help="transcribe English speech in audio files",
+        description="Like 'translate', with an ASR model (or an ST model that also decodes into English).")
+    transcribe.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                            help="audio files (any format libsndfile reads)")
+    _add_decoding_args(transcribe)
+
+    from speech.train import TrainConfig
+
+    train = sub.add_parser(
+        "train", help="train an ASR or ST model from a YAML recipe (resumable; torchrun for DDP)",
+        description="Train from a recipe: 'asr' pretrains on English speech, 'st' trains the "
+                    "multilingual translator (init_encoder=DIR starts its encoder from an ASR "
+                    "model). Running the same command again resumes from the last checkpoint. "
+                    "Under torchrun it trains data-parallel (gloo on CPU).",
+        epilog=_fields_help(TrainConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("task", choices=["asr", "st"], help="what to train")
+    train.add_argument("config", nargs="?", default=None,
+                       help="YAML recipe (default: configs/speech/TASK_small.yaml)")
+    _add_common(train)
     return parser
 
 
@@ -110,6 +144,76 @@ def _cmd_data_speech(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """The options ``translate`` and ``transcribe`` share."""
+    p.add_argument("--model", type=Path, action="append", metavar="DIR",
+                   help="model directory (default: the bundled model); repeat it to decode with an ensemble")
+    p.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
+    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty: score / length**lenpen (default: 1.0)")
+    p.add_argument("--format", choices=["text", "json", "srt"], default="text", help="output format (default: text)")
+    p.add_argument("--batch-frames", type=_positive_int, default=20000,
+                   help="feature frames (10 ms each) per batch, padding included (default: 20000)")
+    p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+
+def _cmd_translate(args: argparse.Namespace) -> int:
+    langs = list(dict.fromkeys(x.strip() for x in args.tgt.split(",") if x.strip()))
+    if not langs:
+        print(f"interpres: error: --tgt names no language ({args.tgt!r})", file=sys.stderr)
+        return 2
+    return _translate_and_print(args, lambda translator: langs)
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    return _translate_and_print(args, lambda translator: [translator.transcription_language()])
+
+
+def _translate_and_print(args: argparse.Namespace, pick_langs) -> int:
+    from speech.audio import AudioError
+    from speech.decode import DecodingOptions
+    from speech.translate import format_results, load_translator, translate_files, write_results
+
+    missing = [f for f in args.files if not f.exists()]
+    if missing:
+        raise AudioError(f"{missing[0]}: no such file")
+    translator = load_translator(args.model)
+    langs = pick_langs(translator)
+    translator.check_languages(langs)
+    opts = DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen)
+    results = translate_files(translator, args.files, langs, opts, batch_frames=args.batch_frames)
+    if args.out is None:
+        sys.stdout.write(format_results(results, args.format))
+    else:
+        for path in write_results(results, args.format, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from speech.config import ConfigError, load_config
+    from speech.train import TrainConfig, train
+
+    overrides = list(args.overrides)
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        overrides.insert(0, args.config)  # `interpres train st max_updates=5`: no recipe given
+        args.config = None
+    path = Path(args.config) if args.config else CONFIG_DIR / "speech" / f"{args.task}_small.yaml"
+    cfg = load_config(TrainConfig, path, overrides)
+    if cfg.task != args.task:
+        raise ConfigError(f"{path}: says task: {cfg.task}, but the command is 'train {args.task}'")
+    final = train(cfg)
+    print(f"model directory: {final}")
+    return 0
+
+
 def _home() -> Path:
     from speech.data.cache import interpres_home
 
@@ -125,15 +229,28 @@ def _print_counts(counts: dict) -> None:
 COMMANDS = {
     ("data", "text"): _cmd_data_text,
     ("data", "speech"): _cmd_data_speech,
+    ("translate", None): _cmd_translate,
+    ("transcribe", None): _cmd_transcribe,
+    ("train", None): _cmd_train,
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Our exception types: each message names the file, field or language at fault."""
+    from speech.audio import AudioError
     from speech.config import ConfigError
     from speech.data.mustc import MustcError
     from speech.data.packages import PackageError
     from speech.data.tts import SynthesisError
+    from speech.model import CheckpointError
+    from speech.tokenizer import TokenizerError
+    from speech.translate import TranslateError
 
+    return (AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
+            TokenizerError, TranslateError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     if getattr(args, "home", None) is not None:
@@ -141,8 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS[(args.command, getattr(args, "what", None))]
     try:
         return handler(args)
-    except (ConfigError, MustcError, PackageError, SynthesisError) as e:
+    except _user_errors() as e:
         print(f"interpres: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an input file that cannot be opened, a full disk
+        print(f"interpres: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interpres: interrupted; run the same command again to resume", file=sys.stderr)

@@ -1,0 +1,422 @@
+"""Decoding S2T models: greedy and beam search, ensembles, and the rules they share.
+
+The search is built of small parts, each swappable on its own:
+
+- :class:`Ensemble` runs one decoder step of every model (each with its own encoder
+  states and KV cache) and combines their log-probabilities;
+- :class:`LogitFilter` objects ban tokens at a step (:class:`SuppressTokens`,
+  :class:`MinLength`, :class:`NoRepeatNGram`);
+- :class:`RepetitionGuard` says which hypotheses must end now;
+- :func:`greedy_search` and :func:`beam_search` drive them.
+
+Shapes. ``B`` utterances, beam ``K``: the search runs ``B * K`` hypotheses as one batch,
+utterance ``b`` in rows ``b * K .. b * K + K - 1``; :meth:`DecoderCache.reorder` moves the
+cache along when beams are re-ranked, and finished utterances leave the batch.
+
+    states = encode(models, features, feat_lens)       # one (enc_out, enc_lens, enc_mask) per model
+    prefix = [tok.prefix("de"), tok.prefix("fr")]      # the forced start of each utterance
+    results = beam_search(models, states, prefix, DecodingOptions(beam_size=5))
+    text = tok.decode(results[0].tokens)                 # the best; results[0].nbest has the rest
+
+Rules (each decided once, here):
+
+- **Ensembles** average probabilities, as fairseq does: ``logsumexp_m(lprobs_m) - log M``,
+  the log of the mean of the models' probabilities. An ensemble of a model with itself is
+  the model.
+- **Length.** At most ``max_len = min(max_len_a * enc_len + max_len_b,
+  max_target_positions - len(prefix))`` tokens before eos, with ``enc_len`` the source
+  frames after subsampling (of the first model). At step ``max_len`` only eos is allowed,
+  so every hypothesis ends with eos and the bound always holds.
+- **Scores** (fairseq): ``log_prob`` sums the log-probabilities of the output tokens and
+  the eos; ``score = log_prob / (len(tokens) + 1) ** length_penalty`` ranks hypotheses.
+  Beam search stops an utterance once it has ``beam_size`` finished hypotheses, taking
+  eos from the top ``beam_size`` of the ``2 * beam_size`` candidates of a step. One
+  difference from fairseq: a hypothesis *forced* to end (length bound, repetition guard)
+  is finished whatever its rank, since eos is its only continuation; fairseq would drop
+  it when it ranks low, and beam search could then lose what greedy search returns.
+- **Repetition guard.** A hypothesis whose last tokens are one n-gram (n = 1 ..
+  ``repeat_max_ngram``, default 4) repeated ``repeat_max_times`` times in a row (default
+  4; e.g. ``a a a a`` or ``a b a b a b a b``) may only emit eos next: it ends there, scored
+  with the model's own eos probability, and competes with the other finished hypotheses
+  on that score. No output holds more than ``repeat_max_times`` copies of a short n-gram
+  in a row.
+- Pad, bos and ``suppress_tokens`` (the language tags, set by the translator) are never
+  emitted; eos is banned before ``min_len`` tokens unless the length bound or the guard
+  forces it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from speech.model import DecoderCache, S2TModel
+
+EncoderStates = tuple[Tensor, Tensor, Tensor]  # enc_out (B, S, D), enc_lens (B,), enc_mask (B, S) True at padding
+STOP_REASONS = ("eos", "repetition", "max_len")  # why a hypothesis ended: the model's eos, or a forced one
+
+
+@dataclass
+class DecodingOptions:
+    """How to search. ``beam_size`` 1 is greedy search."""
+
+    beam_size: int = 5
+    length_penalty: float = 1.0  # fairseq's lenpen: score / len ** lenpen; 0 = raw log-probability
+    max_len_a: float = 0.0  # max output length = a * source frames after subsampling + b
+    max_len_b: int = 200
+    min_len: int = 1
+    no_repeat_ngram_size: int = 0  # > 0: never repeat an n-gram of this size (fairseq)
+    repetition_guard: bool = True
+    repeat_max_ngram: int = 4  # the guard watches n-grams of 1 .. this many tokens
+    repeat_max_times: int = 4  # ... and ends a hypothesis once one repeats this often in a row
+    nbest: int = 1  # hypotheses returned per utterance (at most beam_size)
+    suppress_tokens: tuple[int, ...] = field(default_factory=tuple)  # never emitted (language tags)
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError(f"DecodingOptions.beam_size must be >= 1, got {self.beam_size}")
+        if not 1 <= self.nbest <= self.beam_size:
+            raise ValueError(f"DecodingOptions.nbest must be in [1, beam_size={self.beam_size}], got {self.nbest}")
+        if self.max_len_a < 0 or self.max_len_b < 0:
+            raise ValueError(f"DecodingOptions.max_len_a and max_len_b must be >= 0, "
+                             f"got {self.max_len_a} and {self.max_len_b}")
+        if self.min_len < 0 or self.no_repeat_ngram_size < 0:
+            raise ValueError("DecodingOptions.min_len and no_repeat_ngram_size must be >= 0")
+        if self.repeat_max_ngram < 1 or self.repeat_max_times < 2:
+            raise ValueError(f"DecodingOptions: the repetition guard needs repeat_max_ngram >= 1 and "
+                             f"repeat_max_times >= 2, got {self.repeat_max_ngram} and {self.repeat_max_times}")
+
+
+@dataclass
+class Hypothesis:
+    """One output: ``tokens`` without the prefix and the eos."""
+
+    tokens: list[int]
+    score: float  # log_prob / (len(tokens) + 1) ** length_penalty: what ranks hypotheses
+    log_prob: float  # sum of the log-probabilities of the tokens and the eos
+    stop: str  # one of STOP_REASONS
+
+
+@dataclass
+class DecodingResult:
+    """One utterance's output: the best hypothesis (``tokens``, ``score``, ...) and the n-best list."""
+
+    nbest: list[Hypothesis]  # best first; empty only if nothing could be finished
+
+    @property
+    def best(self) -> Hypothesis:
+        return self.nbest[0] if self.nbest else Hypothesis([], -math.inf, -math.inf, "eos")
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.best.tokens
+
+    @property
+    def score(self) -> float:
+        return self.best.score
+
+    @property
+    def log_prob(self) -> float:
+        return self.best.log_prob
+
+    @property
+    def stop(self) -> str:
+        return self.best.stop
+
+
+# --------------------------------------------------------------------------- models
+
+
+@torch.no_grad()
+def encode(models: Sequence[S2TModel], features: Tensor, feat_lens: Tensor) -> list[EncoderStates]:
+    """Run every model's encoder: features (B, T, n_mels), feat_lens (B,) -> one state per model."""
+    return [m.encode(features, feat_lens) for m in models]
+
+
+def repeat_states(states: Sequence[EncoderStates], n: int) -> list[EncoderStates]:
+    """Each utterance ``n`` times in a row (e.g. once per target language)."""
+    return [tuple(t.repeat_interleave(n, dim=0) for t in s) for s in states]  # type: ignore[misc]
+
+
+class Ensemble:
+    """Models decoding side by side: each keeps its own encoder states and KV cache."""
+
+    def __init__(self, models: Sequence[S2TModel], states: Sequence[EncoderStates]):
+        if not models or len(models) != len(states):
+            raise ValueError(f"decode: {len(models)} models but {len(states)} encoder states")
+        vocab = {m.cfg.vocab_size for m in models}
+        if len(vocab) > 1:
+            raise ValueError(f"decode: the models of an ensemble need one vocabulary, got sizes {sorted(vocab)}")
+        self.models = list(models)
+        self.enc_out = [s[0] for s in states]
+        self.enc_mask = [s[2] for s in states]
+        self.caches: list[DecoderCache] = [m.decoder.new_cache() for m in models]
+        self.vocab_size = vocab.pop()
+        self.eos_id = models[0].cfg.eos_id
+        self.max_target_positions = min(m.cfg.max_target_positions for m in models)
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor) -> Tensor:
+        """tokens (N, U) every token so far -> log-probabilities of the next one (N, V), float32."""
+        lprobs = []
+        for model, enc_out, enc_mask, cache in zip(self.models, self.enc_out, self.enc_mask, self.caches):
+            logits = model.decoder(tokens, enc_out, enc_mask, cache)[:, -1]
+            lprobs.append(F.log_softmax(logits.float(), dim=-1))
+        if len(lprobs) == 1:
+            return lprobs[0]
+        # fairseq's ensemble: the log of the mean probability
+        return torch.logsumexp(torch.stack(lprobs), dim=0) - math.log(len(lprobs))
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows ``index`` (N',) in this order: surviving beams, unfinished utterances."""
+        for i, cache in enumerate(self.caches):
+            cache.reorder(index)
+            self.enc_out[i] = self.enc_out[i].index_select(0, index)
+            self.enc_mask[i] = self.enc_mask[i].index_select(0, index)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+class LogitFilter:
+    """Bans tokens at a step by setting their log-probabilities to -inf, in place."""
+
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int) -> None:
+        """lprobs (N, V); tokens (N, step) the tokens generated so far (no prefix)."""
+        raise NotImplementedError
+
+
+class SuppressTokens(LogitFilter):
+    def __init__(self, ids: Sequence[int]):
+        self.ids = sorted(set(ids))
+
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int) -> None:
+        if self.ids:
+            lprobs[:, self.ids] = -math.inf
+
+
+class MinLength(LogitFilter):
+    def __init__(self, min_len: int, eos_id: int):
+        self.min_len, self.eos_id = min_len, eos_id
+
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int) -> None:
+        if step < self.min_len:
+            lprobs[:, self.eos_id] = -math.inf
+
+
+class NoRepeatNGram(LogitFilter):
+    """fairseq's ``--no-repeat-ngram-size``: a token that would complete an n-gram already in
+    the hypothesis is banned."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int) -> None:
+        n = self.n
+        if step < n:  # need n - 1 tokens of context and one earlier n-gram
+            return
+        for row, toks in enumerate(tokens.tolist()):
+            context = tuple(toks[step - n + 1:])
+            banned = [toks[i + n - 1] for i in range(step - n + 1) if tuple(toks[i:i + n - 1]) == context]
+            if banned:
+                lprobs[row, banned] = -math.inf
+
+
+class RepetitionGuard:
+    """Rows whose last ``max_times * n`` tokens are one n-gram repeated ``max_times`` times
+    in a row, for some n in 1 .. ``max_ngram``: they must end now."""
+
+    def __init__(self, max_ngram: int = 4, max_times: int = 4):
+        self.max_ngram, self.max_times = max_ngram, max_times
+
+    def must_stop(self, tokens: Tensor) -> Tensor:
+        """tokens (N, t) generated so far -> (N,) bool"""
+        stop = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        for n in range(1, self.max_ngram + 1):
+            span = n * self.max_times
+            if tokens.shape[1] < span:
+                break
+            tail = tokens[:, -span:].reshape(-1, self.max_times, n)
+            stop |= (tail == tail[:, :1]).all(dim=2).all(dim=1)
+        return stop
+
+
+class _Rules:
+    """Everything that shapes the next-token distribution besides the models."""
+
+    def __init__(self, opts: DecodingOptions, model: S2TModel):
+        cfg = model.cfg
+        self.eos_id = cfg.eos_id
+        self.filters: list[LogitFilter] = [SuppressTokens([cfg.pad_id, cfg.bos_id, *opts.suppress_tokens]),
+                                           MinLength(opts.min_len, cfg.eos_id)]
+        if opts.no_repeat_ngram_size > 0:
+            self.filters.append(NoRepeatNGram(opts.no_repeat_ngram_size))
+        self.guard = RepetitionGuard(opts.repeat_max_ngram, opts.repeat_max_times) if opts.repetition_guard else None
+
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int, max_lens: Tensor) -> Tensor:
+        """Filter ``lprobs`` (N, V) in place; rows that must end keep only the model's eos.
+        tokens (N, step) generated so far, max_lens (N,) -> (N,) long index into STOP_REASONS."""
+        eos_lprobs = lprobs[:, self.eos_id].clone()
+        for f in self.filters:
+            f.apply(lprobs, tokens, step)
+        reason = torch.zeros(lprobs.shape[0], dtype=torch.long, device=lprobs.device)
+        if self.guard is not None:
+            reason[self.guard.must_stop(tokens)] = STOP_REASONS.index("repetition")
+        reason[max_lens <= step] = STOP_REASONS.index("max_len")
+        forced = reason > 0
+        if forced.any():
+            lprobs[forced] = -math.inf
+            lprobs[forced, self.eos_id] = eos_lprobs[forced]
+        return reason
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _as_prefix(prefix: Sequence[Sequence[int]] | Tensor, batch: int, device: torch.device) -> Tensor:
+    p = torch.as_tensor(prefix, dtype=torch.long, device=device) if not isinstance(prefix, Tensor) else prefix
+    if p.dim() != 2 or p.shape[0] != batch or p.shape[1] < 1:
+        raise ValueError(f"decode: prefix must be (batch={batch}, length >= 1) token ids, got shape {tuple(p.shape)}")
+    return p.to(device=device, dtype=torch.long)
+
+
+def max_lengths(enc_lens: Tensor, opts: DecodingOptions, limit: int) -> Tensor:
+    """Per utterance: at most this many tokens before eos. enc_lens (B,) -> (B,) long."""
+    lens = torch.floor(opts.max_len_a * enc_lens.double() + opts.max_len_b).long()
+    return lens.clamp(min=0, max=max(limit, 0))
+
+
+def _setup(models: Sequence[S2TModel], states: Sequence[EncoderStates], prefix, opts: DecodingOptions):
+    if not models:
+        raise ValueError("decode: no models")
+    batch = states[0][0].shape[0] if states else 0
+    ens = Ensemble(models, states)
+    p = _as_prefix(prefix, batch, states[0][0].device)
+    max_lens = max_lengths(states[0][1], opts, ens.max_target_positions - p.shape[1])
+    return ens, p, max_lens, _Rules(opts, models[0])
+
+
+def _hypothesis(tokens: list[int], log_prob: float, lenpen: float, reason: int) -> Hypothesis:
+    return Hypothesis(tokens, log_prob / (len(tokens) + 1) ** lenpen, log_prob, STOP_REASONS[reason])
+
+
+@torch.no_grad()
+def greedy_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates],
+                  prefix: Sequence[Sequence[int]] | Tensor, opts: DecodingOptions = DecodingOptions()
+                  ) -> list[DecodingResult]:
+    """The most probable token at each step, for B utterances at once.
+
+    models: one or more (an ensemble); enc_states: one (enc_out, enc_lens, enc_mask) per
+    model, each of batch B; prefix: (B, P) forced start tokens (the language tag).
+    Returns per utterance a :class:`DecodingResult` with one hypothesis.
+    """
+    ens, tokens, max_lens, rules = _setup(models, enc_states, prefix, opts)
+    batch, plen = tokens.shape
+    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    rows = torch.arange(batch, device=tokens.device)  # the utterance of each live row
+    log_probs = torch.zeros(batch, dtype=torch.float64, device=tokens.device)
+    for step in range(int(max_lens.max()) + 1 if batch else 0):
+        lprobs = ens.step(tokens)
+        reason = rules.apply(lprobs, tokens[:, plen:], step, max_lens[rows])
+        best, token = lprobs.max(dim=1)
+        log_probs += best.double()
+        ended = (token == rules.eos_id) | torch.isinf(best)
+        for i in ended.nonzero().flatten().tolist():
+            gen = tokens[i, plen:].tolist()
+            results[int(rows[i])].append(_hypothesis(gen, float(log_probs[i]), opts.length_penalty, int(reason[i])))
+        if ended.all():
+            break
+        keep = (~ended).nonzero().flatten()
+        if len(keep) < len(rows):
+            ens.reorder(keep)
+            rows, tokens, token, log_probs = rows[keep], tokens[keep], token[keep], log_probs[keep]
+        tokens = torch.cat([tokens, token[:, None]], dim=1)
+    return [DecodingResult(hyps) for hyps in results]
+
+
+@torch.no_grad()
+def beam_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates],
+                prefix: Sequence[Sequence[int]] | Tensor, opts: DecodingOptions = DecodingOptions()
+                ) -> list[DecodingResult]:
+    """fairseq's beam search for B utterances at once, ``B * beam_size`` rows in one batch.
+
+    Arguments as :func:`greedy_search`. Returns per utterance a :class:`DecodingResult`
+    holding its ``opts.nbest`` best hypotheses, best first (fewer only if the search could
+    finish fewer).
+    """
+    ens, prefix_t, max_lens, rules = _setup(models, enc_states, prefix, opts)
+    batch, plen = prefix_t.shape
+    k, vocab, device = opts.beam_size, ens.vocab_size, prefix_t.device
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    if batch == 0:
+        return []
+    ens.reorder(torch.arange(batch, device=device).repeat_interleave(k))
+    tokens = prefix_t.repeat_interleave(k, dim=0)  # (B * K, P)
+    # every beam starts as the same prefix: only the first may extend it at step 0
+    scores = torch.full((batch, k), -math.inf, dtype=torch.float64, device=device)
+    scores[:, 0] = 0.0
+    scores = scores.flatten()
+    sents = torch.arange(batch, device=device)  # the utterance of each live group of k rows
+    ranks = torch.arange(2 * k, device=device)
+    for step in range(int(max_lens.max()) + 1):
+        live = len(sents)
+        lprobs = ens.step(tokens)
+        row_max = max_lens[sents].repeat_interleave(k)
+        reason = rules.apply(lprobs, tokens[:, plen:], step, row_max)
+        cand = (scores[:, None] + lprobs.double()).view(live, k * vocab)
+        cand_scores, cand_index = cand.topk(2 * k, dim=1)  # (live, 2K), best first
+        cand_beam = torch.div(cand_index, vocab, rounding_mode="floor")
+        cand_token = cand_index % vocab
+        is_eos = cand_token == rules.eos_id
+
+        # Hypotheses that end now: an eos among the top K candidates (fairseq), and every row
+        # forced to end, whatever its rank (its eos is its only continuation).
+        forced = reason > 0
+        ending: list[tuple[float, int, int]] = []  # (score, group, row)
+        final = is_eos[:, :k] & torch.isfinite(cand_scores[:, :k])
+        for g, j in final.nonzero().tolist():
+            row = g * k + int(cand_beam[g, j])
+            if not forced[row]:
+                ending.append((float(cand_scores[g, j]), g, row))
+        if forced.any():
+            forced_scores = scores + lprobs[:, rules.eos_id].double()
+            for row in (forced & torch.isfinite(forced_scores)).nonzero().flatten().tolist():
+                ending.append((float(forced_scores[row]), row // k, row))
+        for score, g, row in sorted(ending, key=lambda e: -e[0]):
+            hyps = finished[int(sents[g])]
+            if len(hyps) < k:  # K per utterance at most, the best first
+                hyps.append(_hypothesis(tokens[row, plen:].tolist(), score, opts.length_penalty, int(reason[row])))
+        # the K best candidates that are not eos go on
+        order = torch.where(is_eos, ranks + 2 * k, ranks).topk(k, dim=1, largest=False).indices
+        next_scores = cand_scores.gather(1, order)
+        next_beam = cand_beam.gather(1, order)
+        next_token = cand_token.gather(1, order)
+
+        done = torch.tensor([len(finished[int(s)]) >= k for s in sents], device=device)
+        done |= max_lens[sents] <= step
+        done |= ~torch.isfinite(next_scores).any(dim=1)
+        if done.all():
+            break
+        keep = (~done).nonzero().flatten()
+        rows = (keep[:, None] * k + next_beam[keep]).flatten()
+        ens.reorder(rows)
+        tokens = torch.cat([tokens[rows], next_token[keep].reshape(-1, 1)], dim=1)
+        scores = next_scores[keep].flatten()
+        sents = sents[keep]
+
+    # sorted is stable: the order of finishing breaks ties
+    return [DecodingResult(sorted(hyps, key=lambda h: -h.score)[: opts.nbest]) for hyps in finished]
+
+
+def search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates],
+           prefix: Sequence[Sequence[int]] | Tensor, opts: DecodingOptions = DecodingOptions()
+           ) -> list[DecodingResult]:
+    """:func:`greedy_search` for ``beam_size`` 1, else :func:`beam_search`."""
+    if opts.beam_size == 1:
+        return greedy_search(models, enc_states, prefix, opts)
+    return beam_search(models, enc_states, prefix, opts)

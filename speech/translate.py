@@ -1,0 +1,415 @@
+"""Offline speech translation of files: audio in, timed segments of text out.
+
+    translator = load_translator("models/st_small")     # a model directory (or several: an ensemble)
+    results = translate_files(translator, ["talk.wav"], ["de", "fr"], DecodingOptions(beam_size=5))
+    print(to_srt(results[0].segments))
+
+The steps, each a function you can call on its own:
+
+1. :func:`speech.audio.load_audio` reads a file as 16 kHz mono;
+2. :func:`split_on_pauses` cuts it at pauses (energy-based voice activity detection),
+   no piece longer than 20 s;
+3. each piece becomes features (Kaldi fbank with the model's settings, utterance CMVN);
+4. pieces of all files are decoded in length-sorted batches, each encoded once and
+   decoded once per target language (:mod:`speech.decode`);
+5. :func:`format_results` / :func:`write_results` render text, JSON or SRT.
+
+Output formats (decided here, used by ``interpres translate`` and ``transcribe``):
+
+- ``text``: one line per file and language, the segments' texts joined by spaces. With one
+  file and one language the line is the text alone; otherwise ``FILE<TAB>LANG<TAB>TEXT``.
+- ``json``: ``[{"file", "lang", "segments": [{"start", "end", "text"}]}]``, file-major,
+  times in seconds (millisecond precision).
+- ``srt``: one document per file and language: cues numbered from 1, ``HH:MM:SS,mmm -->
+  HH:MM:SS,mmm``, segments with empty text left out. Printed, several documents are
+  separated by a header line ``==> FILE [LANG] <==``; written with ``--out out.srt``,
+  several become ``out.LANG.srt`` (one file) or ``out.FILESTEM.LANG.srt`` (several files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from speech.audio import SAMPLE_RATE, load_audio
+from speech.dataset import batches_by_frames, pad_features
+from speech.decode import DecodingOptions, DecodingResult, encode, repeat_states, search
+from speech.features import FbankConfig, fbank, num_frames, utterance_cmvn
+from speech.model import CONFIG_FILE, WEIGHTS_FILE, S2TModel, load_model_dir
+from speech.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "spm.model"
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+TASKS = ("st", "asr")
+FORMATS = ("text", "json", "srt")
+
+
+class TranslateError(ValueError):
+    """A model directory, a language or an output cannot be used; the message names it."""
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class Translator:
+    """A loaded model directory (or an ensemble of several with one vocabulary)."""
+
+    models: list[S2TModel]
+    tokenizer: Tokenizer
+    fbank: FbankConfig
+    languages: list[str]  # target languages; ["en"] for an ASR model
+    task: str  # "st" or "asr"
+    model_dirs: list[Path]
+
+    @property
+    def name(self) -> str:
+        return " + ".join(str(d) for d in self.model_dirs)
+
+    def check_languages(self, langs: Sequence[str]) -> None:
+        """Raise TranslateError naming the first language the model does not translate into."""
+        if not langs:
+            raise TranslateError("no target language given")
+        for lang in langs:
+            if lang not in self.languages:
+                raise TranslateError(f"{self.name}: unknown target language '{lang}' "
+                                     f"(the model knows: {', '.join(self.languages)})")
+
+    def transcription_language(self) -> str:
+        """The language ``transcribe`` decodes into: an ASR model's, or "en" of an ST model."""
+        if "en" in self.languages or self.task == "asr":
+            return "en" if "en" in self.languages else self.languages[0]
+        raise TranslateError(f"{self.name}: a translation model into {', '.join(self.languages)} cannot transcribe "
+                             "English; use 'interpres translate' or an ASR model")
+
+    def prefix(self, lang: str) -> list[int]:
+        """The forced start of the decoder: the language tag (bos for an ASR vocabulary without tags)."""
+        if lang in self.tokenizer.languages or self.task == "st":
+            return self.tokenizer.prefix(lang)
+        return self.tokenizer.prefix(None)
+
+    def features(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """wave (samples,) at 16 kHz -> (frames, n_mels): fbank then utterance CMVN."""
+        wave = torch.as_tensor(wave, dtype=torch.float32)
+        return utterance_cmvn(fbank(wave, self.fbank))
+
+    @property
+    def max_segment_s(self) -> float:
+        """The longest piece of audio the encoder takes (its max_source_positions)."""
+        frames = min(m.cfg.max_source_positions for m in self.models)
+        return (frames - 1) * self.fbank.frame_shift_ms / 1000.0
+
+    def decode(self, feats: Sequence[torch.Tensor], langs: Sequence[str],
+               opts: DecodingOptions = DecodingOptions()) -> list[list[DecodingResult]]:
+        """Decode each features (frames, n_mels) into each language: results[utterance][language].
+
+        The batch is encoded once and decoded once per language (a row per utterance and
+        language, each with its own language tag).
+        """
+        self.check_languages(langs)
+        tags = tuple(self.tokenizer.lang_tag(lang) for lang in self.tokenizer.languages)
+        opts = dataclasses.replace(opts, suppress_tokens=tuple(opts.suppress_tokens) + tags)
+        device = next(self.models[0].parameters()).device
+        x, lens = pad_features(list(feats))
+        states = repeat_states(encode(self.models, x.to(device), lens.to(device)), len(langs))
+        prefix = [self.prefix(lang) for _ in feats for lang in langs]
+        hyps = search(self.models, states, prefix, opts)
+        n = len(langs)
+        return [hyps[i * n:(i + 1) * n] for i in range(len(feats))]
+
+    def text(self, result: DecodingResult) -> str:
+        """The text of the best hypothesis."""
+        return self.tokenizer.decode(result.tokens).strip()
+
+
+def _fbank_config(data: object, where: str, n_mels: int) -> FbankConfig:
+    if data is None:
+        cfg = FbankConfig(num_mel_bins=n_mels)
+    else:
+        if not isinstance(data, dict):
+            raise TranslateError(f"{where}: 'features' must be a mapping of FbankConfig fields")
+        known = [f.name for f in dataclasses.fields(FbankConfig)]
+        for key in data:
+            if key not in known:
+                raise TranslateError(f"{where}: unknown key 'features.{key}' (known keys: {', '.join(known)})")
+        try:
+            cfg = FbankConfig(**data)
+            cfg.check()
+        except (TypeError, ValueError) as e:
+            raise TranslateError(f"{where}: 'features': {e}") from e
+    if cfg.num_mel_bins != n_mels:
+        raise TranslateError(f"{where}: 'features.num_mel_bins' is {cfg.num_mel_bins} but the model takes {n_mels}")
+    if cfg.dither:
+        cfg = dataclasses.replace(cfg, dither=0.0)  # dither is for training
+    return cfg
+
+
+def _load_one(path: Path) -> Translator:
+    if not path.is_dir():
+        raise TranslateError(f"{path}: no such model directory")
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+        if not (path / name).is_file():
+            raise TranslateError(f"{path / name}: not found (a model directory holds {CONFIG_FILE}, "
+                                 f"{WEIGHTS_FILE} and {TOKENIZER_FILE})")
+    model, config = load_model_dir(path)
+    where = str(path / CONFIG_FILE)
+    task = config.get("task")
+    if task not in TASKS:
+        raise TranslateError(f"{where}: 'task' must be one of {', '.join(TASKS)}, got {task!r}")
+    languages = config.get("languages")
+    if not isinstance(languages, list) or not languages or not all(isinstance(x, str) for x in languages):
+        raise TranslateError(f"{where}: 'languages' must be a non-empty list of language codes, got {languages!r}")
+    feats = _fbank_config(config.get("features"), where, model.cfg.n_mels)
+    tokenizer = Tokenizer(path / TOKENIZER_FILE)
+    if tokenizer.vocab_size != model.cfg.vocab_size:
+        raise TranslateError(f"{path / TOKENIZER_FILE}: {tokenizer.vocab_size} pieces, but the model's "
+                             f"vocab_size is {model.cfg.vocab_size}")
+    translator = Translator([model], tokenizer, feats, list(languages), task, [path])
+    for lang in languages:
+        translator.prefix(lang)  # a language without a tag fails here, naming spm.model
+    return translator
+
+
+def load_translator(model_dir: str | Path | Sequence[str | Path] | None = None) -> Translator:
+    """Load a model directory: ``config.json``, ``model.safetensors``, ``spm.model``.
+
+    ``model_dir`` None is the bundled model; several directories make an ensemble (they
+    must share ``spm.model``, the task and the feature settings; the languages are those
+    they all have). Raises TranslateError naming the missing or wrong file, and the
+    model loader's ConfigError / CheckpointError for a broken config or weights.
+    """
+    if model_dir is None:
+        if not (BUNDLED_MODEL_DIR / CONFIG_FILE).is_file():
+            raise TranslateError("no bundled model yet; pass --model DIR")
+        model_dir = BUNDLED_MODEL_DIR
+    dirs = [Path(model_dir)] if isinstance(model_dir, (str, os.PathLike)) else [Path(d) for d in model_dir]
+    if not dirs:
+        raise TranslateError("no model directory given")
+    first = _load_one(dirs[0])
+    for path in dirs[1:]:
+        other = _load_one(path)
+        if (other.tokenizer.path.read_bytes() != first.tokenizer.path.read_bytes()):
+            raise TranslateError(f"{other.tokenizer.path}: differs from {first.tokenizer.path}; "
+                                 "an ensemble needs one vocabulary")
+        if other.task != first.task or other.fbank != first.fbank:
+            raise TranslateError(f"{path}: its task or feature settings differ from {dirs[0]}'s")
+        first.models += other.models
+        first.model_dirs += other.model_dirs
+        first.languages = [lang for lang in first.languages if lang in other.languages]
+        if not first.languages:
+            raise TranslateError(f"{path}: shares no target language with {dirs[0]}")
+    return first
+
+
+# --------------------------------------------------------------------------- voice activity
+
+
+def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
+    if width <= 1:
+        return x
+    return np.convolve(x, np.ones(width) / width, mode="same")
+
+
+def split_on_pauses(wave: np.ndarray, sr: int = SAMPLE_RATE, max_segment_s: float = 20.0,
+                    min_pause_s: float = 0.3, min_speech_s: float = 0.1, threshold_db: float = -40.0,
+                    frame_s: float = 0.025, hop_s: float = 0.010, smooth_s: float = 0.03,
+                    cut_smooth_s: float = 0.2) -> list[tuple[float, float]]:
+    """Speech segments of ``wave`` (samples,) as (start_s, end_s), cut at pauses.
+
+    1. Frame power (``frame_s`` windows every ``hop_s``), averaged over ``smooth_s``, in dB
+       relative to the loudest frame of the file.
+    2. A frame is speech above ``threshold_db``; a run of speech frames spans from half a
+       hop before the first frame's centre to half a hop after the last one's.
+    3. Runs separated by less than ``min_pause_s`` of non-speech are joined; segments
+       shorter than ``min_speech_s`` are dropped.
+    4. A segment longer than ``max_segment_s`` is cut at its quietest point (power
+       averaged over ``cut_smooth_s``) among those that leave both sides at most
+       ``max_segment_s`` (or, for more than twice that, in the second half of the first
+       ``max_segment_s``, then again on the rest). The two sides share the cut time.
+    """
+    if max_segment_s <= 2 * min_speech_s or min_pause_s < 0 or hop_s <= 0 or frame_s < hop_s:
+        raise ValueError(f"split_on_pauses: need max_segment_s > 2 * min_speech_s, min_pause_s >= 0 and "
+                         f"frame_s >= hop_s > 0; got {max_segment_s}, {min_speech_s}, {min_pause_s}, "
+                         f"{frame_s}, {hop_s}")
+    x = np.asarray(wave, dtype=np.float64)
+    hop, win = max(1, round(sr * hop_s)), max(1, round(sr * frame_s))
+    if len(x) < win:
+        return []
+    n = 1 + (len(x) - win) // hop
+    cums = np.concatenate([[0.0], np.cumsum(x * x)])
+    starts = np.arange(n) * hop
+    power = np.maximum((cums[starts + win] - cums[starts]) / win, 0.0)
+    hop_t, half_win = hop / sr, win / sr / 2
+    db = 10 * np.log10(_moving_average(power, round(smooth_s / hop_t)) + 1e-12)
+    speech = db > db.max() + threshold_db
+
+    # runs of speech frames -> times
+    edges = np.diff(np.concatenate([[0], speech.astype(np.int8), [0]]))
+    first, last = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0] - 1
+    duration = len(x) / sr
+    segs: list[list[float]] = []
+    for a, b in zip(first.tolist(), last.tolist()):
+        start = max(0.0, a * hop_t + half_win - hop_t / 2)
+        end = min(duration, b * hop_t + half_win + hop_t / 2)
+        if segs and start - segs[-1][1] < min_pause_s:
+            segs[-1][1] = end
+        else:
+            segs.append([start, end])
+    segs = [s for s in segs if s[1] - s[0] >= min_speech_s]
+
+    quiet = 10 * np.log10(_moving_average(power, round(cut_smooth_s / hop_t)) + 1e-12)
+    centres = np.arange(n) * hop_t + half_win
+    out: list[tuple[float, float]] = []
+    for start, end in segs:
+        while end - start > max_segment_s:
+            if end - start <= 2 * max_segment_s:
+                lo = max(end - max_segment_s, start + min_speech_s)
+            else:
+                lo = start + max_segment_s / 2
+            hi = start + max_segment_s
+            idx = np.nonzero((centres >= lo) & (centres <= hi))[0]
+            cut = float(centres[idx[np.argmin(quiet[idx])]]) if len(idx) else hi
+            out.append((start, cut))
+            start = cut
+        out.append((start, end))
+    return [(round(s, 3), round(e, 3)) for s, e in out]
+
+
+# --------------------------------------------------------------------------- files
+
+
+@dataclass
+class Segment:
+    start: float  # seconds
+    end: float
+    text: str
+
+
+@dataclass
+class FileResult:
+    """The segments of one file in one target language."""
+
+    file: str
+    lang: str
+    segments: list[Segment]
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.segments if s.text)
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "lang": self.lang, "segments": [dataclasses.asdict(s) for s in self.segments]}
+
+
+def translate_files(translator: Translator, paths: Sequence[str | Path], tgt_langs: Sequence[str],
+                    opts: DecodingOptions = DecodingOptions(), batch_frames: int = 20000,
+                    max_segment_s: float = 20.0) -> list[FileResult]:
+    """Translate every file into every language: one FileResult per (file, language), file-major.
+
+    Every file is read and cut first (a file that cannot be read fails before any
+    decoding, as an AudioError naming it). Segments of all files are then decoded in
+    batches of similar length holding at most ``batch_frames`` padded feature frames.
+    """
+    translator.check_languages(tgt_langs)
+    max_segment_s = min(max_segment_s, translator.max_segment_s)
+    spans: list[tuple[int, float, float]] = []  # (file index, start, end)
+    feats: list[torch.Tensor] = []
+    for f, path in enumerate(paths):
+        wave = load_audio(path)
+        cuts = split_on_pauses(wave, SAMPLE_RATE, max_segment_s=max_segment_s)
+        log.info("%s: %.1f s, %d segments", path, len(wave) / SAMPLE_RATE, len(cuts))
+        for start, end in cuts:
+            piece = wave[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
+            if num_frames(len(piece), translator.fbank) == 0:
+                continue
+            spans.append((f, start, end))
+            feats.append(translator.features(piece))
+
+    texts: list[list[str]] = [[] for _ in feats]
+    batches = batches_by_frames([len(x) for x in feats], batch_frames, shuffle=False)
+    for batch in tqdm(batches, desc="translate", unit="batch", disable=None):
+        hyps = translator.decode([feats[i] for i in batch], tgt_langs, opts)
+        for i, per_lang in zip(batch, hyps):
+            texts[i] = [translator.text(h) for h in per_lang]
+
+    results = []
+    for f, path in enumerate(paths):
+        for j, lang in enumerate(tgt_langs):
+            segs = [Segment(start, end, texts[i][j]) for i, (g, start, end) in enumerate(spans) if g == f]
+            results.append(FileResult(str(path), lang, segs))
+    return results
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def srt_timestamp(seconds: float) -> str:
+    """``HH:MM:SS,mmm``, rounded to the millisecond: 3725.5 -> ``01:02:05,500``."""
+    ms = max(0, int(round(seconds * 1000)))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
+
+
+def to_srt(segments: Sequence[Segment]) -> str:
+    """An SRT document: numbered cues, segments with empty text left out."""
+    cues = [s for s in segments if s.text.strip()]
+    return "".join(f"{i}\n{srt_timestamp(s.start)} --> {srt_timestamp(s.end)}\n{s.text.strip()}\n\n"
+                   for i, s in enumerate(cues, 1))
+
+
+def format_results(results: Sequence[FileResult], fmt: str) -> str:
+    """Render ``results`` as one string in ``fmt`` (see the module docstring)."""
+    if fmt == "json":
+        return json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=2) + "\n"
+    if fmt == "text":
+        if len(results) == 1:
+            return results[0].text + "\n"
+        return "".join(f"{r.file}\t{r.lang}\t{r.text}\n" for r in results)
+    if fmt == "srt":
+        if len(results) == 1:
+            return to_srt(results[0].segments)
+        return "".join(f"==> {r.file} [{r.lang}] <==\n{to_srt(r.segments)}" for r in results)
+    raise TranslateError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)})")
+
+
+def srt_paths(results: Sequence[FileResult], out: Path) -> list[Path]:
+    """Where ``write_results`` puts one SRT per result: ``out`` alone, or names with the
+    language (and the input's stem, for several files) before the suffix."""
+    if len(results) == 1:
+        return [out]
+    several_files = len({r.file for r in results}) > 1
+    paths = []
+    for r in results:
+        middle = f"{Path(r.file).stem}.{r.lang}" if several_files else r.lang
+        paths.append(out.with_name(f"{out.stem}.{middle}{out.suffix or '.srt'}"))
+    if len(set(paths)) < len(paths):
+        raise TranslateError(f"{out}: input files with the same name would write the same SRT; "
+                             "run them separately")
+    return paths
+
+
+def write_results(results: Sequence[FileResult], fmt: str, out: str | Path) -> list[Path]:
+    """Write ``results`` under ``out``: one file for text and JSON, one SRT per file and
+    language. Returns the paths written."""
+    out = Path(out)
+    if fmt != "srt":
+        out.write_text(format_results(results, fmt), encoding="utf-8")
+        return [out]
+    paths = srt_paths(results, out)
+    for r, path in zip(results, paths):
+        path.write_text(to_srt(r.segments), encoding="utf-8")
+    return paths
+

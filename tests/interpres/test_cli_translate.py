@@ -1,0 +1,122 @@
+"""`interpres translate` and `interpres transcribe`, run in-process on a tiny random model."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from interpres.cli import main
+from speech import translate
+from speech.model import S2TModel, preset, save_model_dir
+from speech.tokenizer import train_st_tokenizer
+
+SR = 16000
+BURSTS = [(0.3, 1.0), (1.6, 2.4)]
+TEXTS = {
+    "en": ["Open the file in a new window.", "Save all changes before closing."],
+    "de": ["Öffne die Datei in einem neuen Fenster.", "Alle Änderungen speichern."],
+    "fr": ["Ouvrir le fichier.", "Enregistrer les modifications."],
+}
+
+
+def make_model_dir(path, langs=("de", "fr"), task="st"):
+    path.mkdir(parents=True)
+    tok = train_st_tokenizer({lang: TEXTS[lang] for lang in {*langs, "en"}}, path / "spm.model", vocab_size=50)
+    torch.manual_seed(0)
+    cfg = preset("tiny", tok.vocab_size, n_mels=80)
+    save_model_dir(S2TModel(cfg), cfg, path, extra={"task": task, "languages": list(langs), "features": {}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("cli") / "model")
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory):
+    """A tone burst, a pause, a tone burst, over faint noise."""
+    path = tmp_path_factory.mktemp("audio") / "talk.wav"
+    t = np.arange(3 * SR) / SR
+    wave = 1e-3 * np.random.default_rng(0).standard_normal(len(t))
+    for start, end in BURSTS:
+        on = (t >= start) & (t < end)
+        wave[on] += 0.5 * np.sin(2 * np.pi * 440 * t[on])
+    sf.write(path, wave.astype(np.float32), SR)
+    return path
+
+
+def error_of(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("interpres: error: ") and "Traceback" not in err
+    return err
+
+
+def test_translate_json_has_one_entry_per_language(model_dir, wav, capsys):
+    assert main(["translate", str(wav), "--tgt", "de,fr", "--model", str(model_dir), "--format", "json",
+                 "--beam", "2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(d["file"], d["lang"]) for d in data] == [(str(wav), "de"), (str(wav), "fr")]
+    for entry in data:
+        assert len(entry["segments"]) == 2
+        for seg, (start, end) in zip(entry["segments"], BURSTS):
+            assert abs(seg["start"] - start) <= 0.05 and abs(seg["end"] - end) <= 0.05
+            assert isinstance(seg["text"], str)
+
+
+def test_translate_text_and_srt(model_dir, wav, tmp_path, capsys):
+    assert main(["translate", str(wav), "--tgt", "de", "--model", str(model_dir), "--beam", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    out = tmp_path / "talk.srt"
+    assert main(["translate", str(wav), "--tgt", "de,fr", "--model", str(model_dir), "--format", "srt",
+                 "--out", str(out)]) == 0
+    assert "talk.de.srt" in capsys.readouterr().err
+    srt = (tmp_path / "talk.fr.srt").read_text()
+    assert re.match(r"1\n00:00:00,\d{3} --> 00:00:01,\d{3}\n.+\n\n2\n00:00:01,\d{3} --> 00:00:02,\d{3}\n", srt)
+
+
+def test_transcribe_decodes_into_english(tmp_path, wav, capsys):
+    asr = make_model_dir(tmp_path / "asr", langs=("en",), task="asr")
+    assert main(["transcribe", str(wav), "--model", str(asr), "--format", "json", "--beam", "1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["lang"] for d in data] == ["en"] and len(data[0]["segments"]) == 2
+
+
+def test_errors_are_messages_naming_the_culprit(model_dir, wav, tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "missing.wav"
+    assert str(missing) in error_of(capsys, ["translate", str(missing), "--tgt", "de", "--model", str(model_dir)])
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("not audio at all")
+    err = error_of(capsys, ["translate", str(not_audio), "--tgt", "de", "--model", str(model_dir)])
+    assert str(not_audio) in err and "not a readable audio file" in err
+    err = error_of(capsys, ["translate", str(wav), "--tgt", "de,xx", "--model", str(model_dir)])
+    assert "'xx'" in err and "de, fr" in err
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    assert "config.json" in error_of(capsys, ["translate", str(wav), "--tgt", "de", "--model", str(empty)])
+    assert "no such model directory" in error_of(capsys, ["transcribe", str(wav), "--model", str(tmp_path / "no")])
+    err = error_of(capsys, ["transcribe", str(wav), "--model", str(model_dir)])
+    assert "cannot transcribe English" in err
+    monkeypatch.setattr(translate, "BUNDLED_MODEL_DIR", tmp_path / "bundled")
+    assert "no bundled model yet; pass --model DIR" in error_of(capsys, ["translate", str(wav), "--tgt", "de"])
+    assert "no bundled model yet" in error_of(capsys, ["transcribe", str(wav)])
+    assert "--tgt names no language" in error_of(capsys, ["translate", str(wav), "--tgt", ","])
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "translate" in out and "transcribe" in out
+    with pytest.raises(SystemExit):
+        main(["translate", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--tgt", "--model", "--beam", "--format", "--batch-frames", "--lenpen", "--out"):
+        assert option in out
+    with pytest.raises(SystemExit) as e:
+        main(["translate", "a.wav", "--tgt", "de", "--beam", "0"])
+    assert e.value.code == 2

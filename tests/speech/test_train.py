@@ -1,0 +1,128 @@
+"""The training recipe end to end on a tiny synthesized corpus and the tiny model."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from speech.config import ConfigError, load_config
+from speech.data.speech_corpus import SpeechCorpusConfig, build_speech_corpus
+from speech.model import load_model_dir
+from speech.train import TrainConfig, average_checkpoints, init_encoder_from, list_checkpoints, train
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="needs espeak-ng and sox"),
+]
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs/speech"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A tiny MuST-C-layout corpus ('t') with de, fr and en-asr, synthesized once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("conftest_root", ROOT / "tests/conftest.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    home = mod.write_text_corpus(tmp_path_factory.mktemp("home"))
+    build_speech_corpus(SpeechCorpusConfig(
+        name="t", langs=["de", "fr"], train_per_lang=6, dev_per_lang=2, test_per_lang=3, asr_train=4,
+        asr_dev=2, asr_test=2, workers=2, train_voices=["espeak:en-us+m1", "flite:kal16"],
+        heldout_voices=["espeak:en-gb-scotland+m7"]), home=home)
+    return home
+
+
+def cfg_for(home, task, out, *overrides):
+    os.environ["INTERPRES_HOME"] = str(home)
+    return load_config(TrainConfig, TINY / f"{task}_tiny.yaml", ["corpus=t", f"out={out}", "threads=1", *overrides])
+
+
+def run_cli(home, *args, env_extra=None):
+    env = {**os.environ, "INTERPRES_HOME": str(home), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "interpres", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def test_asr_then_st_from_the_asr_encoder(home, tmp_path):
+    asr_dir = train(cfg_for(home, "asr", tmp_path / "asr", "max_updates=30"))
+    asr, conf = load_model_dir(asr_dir)
+    assert conf["task"] == "asr" and conf["languages"] == ["en"] and "wer_en" in conf["dev_scores"]
+    assert (asr_dir / "spm.model").exists() and conf["averaged"] == ["checkpoint_20", "checkpoint_30"]
+    history = [h for h in __import__("json").loads(
+        (list_checkpoints(tmp_path / "asr/checkpoints")[-1] / "state.json").read_text())["history"] if "loss" in h]
+    assert history[-1]["loss"] < history[0]["loss"]  # it learns
+
+    st_cfg = cfg_for(home, "st", tmp_path / "st", f"init_encoder={asr_dir}", "max_updates=10")
+    from speech.model import S2TModel, preset
+    from speech.tokenizer import Tokenizer
+
+    fresh = S2TModel(preset("tiny", vocab_size=300))
+    assert init_encoder_from(fresh, str(asr_dir)) > 10
+    for k, v in asr.state_dict().items():
+        if k.startswith("encoder."):
+            assert torch.equal(fresh.state_dict()[k], v)
+    st_dir = train(st_cfg)
+    st, conf = load_model_dir(st_dir)
+    assert conf["languages"] == ["de", "fr", "en"]
+    tok = Tokenizer(st_dir / "spm.model")
+    assert set(tok.languages) >= {"de", "fr", "en"}
+    assert {"bleu_de", "bleu_fr", "wer_en"} <= set(conf["dev_scores"])
+
+
+def test_killed_run_resumes_to_the_same_weights(home, tmp_path):
+    args = ["train", "st", str(TINY / "st_tiny.yaml"), "corpus=t", "threads=1", "max_updates=12",
+            "save_interval_updates=4", "validate_interval_updates=6", "average_last=1"]
+    a = run_cli(home, *args, f"out={tmp_path / 'a'}")
+    assert a.returncode == 0, a.stderr
+    b = run_cli(home, *args, f"out={tmp_path / 'b'}", env_extra={"INTERPRES_TEST_KILL_AT_UPDATE": "8"})
+    assert b.returncode == -signal.SIGKILL
+    assert not (tmp_path / "b/model").exists() and (tmp_path / "b/checkpoints/checkpoint_8").exists()
+    b2 = run_cli(home, *args, f"out={tmp_path / 'b'}")
+    assert b2.returncode == 0, b2.stderr
+    wa = load_file(str(tmp_path / "a/model/model.safetensors"))
+    wb = load_file(str(tmp_path / "b/model/model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # a finished run started again does nothing more
+    again = run_cli(home, *args, f"out={tmp_path / 'a'}")
+    assert again.returncode == 0 and "already finished (checkpoint_12)" in again.stderr
+
+
+def test_checkpoint_average_is_the_mean(home, tmp_path):
+    train(cfg_for(home, "asr", tmp_path / "r", "max_updates=20", "save_interval_updates=10", "average_last=2"))
+    c10, c20 = list_checkpoints(tmp_path / "r/checkpoints")
+    avg = average_checkpoints([c10, c20])
+    t10, t20 = load_file(str(c10 / "checkpoint.safetensors")), load_file(str(c20 / "checkpoint.safetensors"))
+    k = "encoder.layers.0.self_attn.q_proj.weight"
+    assert torch.allclose(avg[k], (t10[f"model.{k}"] + t20[f"model.{k}"]) / 2)
+    model, _ = load_model_dir(tmp_path / "r/model")
+    assert torch.allclose(model.state_dict()[k], avg[k], atol=1e-3)  # stored as the model dir's dtype
+
+
+def test_torchrun_trains_data_parallel(home, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "INTERPRES_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "interpres", "train", "st",
+                          str(TINY / "st_tiny.yaml"), "corpus=t", f"out={tmp_path / 'ddp'}", "max_updates=6",
+                          "save_interval_updates=3", "validate_interval_updates=3", "average_last=1"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "ddp/model/model.safetensors").exists()
+    assert [p.name for p in list_checkpoints(tmp_path / "ddp/checkpoints")] == ["checkpoint_3", "checkpoint_6"]
+
+
+def test_recipe_errors_name_the_key(home, tmp_path):
+    with pytest.raises(ConfigError, match="task must be 'asr' or 'st'"):
+        load_config(TrainConfig, None, ["task=mt"])
+    with pytest.raises(ConfigError, match="specaugment must be"):
+        load_config(TrainConfig, None, ["specaugment=XX"])
+    res = run_cli(home, "train", "asr", str(TINY / "st_tiny.yaml"))
+    assert res.returncode == 2 and "says task: st" in res.stderr
+    res = run_cli(home, "train", "st", str(TINY / "st_tiny.yaml"), "corpus=nonexistent", f"out={tmp_path / 'x'}")
+    assert res.returncode == 2 and "corpus: 'nonexistent'" in res.stderr

@@ -1,0 +1,187 @@
+"""Files in, segments out: pause detection, model directories, batching, output formats."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speech import translate
+from speech.decode import DecodingOptions
+from speech.model import S2TModel, preset, save_model_dir
+from speech.tokenizer import train_st_tokenizer
+from speech.translate import (
+    FileResult,
+    Segment,
+    TranslateError,
+    format_results,
+    load_translator,
+    split_on_pauses,
+    srt_timestamp,
+    to_srt,
+    translate_files,
+    write_results,
+)
+
+SR = 16000
+TEXTS = {
+    "en": ["Open the file in a new window.", "Save all changes before closing.", "The printer is out of paper."],
+    "de": ["Öffne die Datei in einem neuen Fenster.", "Alle Änderungen speichern.", "Der Drucker hat kein Papier."],
+    "fr": ["Ouvrir le fichier.", "Enregistrer les modifications.", "L'imprimante n'a plus de papier."],
+}
+
+
+def make_model_dir(path, langs=("de", "fr"), task="st", seed=0, n_mels=20):
+    """A model directory as training writes it, with a tiny random model."""
+    path.mkdir(parents=True, exist_ok=True)
+    tok = train_st_tokenizer({lang: TEXTS[lang] for lang in {*langs, "en"}}, path / "spm.model", vocab_size=60)
+    torch.manual_seed(seed)
+    cfg = preset("tiny", tok.vocab_size, n_mels=n_mels)
+    save_model_dir(S2TModel(cfg), cfg, path, extra={"task": task, "languages": list(langs),
+                                                    "features": {"num_mel_bins": n_mels}})
+    (path / "README.md").write_text("a tiny random model for tests\n")
+    return path
+
+
+def bursts(spans, duration, seed=0, noise=1e-3):
+    """Tone bursts (start_s, end_s) over faint noise."""
+    rng = np.random.default_rng(seed)
+    wave = noise * rng.standard_normal(int(duration * SR))
+    t = np.arange(len(wave)) / SR
+    for start, end in spans:
+        on = (t >= start) & (t < end)
+        wave[on] += 0.5 * np.sin(2 * np.pi * 440 * t[on])
+    return wave.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("model") / "st")
+
+
+def test_cuts_fall_on_the_pauses():
+    # a 0.1 s gap inside the second burst is no pause; a 50 ms blip is no speech
+    wave = bursts([(0.5, 1.5), (2.0, 2.5), (2.6, 3.2), (4.0, 4.6), (5.3, 5.35)], duration=6.0)
+    segs = split_on_pauses(wave, SR)
+    assert len(segs) == 3
+    for (start, end), (want_start, want_end) in zip(segs, [(0.5, 1.5), (2.0, 3.2), (4.0, 4.6)]):
+        assert abs(start - want_start) <= 0.05 and abs(end - want_end) <= 0.05
+    # a longer minimum pause joins the first two
+    assert len(split_on_pauses(wave, SR, min_pause_s=0.6)) == 2
+
+
+def test_long_speech_is_cut_into_pieces_of_at_most_20_s():
+    rng = np.random.default_rng(1)
+    wave = (0.3 * rng.standard_normal(50 * SR)).astype(np.float32)
+    segs = split_on_pauses(wave, SR)
+    assert len(segs) >= 3
+    assert all(0 < end - start <= 20.0 for start, end in segs)
+    assert segs[0][0] <= 0.05 and segs[-1][1] >= 49.95
+    assert all(a[1] == b[0] for a, b in zip(segs, segs[1:]))  # contiguous: no audio lost
+
+
+def test_long_speech_is_cut_at_its_quietest_point():
+    t = np.arange(30 * SR) / SR
+    amplitude = np.where((t >= 17.0) & (t < 17.4), 0.02, 0.5)  # 28 dB quieter, still above the threshold
+    wave = (amplitude * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    segs = split_on_pauses(wave, SR)
+    assert len(segs) == 2
+    assert 17.0 <= segs[0][1] <= 17.4
+
+
+def test_silence_and_short_input_give_no_segments():
+    assert split_on_pauses(np.zeros(100, dtype=np.float32), SR) == []
+    assert split_on_pauses(bursts([(0.2, 0.25)], 1.0), SR) == []
+
+
+def test_srt_timestamps_and_cues():
+    assert srt_timestamp(0) == "00:00:00,000"
+    assert srt_timestamp(3725.5) == "01:02:05,500"
+    assert srt_timestamp(59.9996) == "00:01:00,000"
+    assert srt_timestamp(0.0014) == "00:00:00,001"
+    assert srt_timestamp(36000 + 61.25) == "10:01:01,250"
+    segs = [Segment(0.5, 1.5, "Hallo."), Segment(2.0, 2.5, ""), Segment(62.042, 3601.0, " Welt ")]
+    assert to_srt(segs) == ("1\n00:00:00,500 --> 00:00:01,500\nHallo.\n\n"
+                            "2\n00:01:02,042 --> 01:00:01,000\nWelt\n\n")
+
+
+def test_formats(tmp_path):
+    one = FileResult("a.wav", "de", [Segment(0.5, 1.5, "Hallo"), Segment(2.0, 3.0, "Welt")])
+    two = FileResult("a.wav", "fr", [Segment(0.5, 1.5, "Bonjour")])
+    assert format_results([one], "text") == "Hallo Welt\n"
+    assert format_results([one, two], "text") == "a.wav\tde\tHallo Welt\na.wav\tfr\tBonjour\n"
+    data = json.loads(format_results([one, two], "json"))
+    assert data[1] == {"file": "a.wav", "lang": "fr", "segments": [{"start": 0.5, "end": 1.5, "text": "Bonjour"}]}
+    printed = format_results([one, two], "srt")
+    assert printed.startswith("==> a.wav [de] <==\n1\n00:00:00,500 --> 00:00:01,500\nHallo\n")
+    assert "==> a.wav [fr] <==\n1\n" in printed
+    assert write_results([one, two], "srt", tmp_path / "out.srt") == [tmp_path / "out.de.srt", tmp_path / "out.fr.srt"]
+    assert (tmp_path / "out.fr.srt").read_text() == to_srt(two.segments)
+    other = FileResult("b.wav", "de", [])
+    assert write_results([one, other], "srt", tmp_path / "x.srt") == [tmp_path / "x.a.de.srt", tmp_path / "x.b.de.srt"]
+    with pytest.raises(TranslateError, match="same name"):
+        write_results([one, FileResult("other/a.wav", "de", [])], "srt", tmp_path / "y.srt")
+    assert write_results([one], "json", tmp_path / "o.json") == [tmp_path / "o.json"]
+    assert json.loads((tmp_path / "o.json").read_text())[0]["lang"] == "de"
+
+
+def test_load_translator_reads_a_model_directory(model_dir):
+    tr = load_translator(model_dir)
+    assert tr.task == "st" and tr.languages == ["de", "fr"] and tr.fbank.num_mel_bins == 20
+    assert len(tr.models) == 1 and not tr.models[0].training
+    assert tr.prefix("de") == [tr.tokenizer.lang_tag("de")]
+    with pytest.raises(TranslateError, match="cannot transcribe English"):
+        tr.transcription_language()
+    with pytest.raises(TranslateError, match=r"unknown target language 'xx' \(the model knows: de, fr\)"):
+        tr.check_languages(["de", "xx"])
+    ensemble = load_translator([model_dir, model_dir])
+    assert len(ensemble.models) == 2 and ensemble.languages == ["de", "fr"]
+
+
+def test_which_language_transcribe_decodes_into(tmp_path):
+    asr = load_translator(make_model_dir(tmp_path / "asr", langs=("en",), task="asr"))
+    assert asr.transcription_language() == "en" and asr.prefix("en") == [asr.tokenizer.lang_tag("en")]
+    st = load_translator(make_model_dir(tmp_path / "st", langs=("de", "en")))
+    assert st.transcription_language() == "en"
+
+
+def test_load_translator_names_what_is_missing(model_dir, tmp_path, monkeypatch):
+    with pytest.raises(TranslateError, match="nowhere: no such model directory"):
+        load_translator(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "model.safetensors", "spm.model"):
+        (broken / name).write_bytes((model_dir / name).read_bytes())
+    (broken / "spm.model").unlink()
+    with pytest.raises(TranslateError, match=r"broken/spm.model: not found"):
+        load_translator(broken)
+    (broken / "config.json").unlink()
+    with pytest.raises(TranslateError, match=r"broken/config.json: not found"):
+        load_translator(broken)
+    monkeypatch.setattr(translate, "BUNDLED_MODEL_DIR", tmp_path / "bundled")
+    with pytest.raises(TranslateError, match="no bundled model yet; pass --model DIR"):
+        load_translator(None)
+    bad_task = make_model_dir(tmp_path / "bad", task="mt")
+    with pytest.raises(TranslateError, match="'task' must be one of st, asr, got 'mt'"):
+        load_translator(bad_task)
+
+
+def test_translate_files_per_file_and_language(model_dir, tmp_path):
+    spans = [(0.4, 1.2), (1.8, 2.6)]
+    a, b = tmp_path / "a.wav", tmp_path / "b.flac"
+    sf.write(a, bursts(spans, 3.0), SR)
+    sf.write(b, bursts([(0.3, 0.9)], 1.5, seed=2), SR)
+    tr = load_translator(model_dir)
+    opts = DecodingOptions(beam_size=2, max_len_b=8)
+    results = translate_files(tr, [a, b], ["de", "fr"], opts, batch_frames=100_000)
+    assert [(r.file, r.lang) for r in results] == [(str(a), "de"), (str(a), "fr"), (str(b), "de"), (str(b), "fr")]
+    assert len(results[0].segments) == 2 and len(results[2].segments) == 1
+    for seg, (start, end) in zip(results[0].segments, spans):
+        assert abs(seg.start - start) <= 0.05 and abs(seg.end - end) <= 0.05
+    assert [s.start for s in results[0].segments] == [s.start for s in results[1].segments]
+    # one segment per batch decodes the same as all in one batch
+    alone = translate_files(tr, [a, b], ["de", "fr"], opts, batch_frames=1)
+    assert [[s.text for s in r.segments] for r in alone] == [[s.text for s in r.segments] for r in results]
+    with pytest.raises(TranslateError, match="'es'"):
+        translate_files(tr, [a], ["es"], opts)
