@@ -4,6 +4,7 @@
     interpres data speech [--size tiny|small|full | --config YAML] [key=value ...]
     interpres translate FILE... --tgt de,fr [--model DIR] [--beam 5] [--format text|json|srt] [--out FILE]
     interpres transcribe FILE... [--model DIR] [--beam 5] [--format text|json|srt] [--out FILE]
+    interpres eval mustc --root DIR --pairs en-de,en-fr [--split tst-COMMON] [--model DIR ...] [--workers N]
 
 Every subcommand that runs a recipe takes a YAML config and ``key=value`` overrides
 of its fields; ``interpres SUBCOMMAND --help`` lists them.
@@ -105,6 +106,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", default=None,
                        help="YAML recipe (default: configs/speech/TASK_small.yaml)")
     _add_common(train)
+
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a model with reports (resumable; --workers N or torchrun for several processes)",
+        description="Batch evaluation that writes hypotheses, scores.json, scores.md and scores.png.")
+    esub = evaluate.add_subparsers(dest="what", required=True, metavar="WHAT")
+    mustc = esub.add_parser(
+        "mustc", help="decode and score MuST-C splits (BLEU and chrF with sacrebleu, WER with jiwer)",
+        description="Decode the split of each pair in length-sorted batches and score it: BLEU and "
+                    "chrF (sacrebleu, with signatures) into XX, WER into English (en-asr, --task asr, "
+                    "--also-asr). Writes OUT/PAIR/SPLIT.hyp.LANG (one line per YAML entry), "
+                    "OUT/scores.json, scores.md and scores.png. Running the same command again resumes "
+                    "after the last finished batch. A segment whose audio cannot be read is an error "
+                    "unless --skip-bad; a split whose files disagree (line counts, a missing YAML) "
+                    "is an error even with --skip-bad.")
+    mustc.add_argument("--root", type=Path, required=True, help="corpus root: ROOT/en-XX/data/SPLIT/{wav,txt}")
+    mustc.add_argument("--pairs", required=True, help="pairs, comma-separated (e.g. en-de,en-fr; en-asr transcribes)")
+    mustc.add_argument("--split", default="tst-COMMON", help="split to evaluate (default: tst-COMMON)")
+    mustc.add_argument("--model", type=Path, action="append", metavar="DIR",
+                       help="model directory (default: the bundled model); repeat it to decode with an ensemble")
+    mustc.add_argument("--task", choices=["st", "asr"], default=None,
+                       help="st: translate into XX; asr: transcribe every pair into English (default: the model's)")
+    mustc.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
+    mustc.add_argument("--lenpen", type=float, default=1.0, help="length penalty (default: 1.0)")
+    mustc.add_argument("--batch-frames", type=_positive_int, default=20000,
+                       help="feature frames (10 ms each) per batch, padding included (default: 20000)")
+    mustc.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                       help="torch (default); onnx comes with the compression issue")
+    mustc.add_argument("--out", type=Path, default=None, help="output directory (default: ./eval-SPLIT)")
+    mustc.add_argument("--workers", type=_positive_int, default=1,
+                       help="processes on this machine, run under torchrun (default: 1)")
+    mustc.add_argument("--skip-bad", action="store_true",
+                       help="skip segments whose audio cannot be read, scoring them as empty (and counting them)")
+    mustc.add_argument("--also-asr", action="store_true",
+                       help="also transcribe each pair into English and score WER (an ST model that knows en)")
+    mustc.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
 
 
@@ -214,6 +250,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_mustc(args: argparse.Namespace) -> int:
+    from speech.decode import DecodingOptions
+    from speech.evaluate import EvalOptions, evaluate_mustc, launch_workers, report_markdown
+
+    pairs = list(dict.fromkeys(x.strip() for x in args.pairs.split(",") if x.strip()))
+    opts = EvalOptions(root=args.root, pairs=pairs, split=args.split, models=args.model, task=args.task,
+                       decoding=DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen),
+                       batch_frames=args.batch_frames, out=args.out, skip_bad=args.skip_bad,
+                       also_asr=args.also_asr, runtime=args.runtime)
+    if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        argv = ["eval", "mustc", "--root", str(args.root), "--pairs", ",".join(pairs), "--split", args.split,
+                "--beam", str(args.beam), "--lenpen", str(args.lenpen), "--batch-frames", str(args.batch_frames),
+                "--runtime", args.runtime, "--out", str(opts.out_dir)]
+        argv += [a for m in args.model or [] for a in ("--model", str(m))]
+        argv += ["--task", args.task] if args.task else []
+        argv += [flag for flag, on in (("--skip-bad", args.skip_bad), ("--also-asr", args.also_asr),
+                                       ("--verbose", args.verbose)) if on]
+        return launch_workers(opts, args.workers, argv)
+    report = evaluate_mustc(opts)
+    if report is not None:  # rank 0
+        sys.stdout.write(report_markdown(report))
+        print(f"wrote {opts.out_dir / 'scores.json'}, scores.md, scores.png and the hypotheses", file=sys.stderr)
+    return 0
+
+
 def _home() -> Path:
     from speech.data.cache import interpres_home
 
@@ -232,6 +293,7 @@ COMMANDS = {
     ("translate", None): _cmd_translate,
     ("transcribe", None): _cmd_transcribe,
     ("train", None): _cmd_train,
+    ("eval", "mustc"): _cmd_eval_mustc,
 }
 
 
@@ -242,12 +304,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from speech.data.mustc import MustcError
     from speech.data.packages import PackageError
     from speech.data.tts import SynthesisError
+    from speech.evaluate import EvalError
     from speech.model import CheckpointError
     from speech.tokenizer import TokenizerError
     from speech.translate import TranslateError
 
     return (AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
-            TokenizerError, TranslateError)
+            TokenizerError, TranslateError, EvalError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

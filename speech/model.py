@@ -111,7 +111,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # for tests: builds and runs in milliseconds
     "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, heads=4, ffn_dim=128, conv_channels=64),
     # the CPU default: about a third of s's compute per frame
-    "small": dict(d_model=256, encoder_layers=8, decoder_layers=4, heads=4, ffn_dim=1024, conv_channels=512),
+    # the CPU default: 6.5M parameters at a 4k vocabulary train at 46 utterances/s on 2 cores,
+    # against 25/s for d=256 with 8+4 layers (13.4M), so the 2-hour recipe sees twice the epochs
+    "small": dict(d_model=192, encoder_layers=6, decoder_layers=3, heads=4, ffn_dim=768, conv_channels=384),
     # fairseq s2t_transformer_s
     "s": dict(d_model=256, encoder_layers=12, decoder_layers=6, heads=4, ffn_dim=2048, conv_channels=1024),
 }

@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import random
-import re
 import shutil
 import signal
 import time
@@ -41,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import sacrebleu
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -53,6 +51,7 @@ from speech.data.cache import interpres_home, write_json_atomic
 from speech.data.mustc import MustcSplit
 from speech.data.text import TARGET_LANGS
 from speech.dataset import SplitFeatures, batches_by_frames, interleave_by_weight, language_weights, pad_features
+from speech.evaluate import score_hypotheses  # one scoring rule for training and evaluation
 from speech.features import FbankConfig
 from speech.model import (PAD_ID, ModelConfig, S2TModel, ctc_loss, label_smoothed_nll_loss, load_model_dir,
                           param_count, preset, save_model_dir)
@@ -346,28 +345,6 @@ def dev_scores(model: S2TModel, tok: Tokenizer, data: dict[str, LangData], cfg: 
     return scores
 
 
-_PUNCT = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
-
-
-def _asr_normalize(text: str) -> str:
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
-
-
-def score_hypotheses(lang: str, hyps: list[str], refs: list[str]) -> dict[str, float]:
-    """BLEU (sacrebleu; zh tokenizer for Chinese, char for Japanese) or WER for English."""
-    if lang == "en":
-        import jiwer  # noqa: PLC0415 - only transcription needs it
-
-        # as the S2T recipes score ASR: lower case, punctuation removed
-        norm = [_asr_normalize(r) for r in refs], [_asr_normalize(h) for h in hyps]
-        keep = [i for i, r in enumerate(norm[0]) if r]
-        if not keep:
-            return {"wer_en": 0.0}
-        return {"wer_en": round(100 * jiwer.wer([norm[0][i] for i in keep], [norm[1][i] for i in keep]), 2)}
-    tokenize = {"zh": "zh", "ja": "char"}.get(lang, "13a")
-    return {f"bleu_{lang}": round(sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score, 2)}
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -494,6 +471,9 @@ def train(cfg: TrainConfig) -> Path:
             state["seconds"] = time.perf_counter() - t_start
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", nll=f"{nll_sum / max(1, n_tok):.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+            if state["update"] % 50 == 0 and rank == 0:  # progress in logs too, where tqdm is off
+                log.info("update %d/%d epoch %d: loss %.3f lr %.2e %.1f s", state["update"], cfg.max_updates,
+                         state["epoch"], loss_sum, opt.param_groups[0]["lr"], state["seconds"])
             if state["update"] % 10 == 0:
                 state["history"].append({"update": state["update"], "loss": round(loss_sum, 4),
                                          "nll": round(nll_sum / max(1, n_tok), 4),
@@ -519,7 +499,8 @@ def train(cfg: TrainConfig) -> Path:
         scores = dev_scores(model, tok, dev, cfg) if cfg.dev_bleu_max > 0 else {}
         extra = {"task": cfg.task, "languages": cfg.targets, "features": dataclasses.asdict(fbank_cfg),
                  "recipe": recipe, "averaged": [p.name for p in paths], "dev_scores": scores,
-                 "train_seconds": round(state["seconds"], 1), "updates": state["update"]}
+                 "train_seconds": round(state["seconds"], 1), "updates": state["update"],
+                 "threads": torch.get_num_threads(), "processes": world}
         save_model_dir(model, mcfg, final, extra=extra)
         shutil.copyfile(spm_path, final / "spm.model")
         log.info("model written to %s (dev: %s)", final, scores)

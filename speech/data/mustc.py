@@ -245,11 +245,14 @@ class MustcSplit:
 
     Reading checks that the YAML is a list of entries with numeric ``offset`` and
     ``duration`` >= 0 and a ``wav`` name, that the text files have one line per entry,
-    and that every talk exists. ``check_audio=True`` also runs :meth:`validate`.
+    and that every talk exists (``check_talks=False`` only lists the missing ones in
+    ``missing_talks``, for callers that skip bad utterances; their segments then fail in
+    :func:`load_segment`). ``check_audio=True`` also runs :meth:`validate`.
     Indexing and iteration give :class:`Segment` objects in YAML order.
     """
 
-    def __init__(self, root: str | Path, pair: str, split: str, check_audio: bool = False):
+    def __init__(self, root: str | Path, pair: str, split: str, check_audio: bool = False,
+                 check_talks: bool = True):
         self.root = Path(root)
         self.pair = pair
         self.split = split
@@ -279,11 +282,15 @@ class MustcSplit:
 
         segments = []
         per_talk: dict[str, int] = {}
+        self.missing_talks: set[str] = set()  # with check_talks=False: talks to fail at load_segment
         for i, entry in enumerate(entries):
             offset, duration, wav, speaker = _check_entry(entry, i, self._files)
             k = per_talk.get(wav, 0)
             if k == 0 and not (self.wav_dir / wav).is_file():
-                raise MustcError(f"{self._files.where(i)}: talk {self.wav_dir / wav} does not exist")
+                if check_talks:
+                    raise MustcError(f"{self._files.where(i)}: talk {self.wav_dir / wav} does not exist")
+                log.warning("%s: talk %s does not exist", self._files.where(i), self.wav_dir / wav)
+                self.missing_talks.add(wav)
             per_talk[wav] = k + 1
             segments.append(Segment(
                 id=f"{Path(wav).stem}_{k}", wav=self.wav_dir / wav, offset=offset, duration=duration,
