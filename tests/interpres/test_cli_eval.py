@@ -1,6 +1,5 @@
 """`interpres eval mustc` end to end: in-process, killed and resumed, and in two processes under torchrun."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,31 +14,21 @@ import torch
 from interpres.cli import main
 from speech import translate
 
+from builders import SPLIT, UTTS, build_eval_corpus, make_model_dir
+
 ROOT = Path(__file__).resolve().parents[2]
-SPLIT = "tst-COMMON"
 
-# the tiny corpus and model of the library's tests
-_spec = importlib.util.spec_from_file_location("evaluate_fixtures", ROOT / "tests/speech/test_evaluate.py")
-fx = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fx)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return fx.make_model_dir(tmp_path_factory.mktemp("cli_eval") / "model")
+    return make_model_dir(tmp_path_factory.mktemp("cli_eval") / "model", langs=("de", "fr", "en"))
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return fx.build_corpus(tmp_path_factory.mktemp("mustc"))
+    return build_eval_corpus(tmp_path_factory.mktemp("mustc"))
 
 
 def eval_args(corpus, model_dir, out, *extra) -> list[str]:
@@ -70,7 +59,7 @@ def test_eval_writes_hypotheses_and_the_report(corpus, model_dir, tmp_path, caps
     assert report["beam"] == 1 and report["workers"] == 1 and list(report["pairs"]) == ["en-de", "en-fr"]
     for e in report["pairs"].values():
         assert {"bleu", "chrf", "bleu_signature", "chrf_signature", "wer", "rtf"} <= set(e)
-    assert all(len(text.split("\n")) == len(fx.UTTS) + 1 for text in hyps(out).values())
+    assert all(len(text.split("\n")) == len(UTTS) + 1 for text in hyps(out).values())
 
 
 def test_default_output_directory_is_eval_split(corpus, model_dir, tmp_path, monkeypatch, capsys):
@@ -96,7 +85,7 @@ def test_errors_exit_2_naming_the_culprit(corpus, model_dir, tmp_path, capsys, m
     err = error_of(capsys, eval_args(corpus, model_dir, out, "--runtime", "onnx"))
     assert "the onnx runtime comes with the compression issue" in err
 
-    broken = fx.build_corpus(tmp_path / "broken", pairs=("en-de",))
+    broken = build_eval_corpus(tmp_path / "broken", pairs=("en-de",))
     yaml = broken / "en-de" / "data" / SPLIT / "txt" / f"{SPLIT}.yaml"
     yaml.write_text(yaml.read_text().replace("offset: 1.1,", "offset: 7.0,"))
     args = [*eval_args(broken, model_dir, out), "--pairs", "en-de"]

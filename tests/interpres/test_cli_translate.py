@@ -10,27 +10,11 @@ import torch
 
 from interpres.cli import main
 from speech import translate
-from speech.model import S2TModel, preset, save_model_dir
-from speech.tokenizer import train_st_tokenizer
+
+from builders import make_model_dir
 
 SR = 16000
 BURSTS = [(0.3, 1.0), (1.6, 2.4)]
-TEXTS = {
-    "en": ["Open the file in a new window.", "Save all changes before closing."],
-    "de": ["Öffne die Datei in einem neuen Fenster.", "Alle Änderungen speichern."],
-    "fr": ["Ouvrir le fichier.", "Enregistrer les modifications."],
-}
-
-
-def make_model_dir(path, langs=("de", "fr"), task="st"):
-    path.mkdir(parents=True)
-    tok = train_st_tokenizer({lang: TEXTS[lang] for lang in {*langs, "en"}}, path / "spm.model", vocab_size=50)
-    torch.manual_seed(0)
-    cfg = preset("tiny", tok.vocab_size, n_mels=80)
-    save_model_dir(S2TModel(cfg), cfg, path, extra={"task": task, "languages": list(langs), "features": {}})
-    return path
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("cli") / "model")

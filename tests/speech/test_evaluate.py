@@ -22,76 +22,26 @@ from speech.model import S2TModel, preset, save_model_dir
 from speech.tokenizer import train_st_tokenizer
 from speech.translate import TranslateError, load_translator
 
-SR = 16000
-SPLIT = "tst-COMMON"
-TALKS = {"ted_7.wav": 4.0, "ted_9.wav": 3.0}
-# (talk, offset, duration): durations all differ, so an utterance is known by its frame count
-UTTS = [("ted_7.wav", 0.20, 0.80), ("ted_7.wav", 1.10, 1.00), ("ted_7.wav", 2.30, 1.20),
-        ("ted_9.wav", 0.10, 0.90), ("ted_9.wav", 1.20, 1.30)]
-TEXTS = {
-    "en": ["Open the file in a new window.", "Save all changes before closing.", "The printer is out of paper.",
-           "Select a folder to import.", "Connection refused by the server."],
-    "de": ["Öffne die Datei in einem neuen Fenster.", "Alle Änderungen vor dem Schließen speichern.",
-           "Der Drucker hat kein Papier mehr.", "Wählen Sie einen Ordner zum Importieren.",
-           "Verbindung vom Server abgelehnt."],
-    "fr": ["Ouvrir le fichier dans une nouvelle fenêtre.", "Enregistrer les modifications avant de fermer.",
-           "L'imprimante n'a plus de papier.", "Sélectionnez un dossier à importer.",
-           "Connexion refusée par le serveur."],
-}
+from builders import SPLIT, SR, TALKS, TEXTS, UTTS, build_eval_corpus, make_model_dir
+
 FAST = DecodingOptions(beam_size=2, max_len_b=10)
-
-
-def build_corpus(root: Path, pairs=("en-de", "en-fr"), split: str = SPLIT) -> Path:
-    """Two talks per pair, five utterances cut from them by offset and duration."""
-    rng = np.random.default_rng(0)
-    for pair in pairs:
-        base = root / pair / "data" / split
-        (base / "wav").mkdir(parents=True)
-        (base / "txt").mkdir()
-        for k, (name, seconds) in enumerate(TALKS.items()):
-            t = np.arange(int(seconds * SR)) / SR
-            wave = 0.3 * np.sin(2 * np.pi * (220 + 110 * k) * t * (1 + t / 8)) + 0.01 * rng.standard_normal(len(t))
-            sf.write(base / "wav" / name, wave.astype(np.float32), SR, subtype="PCM_16")
-        (base / "txt" / f"{split}.yaml").write_text("".join(
-            f"- {{duration: {d}, offset: {o}, speaker_id: spk.{w[4]}, wav: {w}}}\n" for w, o, d in UTTS))
-        (base / "txt" / f"{split}.en").write_text("".join(s + "\n" for s in TEXTS["en"]))
-        tgt = pair.split("-")[1]
-        if tgt != "asr":
-            (base / "txt" / f"{split}.{tgt}").write_text("".join(s + "\n" for s in TEXTS[tgt]))
-    return root
-
-
-def make_model_dir(path: Path, langs=("de", "fr", "en"), task: str = "st") -> Path:
-    path.mkdir(parents=True)
-    tok = train_st_tokenizer({lang: TEXTS[lang] for lang in {*langs, "en"}}, path / "spm.model", vocab_size=60)
-    torch.manual_seed(0)
-    cfg = preset("tiny", tok.vocab_size, n_mels=80)
-    save_model_dir(S2TModel(cfg), cfg, path, extra={"task": task, "languages": list(langs),
-                                                    "features": dataclasses.asdict(FbankConfig())})
-    return path
 
 
 def read_lines(path) -> list[str]:
     return Path(path).read_text(encoding="utf-8").split("\n")[:-1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A tiny model decodes fastest on one thread, and the cores may be busy with other work."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp("eval") / "model")
+    return make_model_dir(tmp_path_factory.mktemp("eval") / "model", langs=("de", "fr", "en"))
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return build_corpus(tmp_path_factory.mktemp("mustc"))
+    return build_eval_corpus(tmp_path_factory.mktemp("mustc"))
 
 
 def options(root, out, **kw) -> EvalOptions:
@@ -156,7 +106,7 @@ def test_hypotheses_come_back_in_yaml_order_from_every_shard(corpus, model_dir, 
 
 
 def test_asr_pair_and_task_asr_score_wer(tmp_path, model_dir):
-    root = build_corpus(tmp_path / "c", pairs=("en-asr", "en-de"))
+    root = build_eval_corpus(tmp_path / "c", pairs=("en-asr", "en-de"))
     translator = oracle(load_translator(model_dir))
     report = evaluate_mustc(options(root, tmp_path / "o", pairs=["en-asr", "en-de"], task="asr"), translator)
     for pair in ("en-asr", "en-de"):
@@ -211,7 +161,7 @@ def test_interrupted_run_resumes_without_decoding_twice(corpus, model_dir, tmp_p
 
 
 def test_skip_bad_counts_bad_segments_and_scores_them_empty(tmp_path, model_dir):
-    root = build_corpus(tmp_path / "c")
+    root = build_eval_corpus(tmp_path / "c")
     yaml = root / "en-de" / "data" / SPLIT / "txt" / f"{SPLIT}.yaml"
     lines = yaml.read_text().splitlines()
     lines[2] = lines[2].replace("offset: 2.3", "offset: 9.5")  # past the end of the 4 s talk
@@ -259,7 +209,7 @@ def test_skip_bad_counts_bad_segments_and_scores_them_empty(tmp_path, model_dir)
 
 
 def test_split_level_problems_stay_errors_with_skip_bad(tmp_path, model_dir):
-    root = build_corpus(tmp_path / "c", pairs=("en-de",))
+    root = build_eval_corpus(tmp_path / "c", pairs=("en-de",))
     de = root / "en-de" / "data" / SPLIT / "txt" / f"{SPLIT}.de"
     de.write_text("".join(s + "\n" for s in TEXTS["de"][:4]))
     with pytest.raises(MustcError, match=rf"{de}: 4 lines, but .* has 5 entries"):

@@ -16,6 +16,8 @@ from speech.data.speech_corpus import SpeechCorpusConfig, build_speech_corpus
 from speech.model import load_model_dir
 from speech.train import TrainConfig, average_checkpoints, init_encoder_from, list_checkpoints, train
 
+from builders import write_text_corpus
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="needs espeak-ng and sox"),
@@ -27,12 +29,7 @@ TINY = ROOT / "configs/speech"
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A tiny MuST-C-layout corpus ('t') with de, fr and en-asr, synthesized once."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("conftest_root", ROOT / "tests/conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    home = mod.write_text_corpus(tmp_path_factory.mktemp("home"))
+    home = write_text_corpus(tmp_path_factory.mktemp("home"))
     build_speech_corpus(SpeechCorpusConfig(
         name="t", langs=["de", "fr"], train_per_lang=6, dev_per_lang=2, test_per_lang=3, asr_train=4,
         asr_dev=2, asr_test=2, workers=2, train_voices=["espeak:en-us+m1", "flite:kal16"],

@@ -9,8 +9,6 @@ import torch
 
 from speech import translate
 from speech.decode import DecodingOptions
-from speech.model import S2TModel, preset, save_model_dir
-from speech.tokenizer import train_st_tokenizer
 from speech.translate import (
     FileResult,
     Segment,
@@ -24,26 +22,9 @@ from speech.translate import (
     write_results,
 )
 
+from builders import make_model_dir
+
 SR = 16000
-TEXTS = {
-    "en": ["Open the file in a new window.", "Save all changes before closing.", "The printer is out of paper."],
-    "de": ["Öffne die Datei in einem neuen Fenster.", "Alle Änderungen speichern.", "Der Drucker hat kein Papier."],
-    "fr": ["Ouvrir le fichier.", "Enregistrer les modifications.", "L'imprimante n'a plus de papier."],
-}
-
-
-def make_model_dir(path, langs=("de", "fr"), task="st", seed=0, n_mels=20):
-    """A model directory as training writes it, with a tiny random model."""
-    path.mkdir(parents=True, exist_ok=True)
-    tok = train_st_tokenizer({lang: TEXTS[lang] for lang in {*langs, "en"}}, path / "spm.model", vocab_size=60)
-    torch.manual_seed(seed)
-    cfg = preset("tiny", tok.vocab_size, n_mels=n_mels)
-    save_model_dir(S2TModel(cfg), cfg, path, extra={"task": task, "languages": list(langs),
-                                                    "features": {"num_mel_bins": n_mels}})
-    (path / "README.md").write_text("a tiny random model for tests\n")
-    return path
-
-
 def bursts(spans, duration, seed=0, noise=1e-3):
     """Tone bursts (start_s, end_s) over faint noise."""
     rng = np.random.default_rng(seed)
@@ -57,7 +38,7 @@ def bursts(spans, duration, seed=0, noise=1e-3):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp("model") / "st")
+    return make_model_dir(tmp_path_factory.mktemp("model") / "st", n_mels=20)
 
 
 def test_cuts_fall_on_the_pauses():
