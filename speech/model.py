@@ -48,6 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from speech.config import ConfigError, config_to_dict
+from speech.data.cache import atomic_path
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # speech.tokenizer's fixed ids
 
@@ -468,12 +469,8 @@ def ctc_loss(ctc_logits: Tensor, enc_lens: Tensor, targets: Tensor, target_lens:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _saved_names(state: dict[str, Tensor]) -> list[str]:

@@ -35,7 +35,7 @@ def _scores_table(scores: list[dict[str, Any]]) -> list[str]:
             chrf = f"{s['chrf']:.1f}" if s.get("chrf") is not None else ""
             wer = s.get("wer", s.get("asr_wer"))
             lines.append(f"| {run.get('split', '?')} | {pair} | {bleu} | {chrf} | "
-                         f"{'' if wer is None else f'{wer:.1f}'} | {s.get('n', '')} |")
+                         f"{'' if wer is None else f'{wer:.1f}'} | {s.get('n_utterances', '')} |")
     sigs = sorted({s.get("bleu_signature", "") for run in scores for s in run.get("pairs", {}).values()} - {""})
     if sigs:
         lines += ["", "sacrebleu signatures: " + "; ".join(f"`{x}`" for x in sigs)]
@@ -98,8 +98,8 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
     lines += [
         "## Limits",
         "- Synthetic voices and software-message text: expect much lower quality on real, spontaneous speech.",
-        "- A small model trained for about an hour on 2 CPU cores; it shows the pipeline works end to end and "
-        "gives a baseline to beat, not a production translator.",
+        "- A small model trained for about an hour on 2 CPU cores. It is undertrained: read the scores above "
+        "before trusting an output. It shows the pipeline works end to end and is the baseline to beat.",
     ]
     return "\n".join(lines) + "\n"
 
