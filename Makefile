@@ -10,7 +10,7 @@ APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k fest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install system demo test bench clean
+.PHONY: install system demo test bench clean default-model
 
 install: $(STAMP)
 
@@ -33,18 +33,28 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-# Until the speech translator lands: build the text corpus and a tiny speech sample,
-# and show what was built.
+# Synthesize an English sentence, translate it into the 10 languages with the bundled
+# model (and transcribe it), then show the model card's scores.
+DEMO_WAV := $(or $(TMPDIR),/tmp)/interpres-demo.wav
+DEMO_TEXT := Save all changes before closing the window.
+LANGS := de,es,fr,it,nl,pt,ro,ru,ja,zh
 demo: install
-	$(VENV)/bin/interpres data text
-	$(VENV)/bin/interpres data speech --size tiny
-	@d=$$($(PY) -c 'from speech.data.cache import interpres_home as h; print(h() / "speech/tiny/en-de/data/train")'); \
-	echo "first utterances of $$d:"; \
-	paste -d'|' <(head -3 $$d/txt/train.yaml) <(head -3 $$d/txt/train.en) <(head -3 $$d/txt/train.de) | sed 's/|/\n    /g'
+	@espeak-ng -v en-us+f3 -w $(DEMO_WAV).raw.wav "$(DEMO_TEXT)" && sox -q $(DEMO_WAV).raw.wav -r 16000 -c 1 -b 16 $(DEMO_WAV) && rm -f $(DEMO_WAV).raw.wav
+	@echo "spoken (espeak-ng en-us+f3): $(DEMO_TEXT)"
+	@$(VENV)/bin/interpres transcribe $(DEMO_WAV) --format text | sed 's/^/transcript: /'
+	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt $(LANGS) --format text | cut -f2- | sed 's/^/  /'
+	@echo; sed -n '/^## Scores/,/^## Limits/p' speech/models/default/README.md | sed '$$d'
 
 test: install
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# The bundled default's whole recipe; every step resumes where it stopped.
+default-model: install
+	$(VENV)/bin/interpres data text
+	$(VENV)/bin/interpres data speech --size small
+	$(VENV)/bin/interpres train asr configs/speech/asr_small.yaml
+	$(VENV)/bin/interpres train st configs/speech/st_small.yaml
 
 bench: install
 	$(PY) benchmarks/bench_data.py

@@ -104,3 +104,19 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit) as e:
         main(["translate", "a.wav", "--tgt", "de", "--beam", "0"])
     assert e.value.code == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not translate.BUNDLED_MODEL_DIR.joinpath("config.json").exists(), reason="no bundled model")
+def test_the_bundled_model_needs_no_model_argument(wav, capsys):
+    """After install, translate and transcribe work with the model shipped in the package."""
+    langs = ["de", "es", "fr", "it", "nl", "pt", "ro", "ru", "ja", "zh"]
+    assert main(["translate", str(wav), "--tgt", ",".join(langs), "--format", "json", "--beam", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["lang"] for r in out] == langs
+    assert all(r["segments"] and r["segments"][0]["end"] > r["segments"][0]["start"] for r in out)
+    assert main(["transcribe", str(wav), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["lang"] == "en"
+    card = (translate.BUNDLED_MODEL_DIR / "README.md").read_text()
+    assert "## Recipe" in card and "tst-VOICE" in card
+    assert (translate.BUNDLED_MODEL_DIR / "model.safetensors").stat().st_size < 25e6
