@@ -514,7 +514,8 @@ def hash_seed(*parts: int) -> int:
 
 
 def validate(model: S2TModel, tok: Tokenizer, dev: dict[str, LangData], cfg: TrainConfig, state: dict, rank: int) -> bool:
-    """Dev loss (and BLEU) into the history; True when early stopping says stop."""
+    """Dev loss into the history (dev BLEU/WER is scored once, on the final model); True when
+    early stopping says stop."""
     # keep the dropout RNG where it was: validation must not change what training draws next
     rng = torch.get_rng_state()
     loss = dev_loss(model, dev, cfg)
