@@ -1,0 +1,289 @@
+"""The training loop every recipe of the project shares (speech ASR/ST, simultaneous MT).
+
+A recipe says what its data and its loss are; this loop owns everything else, once:
+
+- Adam with fairseq's inverse-square-root warmup, gradient clipping and accumulation;
+- an epoch is a list of batch keys that is a pure function of (seed, epoch), so a
+  position in it (``epoch``, ``pos``) is all the data state there is;
+- checkpoints every ``save_interval_updates`` hold the model, the optimizer moments, the
+  RNG states and that position: a run killed at any moment (SIGKILL) and started again
+  ends with exactly the weights of an uninterrupted run;
+- validation loss every ``validate_interval_updates`` with early stopping (``patience``);
+- at the end the last ``average_last`` checkpoints are averaged (fairseq's
+  average_checkpoints) and the recipe writes its model directory from the average;
+- under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (gloo on CPU) and
+  rank ``r`` of ``w`` takes batches ``r, r + w, ...`` of the epoch.
+
+Nothing is pickled: weights and optimizer moments are safetensors, the rest JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from speech.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopConfig:
+    """What the loop needs from a recipe's config; recipe configs extend it."""
+
+    out: str = "runs/train"
+    lr: float = 2e-3
+    warmup_updates: int = 500
+    warmup_init_lr: float = 1e-7
+    max_updates: int = 5000
+    max_epochs: int = 100
+    max_seconds: float = 0.0  # stop (after a checkpoint) when the run has trained this long; 0: no limit
+    clip_norm: float = 10.0
+    weight_decay: float = 0.0
+    update_freq: int = 1  # gradient accumulation
+    save_interval_updates: int = 250
+    keep_last: int = 5
+    validate_interval_updates: int = 250
+    patience: int = 0  # stop after this many validations without a better dev loss; 0: never
+    average_last: int = 5
+    seed: int = 1
+    threads: int = 0  # torch intra-op threads; 0: torch's default
+
+    def __post_init__(self) -> None:
+        if self.update_freq < 1:
+            raise ConfigError(f"update_freq must be at least 1, got {self.update_freq}")
+        if self.max_updates < 1:
+            raise ConfigError(f"max_updates must be at least 1, got {self.max_updates}")
+
+
+class Recipe(Protocol):
+    """The part of a training run that knows its data and its loss."""
+
+    name: str  # shown on the progress bar
+
+    def epoch_batches(self, epoch: int) -> list[Any]:
+        """Every batch key of ``epoch``, in order: a pure function of the seed and ``epoch``."""
+
+    def make_batch(self, key: Any, gen: torch.Generator) -> Any:
+        """The tensors of one batch; ``gen`` seeds its augmentation."""
+
+    def backward(self, module: nn.Module, batches: list[Any]) -> dict[str, float]:
+        """Loss of the accumulated ``batches`` through ``module`` (the model or its DDP
+        wrapper), backpropagated; returns statistics, "loss" and "nll" at least."""
+
+    def dev_loss(self, model: nn.Module) -> float:
+        """Per-token NLL on the dev set (the loop restores train mode and the RNG)."""
+
+    def finish(self, model: nn.Module, averaged: list[Path], state: dict) -> None:
+        """Write ``out/model/`` from ``model`` (already the checkpoint average); rank 0 only."""
+
+
+def inverse_sqrt_lr(update: int, cfg: LoopConfig) -> float:
+    """fairseq's inverse_sqrt: linear warmup to ``lr``, then ``lr * sqrt(warmup / update)``."""
+    if update < cfg.warmup_updates:
+        return cfg.warmup_init_lr + (cfg.lr - cfg.warmup_init_lr) * update / max(1, cfg.warmup_updates)
+    return cfg.lr * math.sqrt(cfg.warmup_updates / max(1, update)) if cfg.warmup_updates else cfg.lr
+
+
+def hash_seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "big") & (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Write ``path/`` (model, optimizer moments, RNG, JSON state) atomically."""
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"opt.{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().clone().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    _, py_state, py_pos = random.getstate()
+    tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "checkpoint.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({**state, "python_random": list(py_state),
+                                                "python_random_pos": py_pos}, indent=1))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    tensors = load_file(str(path / "checkpoint.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
+        if st:
+            opt.state[p] = st
+    state = json.loads((path / "state.json").read_text())
+    torch.set_rng_state(tensors["rng.torch"])
+    random.setstate((3, tuple(state.pop("python_random")), state.pop("python_random_pos")))
+    return state
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the model weights of ``paths`` (fairseq's average_checkpoints)."""
+    total: dict[str, torch.Tensor] = {}
+    for p in paths:
+        tensors = load_file(str(p / "checkpoint.safetensors"))
+        for k, v in tensors.items():
+            if k.startswith("model."):
+                v = v.double() if v.is_floating_point() else v
+                total[k[6:]] = total[k[6:]] + v if k[6:] in total and v.is_floating_point() else v
+    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    found = [p for p in ckpt_dir.glob("checkpoint_*") if p.is_dir() and p.name.split("_")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def iter_history(out: str | Path) -> Iterator[dict]:
+    """The logged history of the newest checkpoint of a run (for plots and reports)."""
+    ckpts = list_checkpoints(Path(out) / "checkpoints")
+    if ckpts:
+        yield from json.loads((ckpts[-1] / "state.json").read_text())["history"]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when torchrun started several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world: int = 1) -> Path:
+    """Train ``model`` (or resume its run) under ``cfg``; return ``cfg.out/model``."""
+    out = Path(cfg.out)
+    ckpt_dir, final = out / "checkpoints", out / "model"
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
+    state = {"update": 0, "epoch": 0, "pos": 0, "best_dev_loss": None, "bad_validations": 0,
+             "seconds": 0.0, "history": [], "done": False}
+    ckpts = list_checkpoints(ckpt_dir)
+    if ckpts and json.loads((ckpts[-1] / "state.json").read_text()).get("done") and (final / "config.json").exists():
+        log.info("%s: this run has already finished (%s); nothing to do", out, ckpts[-1].name)
+        return final
+    if ckpts:
+        state = load_checkpoint(ckpts[-1], model, opt)
+        log.info("resumed from %s (update %d, epoch %d, batch %d)", ckpts[-1], state["update"], state["epoch"], state["pos"])
+    module = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    def checkpoint() -> None:
+        if rank == 0:
+            save_checkpoint(ckpt_dir / f"checkpoint_{state['update']}", model, opt, state)
+            for old in list_checkpoints(ckpt_dir)[: -max(cfg.keep_last, cfg.average_last)]:
+                shutil.rmtree(old)
+            kill_at = os.environ.get("INTERPRES_TEST_KILL_AT_UPDATE")  # for the resume tests
+            if kill_at and int(kill_at) == state["update"]:
+                os.kill(os.getpid(), signal.SIGKILL)
+        barrier(world)
+
+    model.train()
+    t_start = time.perf_counter() - state["seconds"]
+    bar = tqdm(total=cfg.max_updates, initial=state["update"], desc=f"train {recipe.name}", unit="upd",
+               disable=None if rank == 0 else True)
+    stop = state["done"]
+    chunk = world * cfg.update_freq
+    while not stop and state["epoch"] < cfg.max_epochs:
+        seq = recipe.epoch_batches(state["epoch"])
+        if chunk > 1:  # every rank gets the same number of whole updates
+            seq = seq[: len(seq) - len(seq) % chunk]
+        steps = len(seq) // world
+        while state["pos"] < steps and not stop:
+            accum = []
+            for _ in range(cfg.update_freq):
+                if state["pos"] >= steps:
+                    break
+                # what a batch draws depends on where it stands, not on what ran before
+                gen = torch.Generator().manual_seed(hash_seed(cfg.seed, state["epoch"], state["pos"], rank))
+                accum.append(recipe.make_batch(seq[state["pos"] * world + rank], gen))
+                state["pos"] += 1
+            for g in opt.param_groups:
+                g["lr"] = inverse_sqrt_lr(state["update"] + 1, cfg)
+            opt.zero_grad(set_to_none=True)
+            stats = recipe.backward(module, accum)
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            opt.step()
+            state["update"] += 1
+            state["seconds"] = time.perf_counter() - t_start
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", nll=f"{stats['nll']:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+            if state["update"] % 50 == 0 and rank == 0:  # progress in logs too, where tqdm is off
+                log.info("update %d/%d epoch %d: loss %.3f lr %.2e %.1f s", state["update"], cfg.max_updates,
+                         state["epoch"], stats["loss"], opt.param_groups[0]["lr"], state["seconds"])
+            if state["update"] % 10 == 0:
+                state["history"].append({"update": state["update"], **{k: round(v, 4) for k, v in stats.items()},
+                                         "gnorm": round(float(gnorm), 3), "seconds": round(state["seconds"], 1)})
+            if state["update"] % cfg.validate_interval_updates == 0 or state["update"] >= cfg.max_updates:
+                stop = _validate(recipe, model, cfg, state, rank) or stop
+            if state["update"] >= cfg.max_updates or (cfg.max_seconds and state["seconds"] >= cfg.max_seconds):
+                stop = True
+            if stop or state["update"] % cfg.save_interval_updates == 0:
+                state["done"] = stop
+                checkpoint()
+        if not stop:
+            state["epoch"] += 1
+            state["pos"] = 0
+    bar.close()
+    state["done"] = True
+
+    if rank == 0:
+        ckpts = list_checkpoints(ckpt_dir)
+        paths = ckpts[-cfg.average_last:] if cfg.average_last > 0 else ckpts[-1:]
+        model.load_state_dict(average_checkpoints(paths))
+        recipe.finish(model, paths, state)
+    barrier(world)
+    return final
+
+
+def _validate(recipe: Recipe, model: nn.Module, cfg: LoopConfig, state: dict, rank: int) -> bool:
+    """Dev loss into the history; True when early stopping says stop."""
+    # keep the dropout RNG where it was: validation must not change what training draws next
+    rng = torch.get_rng_state()
+    model.eval()
+    with torch.no_grad():
+        loss = recipe.dev_loss(model)
+    model.train()
+    torch.set_rng_state(rng)
+    state["history"].append({"update": state["update"], "dev_nll": round(loss, 4)})
+    if rank == 0:
+        log.info("update %d: dev nll %.4f", state["update"], loss)
+    best = state["best_dev_loss"]
+    if best is None or loss < best:
+        state["best_dev_loss"] = loss
+        state["bad_validations"] = 0
+    else:
+        state["bad_validations"] += 1
+    return bool(cfg.patience and state["bad_validations"] >= cfg.patience)
