@@ -379,7 +379,7 @@ class TextDecoder(nn.Module):
         return DecoderCache(len(self.layers))
 
     def forward(self, tokens: Tensor, enc_out: Tensor, enc_mask: Tensor | None,
-                cache: DecoderCache | None = None) -> Tensor:
+                cache: DecoderCache | None = None, source_limit: Tensor | None = None) -> Tensor:
         """tokens (B, U) all tokens so far, enc_out (B, S, D), enc_mask (B, S) True at padding
         or None -> logits (B, N, V) for the N tokens not yet in ``cache``.
 
@@ -387,6 +387,9 @@ class TextDecoder(nn.Module):
         prefix). With one, only the tokens past ``len(cache)`` are run (normally the last
         one) and their keys/values are appended; the cross-attention keys/values are
         computed on the first call and reused.
+
+        ``source_limit`` (N,) long: query ``i`` sees only the first ``source_limit[i]``
+        source positions (prefix-to-prefix training of wait-k models); None: all of them.
         """
         start = len(cache) if cache is not None else 0
         total = tokens.shape[1]
@@ -401,6 +404,9 @@ class TextDecoder(nn.Module):
         # token i may attend to every position up to its own (cached ones included)
         self_mask = torch.arange(total, device=tokens.device)[None, :] <= q_pos[:, None]  # (N, U)
         cross_mask = None if enc_mask is None else ~enc_mask[:, None, None, :]
+        if source_limit is not None:
+            seen = torch.arange(enc_out.shape[1], device=tokens.device)[None, :] < source_limit[:, None]  # (N, S)
+            cross_mask = seen[None, None] if cross_mask is None else cross_mask & seen[None, None]
         for i, layer in enumerate(self.layers):
             x = layer(x, enc_out, self_mask, cross_mask, None if cache is None else cache.layers[i])
         return self.output_projection(self.layer_norm(x))
@@ -486,7 +492,7 @@ def _saved_names(state: dict[str, Tensor]) -> list[str]:
     return names
 
 
-def save_model_dir(model: S2TModel, cfg: ModelConfig, path: str | Path, extra: dict[str, Any] | None = None,
+def save_model_dir(model: nn.Module, cfg: Any, path: str | Path, extra: dict[str, Any] | None = None,
                    dtype: torch.dtype | None = None) -> Path:
     """Write ``path/model.safetensors`` and ``path/config.json`` = {"model": cfg, **extra}.
 
@@ -526,12 +532,14 @@ def _type_ok(value: Any, tp: Any) -> bool:
     return isinstance(value, tp)
 
 
-def model_config_from_dict(data: Any, where: str) -> ModelConfig:
-    """A ModelConfig from a config.json's "model" mapping; every field must be present."""
+def model_config_from_dict(data: Any, where: str, config_cls: type = ModelConfig) -> Any:
+    """A ``config_cls`` (a ModelConfig by default) from a config.json's "model" mapping;
+    every field must be present."""
+    name = config_cls.__name__
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: 'model' must be a mapping of ModelConfig fields")
-    hints = typing.get_type_hints(ModelConfig)
-    fields = [f.name for f in dataclasses.fields(ModelConfig)]
+        raise ConfigError(f"{where}: 'model' must be a mapping of {name} fields")
+    hints = typing.get_type_hints(config_cls)
+    fields = [f.name for f in dataclasses.fields(config_cls)]
     for key in data:
         if key not in hints:
             raise ConfigError(f"{where}: unknown key 'model.{key}' (known keys: {', '.join(fields)})")
@@ -542,16 +550,17 @@ def model_config_from_dict(data: Any, where: str) -> ModelConfig:
             raise ConfigError(f"{where}: 'model.{key}' must be {hints[key]}, got {data[key]!r}")
     kwargs = {k: float(v) if hints[k] is float else v for k, v in data.items()}
     try:
-        return ModelConfig(**kwargs)
+        return config_cls(**kwargs)
     except ValueError as e:
-        raise ConfigError(f"{where}: ModelConfig: {e}") from e
+        raise ConfigError(f"{where}: {name}: {e}") from e
 
 
-def load_model_dir(path: str | Path, dtype: torch.dtype | None = None,
-                   device: str | torch.device = "cpu") -> tuple[S2TModel, dict[str, Any]]:
+def load_model_dir(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                   config_cls: type = ModelConfig, model_cls: type = S2TModel) -> tuple[Any, dict[str, Any]]:
     """Read a model directory -> (model in eval mode, the whole config.json as a dict).
 
     The weights load strictly; fp16 storage is upcast to ``dtype`` (float32 by default).
+    ``config_cls`` and ``model_cls`` say which family the directory holds (S2T by default).
     """
     path = Path(path)
     config_path = path / CONFIG_FILE
@@ -565,9 +574,9 @@ def load_model_dir(path: str | Path, dtype: torch.dtype | None = None,
         raise ConfigError(f"{config_path}:{e.lineno}: invalid JSON ({e.msg})") from e
     if not isinstance(config, dict) or "model" not in config:
         raise ConfigError(f"{config_path}: missing key 'model'")
-    cfg = model_config_from_dict(config["model"], str(config_path))
+    cfg = model_config_from_dict(config["model"], str(config_path), config_cls)
 
-    model = S2TModel(cfg)
+    model = model_cls(cfg)
     weights_path = path / WEIGHTS_FILE
     if not weights_path.exists():
         raise CheckpointError(f"{weights_path}: not found")

@@ -84,12 +84,15 @@ def train_tokenizer(
     normalization_rule_name: str = "identity",
     input_sentence_size: int = 1_000_000,
     byte_fallback: bool = False,
+    add_dummy_prefix: bool = True,
 ) -> "Tokenizer":
     """Train a SentencePiece model on ``texts`` (one sentence each) and write it to ``out_path``.
 
     ``vocab_size`` is an upper bound (``hard_vocab_limit=False``): a tiny corpus gets
     the vocabulary it can fill. Use ``character_coverage=0.9995`` when the texts mix in
-    Japanese or Chinese. The file is written to a temporary name, then renamed.
+    Japanese or Chinese. ``add_dummy_prefix=False`` with ``model_type="char"`` gives one
+    token per character (a space is the piece ``▁``). The file is written to a temporary
+    name, then renamed.
     """
     out_path = Path(out_path)
     model = io.BytesIO()
@@ -103,6 +106,7 @@ def train_tokenizer(
             user_defined_symbols=list(user_defined_symbols),
             normalization_rule_name=normalization_rule_name,
             byte_fallback=byte_fallback,
+            add_dummy_prefix=add_dummy_prefix,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
             pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
             hard_vocab_limit=False,

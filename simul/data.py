@@ -1,0 +1,240 @@
+"""Streams for simultaneous zh->en translation, made from the text builder's zh-en pairs.
+
+A *document* is a run of consecutive entries of one catalog (3 to 6 by default): related
+messages, like the sentences of a talk. Its source stream is the Chinese sides with the
+punctuation removed, glued together (as an ASR transcript would arrive: no punctuation,
+no sentence marks); the true sentence boundaries are kept as labels for the boundary
+detector and for the oracle (full-sentence) policy. Its reference is the English sides
+joined by spaces.
+
+One family of catalogs, the toolchain messages (gcc, binutils, bison, make), is the
+*target domain*: it is held out of pretraining and has its own train/dev/test. The rest
+is *general*. Documents are split by a keyed hash of their id, so train, dev and test
+share no document (and, since the text builder keeps one translation per English string,
+no English sentence).
+
+Output, under ``<home>/simul/<name>/``::
+
+    general/{train,dev,test}.jsonl   one document a line: {"id", "catalog", "zh": [...], "en": [...]}
+    domain/{train,dev,test}.jsonl
+    summary.json                     counts, the config
+
+Read them back with :func:`read_documents`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from speech.config import ConfigError, config_to_dict
+from speech.data.cache import atomic_path, interpres_home, write_json_atomic
+from speech.data.text import SPLITS, read_tsv
+
+log = logging.getLogger(__name__)
+
+DOMAIN_FAMILIES = ["gcc-12-locales", "binutils-common", "bison", "make"]
+PARTS = ("general", "domain")
+
+
+class StreamDataError(ValueError):
+    """A stream corpus is missing or malformed; the message names the file and line."""
+
+
+@dataclass
+class StreamCorpusConfig:
+    """How documents are made and split (configs/simul/data.yaml)."""
+
+    name: str = "default"
+    domain_families: list[str] = field(default_factory=lambda: list(DOMAIN_FAMILIES))
+    min_sentences: int = 3
+    max_sentences: int = 6
+    dev_fraction: float = 0.05  # of the general documents
+    test_fraction: float = 0.05
+    domain_dev_fraction: float = 0.15  # the domain is small: larger held-out shares
+    domain_test_fraction: float = 0.15
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_sentences <= self.max_sentences:
+            raise ConfigError(f"need 1 <= min_sentences <= max_sentences, got {self.min_sentences}, {self.max_sentences}")
+        for a, b in ((self.dev_fraction, self.test_fraction), (self.domain_dev_fraction, self.domain_test_fraction)):
+            if not (0 <= a < 1 and 0 <= b < 1 and a + b < 1):
+                raise ConfigError("dev and test fractions must be in [0, 1) and sum below 1")
+
+
+@dataclass
+class Document:
+    id: str
+    catalog: str
+    zh: list[str]  # sentences, punctuation removed
+    en: list[str]
+
+    @property
+    def source(self) -> str:
+        """The stream: the Chinese sentences glued together."""
+        return "".join(self.zh)
+
+    @property
+    def reference(self) -> str:
+        return " ".join(self.en)
+
+    @property
+    def boundaries(self) -> list[int]:
+        """Character offsets in :attr:`source` where a sentence ends (the last one too)."""
+        out, n = [], 0
+        for s in self.zh:
+            n += len(s)
+            out.append(n)
+        return out
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def _is_ascii_alnum(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
+
+
+def strip_punctuation(text: str) -> str:
+    """What a Chinese ASR transcript would show: no punctuation, no spaces, except one
+    space between two Latin words or numbers ("USB 设备。" -> "USB设备", "GNU C" stays)."""
+    kept = "".join(" " if ch.isspace() else ch for ch in text
+                   if not unicodedata.category(ch).startswith(("P", "S")) or ch.isspace())
+    out = []
+    for i, ch in enumerate(kept):
+        if ch == " ":
+            left = out[-1] if out else ""
+            right = kept[i + 1] if i + 1 < len(kept) else ""
+            if left and right and _is_ascii_alnum(left) and _is_ascii_alnum(right) and left != " ":
+                out.append(" ")
+            continue
+        out.append(ch)
+    return _SPACES.sub(" ", "".join(out)).strip()
+
+
+def _unit(*parts: object, seed: int) -> float:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def make_documents(rows: list[tuple[str, str, str, int]], cfg: StreamCorpusConfig) -> list[Document]:
+    """Cut each catalog's entries, in catalog order, into documents of min..max sentences."""
+    by_catalog: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for zh, en, catalog, index in rows:
+        zh_s = strip_punctuation(zh)
+        if zh_s and en.strip():
+            by_catalog[catalog].append((index, zh_s, en.strip()))
+    docs = []
+    for catalog in sorted(by_catalog):
+        entries = sorted(by_catalog[catalog])
+        i = k = 0
+        while i < len(entries):
+            span = cfg.max_sentences - cfg.min_sentences + 1
+            n = cfg.min_sentences + int(_unit(catalog, k, "len", seed=cfg.seed) * span)
+            chunk = entries[i:i + n]
+            if len(chunk) < cfg.min_sentences and docs and docs[-1].catalog == catalog:
+                # a short tail joins the previous document of its catalog
+                docs[-1].zh += [z for _, z, _ in chunk]
+                docs[-1].en += [e for _, _, e in chunk]
+            else:
+                docs.append(Document(f"{catalog}#{k}", catalog, [z for _, z, _ in chunk], [e for _, _, e in chunk]))
+            i += n
+            k += 1
+    return docs
+
+
+def family(catalog: str) -> str:
+    return catalog.split("/", 1)[0]
+
+
+def split_of(doc: Document, cfg: StreamCorpusConfig, domain: bool) -> str:
+    dev, test = ((cfg.domain_dev_fraction, cfg.domain_test_fraction) if domain
+                 else (cfg.dev_fraction, cfg.test_fraction))
+    u = _unit(doc.id, "split", seed=cfg.seed)
+    return "dev" if u < dev else "test" if u < dev + test else "train"
+
+
+def corpus_dir(name: str, home: Path | None = None) -> Path:
+    return (home or interpres_home()) / "simul" / name
+
+
+def build_stream_corpus(cfg: StreamCorpusConfig, home: Path | None = None) -> dict:
+    """Build (or find already built) the stream corpus from ``<home>/text/zh-en``; return its summary."""
+    home = home or interpres_home()
+    text_dir = home / "text" / "zh-en"
+    if not all((text_dir / f"{s}.tsv").exists() for s in SPLITS):
+        raise StreamDataError(f"{text_dir}: no zh-en pairs (build them with 'interpres data text')")
+    out = corpus_dir(cfg.name, home)
+    summary_path = out / "summary.json"
+    cfg_dict = config_to_dict(cfg)
+    text_summary = home / "text" / "summary.json"
+    source_stamp = text_summary.stat().st_mtime_ns if text_summary.exists() else None
+    if summary_path.exists():
+        old = json.loads(summary_path.read_text(encoding="utf-8"))
+        if old.get("config") == cfg_dict and old.get("text_stamp") == source_stamp:
+            log.info("stream corpus already built at %s", out)
+            return old
+    # the text builder's split is by English string; documents need whole catalogs back
+    rows = [r for s in SPLITS for r in read_tsv(text_dir / f"{s}.tsv")]
+    domain_set = set(cfg.domain_families)
+    known = {family(r[2]) for r in rows}
+    missing = sorted(domain_set - known)
+    if missing:
+        raise ConfigError(f"domain_families: no zh-en pairs from {', '.join(missing)} in {text_dir}")
+    docs = make_documents(rows, cfg)
+    parts: dict[str, dict[str, list[Document]]] = {p: {s: [] for s in SPLITS} for p in PARTS}
+    for d in docs:
+        is_domain = family(d.catalog) in domain_set
+        parts["domain" if is_domain else "general"][split_of(d, cfg, is_domain)].append(d)
+    counts = {}
+    for part, splits in parts.items():
+        for split, items in splits.items():
+            write_documents(out / part / f"{split}.jsonl", items)
+            counts[f"{part}/{split}"] = {"documents": len(items), "sentences": sum(len(d.zh) for d in items),
+                                         "source_chars": sum(len(d.source) for d in items)}
+    summary = {"config": cfg_dict, "text_stamp": source_stamp, "counts": counts}
+    write_json_atomic(summary_path, summary)
+    log.info("stream corpus at %s: %s", out, {k: v["documents"] for k, v in counts.items()})
+    return summary
+
+
+def write_documents(path: Path, docs: list[Document]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"id": d.id, "catalog": d.catalog, "zh": d.zh, "en": d.en}, ensure_ascii=False) + "\n")
+
+
+def read_documents(path: str | Path) -> list[Document]:
+    """Documents of a ``.jsonl`` the builder wrote; errors name the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise StreamDataError(f"{path}: not found (build the corpus with 'interpres data simul')")
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                obj = json.loads(line)
+                doc = Document(str(obj["id"]), str(obj.get("catalog", "")), list(obj["zh"]), list(obj["en"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise StreamDataError(f"{path}:{lineno}: not a document line ({e})") from None
+            if len(doc.zh) != len(doc.en) or not doc.zh or not all(isinstance(s, str) and s for s in doc.zh + doc.en):
+                raise StreamDataError(f"{path}:{lineno}: 'zh' and 'en' must be equal-length lists of non-empty strings")
+            docs.append(doc)
+    return docs
+
+
+def load_split(name_or_dir: str, part: str, split: str, home: Path | None = None) -> list[Document]:
+    """``part`` (general|domain) ``split`` of a corpus name under ``<home>/simul`` or a folder."""
+    if part not in PARTS or split not in SPLITS:
+        raise ConfigError(f"unknown corpus part/split '{part}/{split}' (parts: {PARTS}, splits: {SPLITS})")
+    root = Path(name_or_dir)
+    if not root.is_dir():
+        root = corpus_dir(name_or_dir, home)
+    return read_documents(root / part / f"{split}.jsonl")

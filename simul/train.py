@@ -1,0 +1,310 @@
+"""Training the zh->en translator for simultaneous translation, stage by stage.
+
+    interpres train simul configs/simul/pretrain.yaml                  general pairs
+    interpres train simul configs/simul/domain.yaml   init=runs/simul_pretrain/model
+    interpres train simul configs/simul/segments.yaml init=... segmenter=...
+    interpres train simul configs/simul/waitk.yaml    init=runs/simul_pretrain/model
+
+Every stage runs :func:`speech.loop.run` (exact resume, averaging, ``torchrun``), on
+examples made from the stream corpus (:mod:`simul.data`):
+
+- ``pretrain``: general train documents as sentence pairs, plus each whole document and
+  one window of consecutive sentences (stream-level pairs, so the model also translates
+  several sentences without punctuation, as wait-k and local agreement ask of it);
+- ``domain``: the same, from the target domain's train documents (fine-tuning);
+- ``segments``: sentence-length adaptation: the train documents (general and domain) cut
+  by the boundary detector, each segment paired with its part of the translation (the
+  English words of the sentences it covers; a sentence cut inside gets the share of its
+  words proportional to the share of its characters);
+- ``waitk``: prefix-to-prefix training (STACL): a causal encoder, and target token ``i``
+  attends to the first ``k + i`` source characters only.
+
+A stage that starts from ``init`` keeps that model's tokenizers and architecture
+(``model_overrides`` may still change e.g. ``causal_encoder``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+import torch
+
+from speech.config import ConfigError, config_to_dict
+from speech.data.cache import write_json_atomic
+from speech.dataset import batches_by_frames
+from speech.loop import LoopConfig, barrier, init_distributed, run
+from speech.model import EOS_ID, PAD_ID, label_smoothed_nll_loss, load_model_dir, param_count, save_model_dir
+from speech.tokenizer import Tokenizer, train_tokenizer
+from simul.data import Document, StreamCorpusConfig, build_stream_corpus, load_split
+from simul.model import MTConfig, MTModel, preset
+from simul.translator import SRC_SPM, TGT_SPM, Translator
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "domain", "segments", "waitk")
+
+
+@dataclass
+class SimulTrainConfig(LoopConfig):
+    """A stage of the simultaneous translator's recipe (configs/simul/*.yaml)."""
+
+    stage: str = "pretrain"
+    corpus: str = "default"  # a stream corpus under $INTERPRES_HOME/simul (built when missing)
+    out: str = "runs/simul_pretrain"
+    model: str = "small"  # preset of simul.model (ignored with init)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # model directory to start from (weights, tokenizers, architecture)
+    src_vocab_size: int = 6000  # Chinese characters (the rarest 0.05% map to <unk>)
+    vocab_size: int = 4000  # English unigram pieces
+    windows: bool = True  # add stream-level pairs (whole documents, a window of each)
+    waitk: int = 0  # > 0: prefix-to-prefix training, target token i sees k + i source characters
+    segmenter: str | None = None  # stage segments: the boundary detector's directory
+    seg_threshold: float = 0.5
+    seg_max_len: int = 40
+    max_tokens: int = 6000  # batch size x longest sequence (source or target)
+    max_items: int = 256
+    label_smoothing: float = 0.1
+    dev_bleu_max: int = 400  # dev sentences translated greedily for the final BLEU
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got '{self.stage}'")
+        if self.stage == "segments" and not self.segmenter:
+            raise ConfigError("stage 'segments' needs 'segmenter' (a boundary detector directory)")
+        if self.stage in ("domain", "segments") and not self.init:
+            raise ConfigError(f"stage '{self.stage}' fine-tunes: set 'init' to a model directory")
+        if self.stage == "waitk" and self.waitk < 1:
+            raise ConfigError("stage 'waitk' needs 'waitk' >= 1")
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def document_pairs(docs: list[Document], windows: bool, seed: int) -> list[tuple[str, str]]:
+    """Sentence pairs, plus (with ``windows``) each whole document and one window of it."""
+    pairs = [(z, e) for d in docs for z, e in zip(d.zh, d.en)]
+    if windows:
+        rng = random.Random(seed)
+        for d in docs:
+            n = len(d.zh)
+            pairs.append((d.source, d.reference))
+            if n > 2:
+                size = rng.randint(2, n - 1)
+                start = rng.randint(0, n - size)
+                pairs.append(("".join(d.zh[start:start + size]), " ".join(d.en[start:start + size])))
+    return pairs
+
+
+def segment_translation(doc: Document, start: int, end: int) -> str:
+    """The English of source characters [start, end): whole sentences inside, and the
+    proportional share of the words of a sentence cut inside."""
+    words: list[str] = []
+    pos = 0
+    for zh, en in zip(doc.zh, doc.en):
+        s, e = pos, pos + len(zh)
+        pos = e
+        lo, hi = max(start, s), min(end, e)
+        if lo >= hi:
+            continue
+        w = en.split()
+        a = round(len(w) * (lo - s) / len(zh))
+        b = round(len(w) * (hi - s) / len(zh))
+        words.extend(w[a:b])
+    return " ".join(words)
+
+
+def segment_pairs(docs: list[Document], segmenter: Any, threshold: float, max_len: int) -> list[tuple[str, str]]:
+    """Each document cut as the streaming segmenter cuts it; segments with their English."""
+    from simul.segmenter import cut_positions  # noqa: PLC0415 - only this stage needs it
+
+    pairs = []
+    for d in docs:
+        src = d.source
+        cuts = cut_positions(segmenter.boundary_probs(src), threshold, max_len)
+        bounds = [0, *[c for c in cuts if 0 < c < len(src)], len(src)]
+        for a, b in zip(bounds, bounds[1:]):
+            en = segment_translation(d, a, b)
+            if b > a and en:
+                pairs.append((src[a:b], en))
+    return pairs
+
+
+@dataclass
+class Examples:
+    src: list[list[int]]
+    tgt: list[list[int]]  # [bos, pieces..., eos]
+    refs: list[str]
+    srcs: list[str]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [max(len(s), len(t)) for s, t in zip(self.src, self.tgt)]
+
+
+def to_examples(pairs: list[tuple[str, str]], src_tok: Tokenizer, tgt_tok: Tokenizer) -> Examples:
+    src, tgt, refs, srcs = [], [], [], []
+    for zh, en in pairs:
+        s = src_tok.encode(zh)
+        if s and en:
+            src.append(s + [EOS_ID])
+            tgt.append(tgt_tok.target_ids(en))
+            refs.append(en)
+            srcs.append(zh)
+    return Examples(src, tgt, refs, srcs)
+
+
+def make_batch(ex: Examples, idx: list[int]) -> dict[str, torch.Tensor]:
+    s_len = max(len(ex.src[i]) for i in idx)
+    u = max(len(ex.tgt[i]) for i in idx) - 1
+    src = torch.full((len(idx), s_len), PAD_ID, dtype=torch.long)
+    prev = torch.full((len(idx), u), PAD_ID, dtype=torch.long)
+    tgt = torch.full((len(idx), u), PAD_ID, dtype=torch.long)
+    for b, i in enumerate(idx):
+        src[b, : len(ex.src[i])] = torch.tensor(ex.src[i])
+        t = ex.tgt[i]
+        prev[b, : len(t) - 1] = torch.tensor(t[:-1])
+        tgt[b, : len(t) - 1] = torch.tensor(t[1:])
+    lens = torch.tensor([len(ex.src[i]) for i in idx], dtype=torch.long)
+    return {"src": src, "src_lens": lens, "prev": prev, "target": tgt}
+
+
+def source_limit(u: int, k: int) -> torch.Tensor:
+    """Wait-k: target position i (0-based) sees the first k + i source tokens."""
+    return torch.arange(u) + k
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+class MTRecipe:
+    name = "simul"
+
+    def __init__(self, cfg: SimulTrainConfig, train: Examples, dev: Examples, mcfg: MTConfig, recipe: dict,
+                 out: Path, world: int):
+        self.cfg, self.train, self.dev, self.mcfg, self.recipe, self.out, self.world = (
+            cfg, train, dev, mcfg, recipe, out, world)
+        self.name = f"simul {cfg.stage}"
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        return batches_by_frames(self.train.lengths, self.cfg.max_tokens, self.cfg.max_items,
+                                 seed=self.cfg.seed, epoch=epoch)
+
+    def make_batch(self, key: list[int], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        return make_batch(self.train, key)
+
+    def _forward(self, module: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        limit = source_limit(b["prev"].shape[1], self.cfg.waitk) if self.cfg.waitk else None
+        return module(b["src"], b["src_lens"], b["prev"], limit)["logits"]
+
+    def backward(self, module: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        n_tok = sum(int((b["target"] != PAD_ID).sum()) for b in batches)
+        loss_sum, nll_sum = 0.0, 0.0
+        for b in batches:
+            ls, nll = label_smoothed_nll_loss(self._forward(module, b), b["target"], self.cfg.label_smoothing, PAD_ID)
+            loss = ls / max(1, n_tok)
+            loss.backward()
+            loss_sum += float(loss.detach())
+            nll_sum += float(nll.detach())
+        return {"loss": loss_sum, "nll": nll_sum / max(1, n_tok)}
+
+    def dev_loss(self, model: torch.nn.Module) -> float:
+        total, tokens = 0.0, 0
+        for idx in batches_by_frames(self.dev.lengths, self.cfg.max_tokens, self.cfg.max_items, shuffle=False):
+            b = make_batch(self.dev, idx)
+            _, nll = label_smoothed_nll_loss(self._forward(model, b), b["target"], 0.0, PAD_ID)
+            total += float(nll)
+            tokens += int((b["target"] != PAD_ID).sum())
+        return total / max(1, tokens)
+
+    def finish(self, model: torch.nn.Module, averaged: list[Path], state: dict) -> None:
+        final = self.out / "model"
+        final.mkdir(parents=True, exist_ok=True)
+        for name in (SRC_SPM, TGT_SPM):
+            shutil.copyfile(self.out / name, final / name)
+        scores = {}
+        n = min(self.cfg.dev_bleu_max, len(self.dev.refs))
+        if n:
+            tr = Translator(final, model=model)
+            hyps = [tr.detokenize(ids) for ids in tr.translate(self.dev.srcs[:n])]
+            scores = {"bleu": round(sacrebleu.corpus_bleu(hyps, [self.dev.refs[:n]]).score, 2), "sentences": n}
+        extra = {"task": "simul-mt", "stage": self.cfg.stage, "waitk": self.cfg.waitk, "recipe": self.recipe,
+                 "averaged": [p.name for p in averaged], "dev_scores": scores,
+                 "train_seconds": round(state["seconds"], 1), "updates": state["update"],
+                 "threads": torch.get_num_threads(), "processes": self.world}
+        save_model_dir(model, self.mcfg, final, extra=extra)
+        log.info("model written to %s (dev: %s)", final, scores)
+
+
+def stage_pairs(cfg: SimulTrainConfig, split: str) -> list[tuple[str, str]]:
+    if cfg.stage in ("pretrain", "waitk"):
+        return document_pairs(load_split(cfg.corpus, "general", split), cfg.windows, cfg.seed)
+    if cfg.stage == "domain":
+        return document_pairs(load_split(cfg.corpus, "domain", split), cfg.windows, cfg.seed)
+    from simul.segmenter import Segmenter  # noqa: PLC0415
+
+    seg = Segmenter.load(cfg.segmenter)
+    docs = load_split(cfg.corpus, "general", split) + load_split(cfg.corpus, "domain", split)
+    return segment_pairs(docs, seg, cfg.seg_threshold, cfg.seg_max_len)
+
+
+def train(cfg: SimulTrainConfig) -> Path:
+    """Run (or resume) one stage; return its model directory."""
+    rank, world = init_distributed()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = config_to_dict(cfg)
+    if rank == 0:
+        write_json_atomic(out / "recipe.json", recipe)
+        if not Path(cfg.corpus).is_dir():
+            build_stream_corpus(StreamCorpusConfig(name=cfg.corpus))
+    barrier(world)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    train_pairs = stage_pairs(cfg, "train")
+    dev_pairs = stage_pairs(cfg, "dev")
+    if rank == 0:
+        if cfg.init:
+            for name in (SRC_SPM, TGT_SPM):
+                if not (out / name).exists():
+                    shutil.copyfile(Path(cfg.init) / name, out / name)
+        else:
+            if not (out / SRC_SPM).exists():
+                train_tokenizer([z for z, _ in train_pairs], out / SRC_SPM, cfg.src_vocab_size, model_type="char",
+                                character_coverage=0.9995, add_dummy_prefix=False)
+            if not (out / TGT_SPM).exists():
+                train_tokenizer([e for _, e in train_pairs], out / TGT_SPM, cfg.vocab_size)
+    barrier(world)
+    src_tok, tgt_tok = Tokenizer(out / SRC_SPM), Tokenizer(out / TGT_SPM)
+    train_ex, dev_ex = to_examples(train_pairs, src_tok, tgt_tok), to_examples(dev_pairs, src_tok, tgt_tok)
+    if not train_ex.src:
+        raise ConfigError(f"stage {cfg.stage}: no training pairs")
+    log.info("stage %s: %d train pairs, %d dev pairs", cfg.stage, len(train_ex.src), len(dev_ex.src))
+
+    if cfg.init:
+        init_model, init_conf = load_model_dir(cfg.init, config_cls=MTConfig, model_cls=MTModel)
+        fields = {**dataclasses.asdict(init_model.cfg), **cfg.model_overrides}
+        try:
+            mcfg = MTConfig(**fields)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model_overrides: {e}") from e
+        model = MTModel(mcfg)
+        model.load_state_dict(init_model.state_dict())
+        log.info("initialized from %s (stage %s)", cfg.init, init_conf.get("stage"))
+    else:
+        mcfg = preset(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size, **cfg.model_overrides)
+        model = MTModel(mcfg)
+    if cfg.waitk and not mcfg.causal_encoder:
+        raise ConfigError("waitk training needs model_overrides: {causal_encoder: true}")
+    log.info("model: %.2fM parameters", param_count(model) / 1e6)
+    return run(MTRecipe(cfg, train_ex, dev_ex, mcfg, recipe, out, world), model, cfg, rank, world)

@@ -1,0 +1,87 @@
+"""A zh->en model directory ready to translate: the model, its two tokenizers, decoding.
+
+A model directory of this family holds ``config.json`` (``{"model": MTConfig, ...}``),
+``model.safetensors``, ``src_spm.model`` (Chinese, one piece per character) and
+``spm.model`` (English). Policies call three things:
+
+- :meth:`Translator.translate`: whole translations of sources (greedy or beam), each
+  optionally forced to continue a committed target prefix;
+- :meth:`Translator.next_token`: one greedy step on a source prefix (wait-k);
+- :meth:`Translator.detokenize`: target ids to text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from speech.decode import DecodingOptions, search
+from speech.model import BOS_ID, EOS_ID, PAD_ID
+from speech.tokenizer import Tokenizer
+from simul.model import MTModel, load_mt_model
+
+SRC_SPM = "src_spm.model"
+TGT_SPM = "spm.model"
+
+
+class Translator:
+    def __init__(self, model_dir: str | Path, model: MTModel | None = None):
+        self.path = Path(model_dir)
+        if model is None:
+            model, self.config = load_mt_model(self.path)
+        else:
+            self.config = {}
+        self.model = model.eval()
+        self.src_tok = Tokenizer(self.path / SRC_SPM)
+        self.tgt_tok = Tokenizer(self.path / TGT_SPM)
+        self.max_len_a, self.max_len_b = 1.5, 10  # English pieces per source character, generously
+
+    def encode_sources(self, sources: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded source ids (B, S) and lengths (B,); an empty source is one eos."""
+        ids = [self.src_tok.encode(s) or [EOS_ID] for s in sources]
+        lens = torch.tensor([len(x) for x in ids], dtype=torch.long)
+        out = torch.full((len(ids), int(lens.max())), PAD_ID, dtype=torch.long)
+        for i, x in enumerate(ids):
+            out[i, : len(x)] = torch.tensor(x)
+        return out, lens
+
+    @torch.no_grad()
+    def translate(self, sources: Sequence[str], beam: int = 1,
+                  committed: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+        """Target ids after each committed prefix (not repeating it), without eos."""
+        if not sources:
+            return []
+        committed = committed or [[] for _ in sources]
+        src, lens = self.encode_sources(sources)
+        states = [self.model.encode(src, lens)]
+        opts = DecodingOptions(beam_size=beam, max_len_a=self.max_len_a, max_len_b=self.max_len_b)
+        out: list[list[int]] = [[] for _ in sources]
+        # prefixes of one length decode as one batch
+        by_len: dict[int, list[int]] = {}
+        for i, c in enumerate(committed):
+            by_len.setdefault(len(c), []).append(i)
+        for n, rows in by_len.items():
+            idx = torch.tensor(rows)
+            sub = [tuple(t.index_select(0, idx) for t in states[0])]
+            prefix = [[BOS_ID, *committed[i]] for i in rows]
+            for i, r in zip(rows, search([self.model], sub, prefix, opts)):
+                out[i] = list(r.tokens)
+        return out
+
+    @torch.no_grad()
+    def next_token(self, source: str, target: Sequence[int]) -> int:
+        """The greedy next target id given ``source`` (a prefix) and ``target`` so far."""
+        src, lens = self.encode_sources([source])
+        enc_out, _, enc_mask = self.model.encode(src, lens)
+        tokens = torch.tensor([[BOS_ID, *target]], dtype=torch.long)
+        logits = self.model.decoder(tokens, enc_out, enc_mask)[0, -1].float()
+        logits[[PAD_ID, BOS_ID]] = -float("inf")
+        return int(logits.argmax())
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tgt_tok.decode(ids)
+
+    def words(self, ids: Sequence[int]) -> list[str]:
+        return self.detokenize(ids).split()
