@@ -5,6 +5,10 @@
     interpres translate FILE... --tgt de,fr [--model DIR] [--beam 5] [--format text|json|srt] [--out FILE]
     interpres transcribe FILE... [--model DIR] [--beam 5] [--format text|json|srt] [--out FILE]
     interpres eval mustc --root DIR --pairs en-de,en-fr [--split tst-COMMON] [--model DIR ...] [--workers N]
+    interpres data simul  [--config YAML] [key=value ...]
+    interpres train simul [YAML] [key=value ...]
+    interpres simul [FILE] [--realtime CHARS_PER_SEC] [--format text|jsonl] [--model DIR]
+    interpres eval simul [--model DIR] [--parts general,domain] [--policies ...] [--out DIR]
 
 Every subcommand that runs a recipe takes a YAML config and ``key=value`` overrides
 of its fields; ``interpres SUBCOMMAND --help`` lists them.
@@ -75,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--config", type=Path, default=None, help="YAML recipe instead of a preset")
     _add_common(speech)
 
+    from simul.data import StreamCorpusConfig
+
+    simul_data = dsub.add_parser(
+        "simul", help="zh->en streams (multi-sentence documents) for simultaneous translation",
+        description="Cut the zh-en pairs of the text corpus into documents of consecutive catalog "
+                    "entries, strip the Chinese punctuation, keep the sentence boundaries, and split by "
+                    "document into general and target-domain (toolchain messages) train/dev/test. "
+                    "Builds nothing else: run 'interpres data text' first.",
+        epilog=_fields_help(StreamCorpusConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+    simul_data.add_argument("--config", type=Path, default=CONFIG_DIR / "simul" / "data.yaml",
+                            help="YAML recipe (default: configs/simul/data.yaml)")
+    _add_common(simul_data)
+
     translate = sub.add_parser(
         "translate", help="translate speech in audio files into text in one or more languages",
         description="Cut each file at pauses, translate the segments with a model directory "
@@ -102,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "model). Running the same command again resumes from the last checkpoint. "
                     "Under torchrun it trains data-parallel (gloo on CPU).",
         epilog=_fields_help(TrainConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("task", choices=["asr", "st"], help="what to train")
+    train.add_argument("task", choices=["asr", "st", "simul"],
+                       help="what to train (simul: a stage of the zh->en simultaneous translator, "
+                            "see simul.train.SimulTrainConfig)")
     train.add_argument("config", nargs="?", default=None,
-                       help="YAML recipe (default: configs/speech/TASK_small.yaml)")
+                       help="YAML recipe (default: configs/speech/TASK_small.yaml, configs/simul/pretrain.yaml)")
     _add_common(train)
 
     evaluate = sub.add_parser(
@@ -141,6 +160,50 @@ def build_parser() -> argparse.ArgumentParser:
     mustc.add_argument("--also-asr", action="store_true",
                        help="also transcribe each pair into English and score WER (an ST model that knows en)")
     mustc.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+    esimul = esub.add_parser(
+        "simul", help="simultaneous zh->en policies on the test streams: BLEU and SimulEval latency",
+        description="Run every policy (each at several parameter values) over the test streams of each "
+                    "part and score it as SimulEval 1.1.4 does: BLEU (sacrebleu) and AL, LAAL, DAL, AP, "
+                    "StartOffset, EndOffset over source characters. Writes OUT/PART/AGENT/instances.log "
+                    "and scores.tsv, OUT/scores.json, scores.md and bleu_al.png. Resumes after a kill.")
+    esimul.add_argument("--model", type=Path, default=None,
+                        help="translator model directory (default: the bundled simultaneous model)")
+    esimul.add_argument("--segmenter", type=Path, default=None,
+                        help="boundary detector directory (default: MODEL/segmenter)")
+    esimul.add_argument("--waitk-model", type=Path, default=None,
+                        help="a prefix-to-prefix (wait-k trained) model, for the waitk-trained policy")
+    esimul.add_argument("--corpus", default="default", help="stream corpus name or folder (default: default)")
+    esimul.add_argument("--parts", default="general,domain", help="general, domain or both (default: both)")
+    esimul.add_argument("--split", default="test", choices=["dev", "test"], help="(default: test)")
+    esimul.add_argument("--policies", default=None,
+                        help="semicolon-separated specs, e.g. 'full;seg:0.3,0.5;waitk:3,5;la:2,4;"
+                             "waitk-trained:3' (default: full, seg, waitk and la over their usual ranges, "
+                             "plus waitk-trained when --waitk-model is given)")
+    esimul.add_argument("--max-len", type=_positive_int, default=40,
+                        help="segmentation: force a cut after this many characters (default: 40)")
+    esimul.add_argument("--max-docs", type=int, default=0, help="only the first N streams of each part (0: all)")
+    esimul.add_argument("--out", type=Path, default=Path("eval-simul"), help="output directory (default: ./eval-simul)")
+    esimul.add_argument("--home", type=Path, default=None, help="cache root (default: $INTERPRES_HOME)")
+    esimul.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+    simul = sub.add_parser(
+        "simul", help="simultaneous zh->en translation of a Chinese character stream",
+        description="Read Chinese as it arrives (stdin, or FILE with --realtime) and print each committed "
+                    "English segment as soon as the segmentation policy decides it, with its delay. A line "
+                    "is one stream: its end flushes what is left. Punctuation, symbols and spaces (but one "
+                    "between two Latin words) are dropped: the model reads unpunctuated transcripts.")
+    simul.add_argument("file", nargs="?", type=Path, default=None, help="input file (default: stdin)")
+    simul.add_argument("--realtime", type=float, default=None, metavar="CHARS_PER_SEC",
+                       help="feed the input at this many characters per second (as a live transcript)")
+    simul.add_argument("--format", choices=["text", "jsonl"], default="text", help="output format (default: text)")
+    simul.add_argument("--model", type=Path, default=None, help="model directory (default: the bundled one)")
+    simul.add_argument("--segmenter", type=Path, default=None, help="boundary detector (default: MODEL/segmenter)")
+    simul.add_argument("--threshold", type=float, default=None,
+                       help="boundary probability that cuts (default: the model card's choice)")
+    simul.add_argument("--max-len", type=_positive_int, default=40,
+                       help="force a cut after this many characters without a boundary (default: 40)")
+    simul.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
 
 
@@ -241,6 +304,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.config is not None and "=" in args.config and not Path(args.config).exists():
         overrides.insert(0, args.config)  # `interpres train st max_updates=5`: no recipe given
         args.config = None
+    if args.task == "simul":
+        return _cmd_train_simul(args, overrides)
     path = Path(args.config) if args.config else CONFIG_DIR / "speech" / f"{args.task}_small.yaml"
     cfg = load_config(TrainConfig, path, overrides)
     if cfg.task != args.task:
@@ -275,6 +340,54 @@ def _cmd_eval_mustc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_simul(args: argparse.Namespace) -> int:
+    from speech.config import load_config
+    from simul.data import StreamCorpusConfig, build_stream_corpus, corpus_dir
+
+    cfg = load_config(StreamCorpusConfig, args.config, args.overrides)
+    summary = build_stream_corpus(cfg, home=args.home)
+    print(f"stream corpus in {corpus_dir(cfg.name, args.home)}")
+    print(f"{'part/split':<15} {'streams':>8} {'sentences':>10} {'chars':>8}")
+    for name, c in summary["counts"].items():
+        print(f"{name:<15} {c['documents']:>8} {c['sentences']:>10} {c['source_chars']:>8}")
+    return 0
+
+
+def _cmd_train_simul(args: argparse.Namespace, overrides: list[str]) -> int:
+    from speech.config import load_config
+    from simul.train import SimulTrainConfig, train
+
+    path = Path(args.config) if args.config else CONFIG_DIR / "simul" / "pretrain.yaml"
+    final = train(load_config(SimulTrainConfig, path, overrides))
+    print(f"model directory: {final}")
+    return 0
+
+
+def _cmd_eval_simul(args: argparse.Namespace) -> int:
+    from simul.bundled import resolve_model
+    from simul.evaluate import DEFAULT_POLICIES, SimulEvalOptions, evaluate_simul, report_markdown
+
+    model, segmenter = resolve_model(args.model, args.segmenter)
+    if args.policies:
+        policies = [p.strip() for p in args.policies.split(";") if p.strip()]
+    else:
+        policies = list(DEFAULT_POLICIES) + (["waitk-trained:2,4,6,9,12"] if args.waitk_model else [])
+    opts = SimulEvalOptions(model=model, segmenter=segmenter, waitk_model=args.waitk_model, corpus=args.corpus,
+                            parts=[p.strip() for p in args.parts.split(",") if p.strip()], split=args.split,
+                            policies=policies, max_len=args.max_len, max_docs=args.max_docs, out=args.out)
+    report = evaluate_simul(opts)
+    sys.stdout.write(report_markdown(report))
+    print(f"wrote {args.out / 'scores.json'}, scores.md, bleu_al.png and PART/AGENT/instances.log", file=sys.stderr)
+    return 0
+
+
+def _cmd_simul(args: argparse.Namespace) -> int:
+    from simul.live import run_live
+
+    return run_live(args.file, realtime=args.realtime, fmt=args.format, model=args.model,
+                    segmenter=args.segmenter, threshold=args.threshold, max_len=args.max_len)
+
+
 def _home() -> Path:
     from speech.data.cache import interpres_home
 
@@ -294,6 +407,9 @@ COMMANDS = {
     ("transcribe", None): _cmd_transcribe,
     ("train", None): _cmd_train,
     ("eval", "mustc"): _cmd_eval_mustc,
+    ("data", "simul"): _cmd_data_simul,
+    ("eval", "simul"): _cmd_eval_simul,
+    ("simul", None): _cmd_simul,
 }
 
 
@@ -308,9 +424,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from speech.model import CheckpointError
     from speech.tokenizer import TokenizerError
     from speech.translate import TranslateError
+    from simul.data import StreamDataError
+    from simul.evaluate import SimulEvalError
+    from simul.live import LiveInputError
+    from simul.segmenter import SegmenterFileError
 
     return (AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
-            TokenizerError, TranslateError, EvalError)
+            TokenizerError, TranslateError, EvalError, StreamDataError, SimulEvalError, SegmenterFileError,
+            LiveInputError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -182,7 +182,10 @@ def build_stream_corpus(cfg: StreamCorpusConfig, home: Path | None = None) -> di
             log.info("stream corpus already built at %s", out)
             return old
     # the text builder's split is by English string; documents need whole catalogs back
-    rows = [r for s in SPLITS for r in read_tsv(text_dir / f"{s}.tsv")]
+    try:
+        rows = [r for s in SPLITS for r in read_tsv(text_dir / f"{s}.tsv")]
+    except ValueError as e:  # read_tsv's message names the file and line
+        raise StreamDataError(str(e)) from None
     domain_set = set(cfg.domain_families)
     known = {family(r[2]) for r in rows}
     missing = sorted(domain_set - known)
@@ -221,6 +224,8 @@ def read_documents(path: str | Path) -> list[Document]:
         for lineno, line in enumerate(f, start=1):
             try:
                 obj = json.loads(line)
+                if not isinstance(obj["zh"], list) or not isinstance(obj["en"], list):
+                    raise TypeError("'zh' and 'en' must be lists of sentences")
                 doc = Document(str(obj["id"]), str(obj.get("catalog", "")), list(obj["zh"]), list(obj["en"]))
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise StreamDataError(f"{path}:{lineno}: not a document line ({e})") from None

@@ -48,7 +48,7 @@ from simul.translator import SRC_SPM, TGT_SPM, Translator
 
 log = logging.getLogger(__name__)
 
-STAGES = ("pretrain", "domain", "segments", "waitk")
+STAGES = ("pretrain", "domain", "segments", "waitk", "segmenter")
 
 
 @dataclass
@@ -255,8 +255,36 @@ def stage_pairs(cfg: SimulTrainConfig, split: str) -> list[tuple[str, str]]:
     return segment_pairs(docs, seg, cfg.seg_threshold, cfg.seg_max_len)
 
 
+def train_segmenter_stage(cfg: SimulTrainConfig) -> Path:
+    """The boundary detector, on the train streams of both parts (``model_overrides``
+    sets :class:`simul.segmenter.SegmenterConfig` fields); dev precision/recall/F1 go
+    into its ``scores.json``."""
+    from simul.segmenter import SegmenterConfig, train_segmenter  # noqa: PLC0415
+
+    out = Path(cfg.out)
+    final = out / "model"
+    if (final / "config.json").exists() and (out / "scores.json").exists():
+        log.info("%s: the segmenter is already trained", final)
+        return final
+    build_stream_corpus(StreamCorpusConfig(name=cfg.corpus))
+    try:
+        scfg = SegmenterConfig(**{"seed": cfg.seed, **cfg.model_overrides})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model_overrides (SegmenterConfig): {e}") from e
+    streams = [d.zh for part in ("general", "domain") for d in load_split(cfg.corpus, part, "train")]
+    dev = [d.zh for part in ("general", "domain") for d in load_split(cfg.corpus, part, "dev")]
+    seg = train_segmenter(streams, scfg, dev_streams=dev)
+    seg.save(final)
+    scores = {f"{t:g}": seg.evaluate(dev, threshold=t) for t in (0.1, 0.3, 0.5, 0.7, 0.9)}
+    write_json_atomic(out / "scores.json", {"dev": scores, "recipe": config_to_dict(cfg)})
+    log.info("segmenter written to %s (dev at 0.5: %s)", final, scores["0.5"])
+    return final
+
+
 def train(cfg: SimulTrainConfig) -> Path:
     """Run (or resume) one stage; return its model directory."""
+    if cfg.stage == "segmenter":
+        return train_segmenter_stage(cfg)
     rank, world = init_distributed()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

@@ -1,9 +1,12 @@
 """Shared fixtures; the builders they wrap are in tests/support/builders.py."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from builders import write_text_corpus
+from streams import bundle_like, train_tiny_segmenter, train_tiny_translator, write_stream_corpus
 
 
 @pytest.fixture
@@ -25,3 +28,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_simul(tmp_path_factory):
+    """A tiny stream corpus, translator and boundary detector (tests/support/streams.py), once."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("simul")
+    corpus = write_stream_corpus(root / "corpus")
+    model = train_tiny_translator(corpus, root / "run")
+    train_tiny_segmenter(corpus, root / "segmenter")
+    bundle = bundle_like(model, root / "segmenter", root / "bundle")
+    torch.set_num_threads(n)
+    return SimpleNamespace(root=root, corpus=corpus, model=model, segmenter=root / "segmenter", bundle=bundle)
