@@ -10,7 +10,7 @@ APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k fest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install system demo test bench clean default-model
+.PHONY: install system demo test bench clean default-model simul-model
 
 install: $(STAMP)
 
@@ -55,6 +55,16 @@ default-model: install
 	$(VENV)/bin/interpres data speech --size small
 	$(VENV)/bin/interpres train asr configs/speech/asr_small.yaml
 	$(VENV)/bin/interpres train st configs/speech/st_small.yaml
+
+# The bundled simultaneous translator's recipe (about 40 minutes on 2 cores); each step
+# resumes. The bundle itself: benchmarks/bench_simul.py, then python -m simul.model_card.
+simul-model: install
+	$(VENV)/bin/interpres data text
+	$(VENV)/bin/interpres data simul
+	$(VENV)/bin/interpres train simul configs/simul/pretrain.yaml
+	$(VENV)/bin/interpres train simul configs/simul/segmenter.yaml
+	$(VENV)/bin/interpres train simul configs/simul/domain.yaml
+	$(VENV)/bin/interpres train simul configs/simul/segments.yaml
 
 bench: install
 	$(PY) benchmarks/bench_data.py

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from speech.data.cache import atomic_path, write_json_atomic
 from simul.agents import Agent, policies_from_spec, run_stream
-from simul.data import PARTS, Document, load_split
+from simul.data import PARTS, Document, StreamCorpusConfig, build_stream_corpus, corpus_dir, load_split
 from simul.latency import corpus_latency
 from simul.translator import Translator
 
@@ -122,6 +122,7 @@ def evaluate_simul(opts: SimulEvalOptions) -> dict:
     for part in opts.parts:
         if part not in PARTS:
             raise SimulEvalError(f"unknown part '{part}' (known: {', '.join(PARTS)})")
+    ensure_corpus(opts.corpus)
     translator = Translator(opts.model)
     waitk_tr = Translator(opts.waitk_model) if opts.waitk_model else None
     segmenter = Segmenter.load(opts.segmenter) if opts.segmenter else None
@@ -154,6 +155,20 @@ def evaluate_simul(opts: SimulEvalOptions) -> dict:
         tmp.write_text(report_markdown(report), encoding="utf-8")
     plot_bleu_al(report, opts.out / "bleu_al.png")
     return report
+
+
+def ensure_corpus(name: str) -> None:
+    """Build the named stream corpus (and the text corpus under it) when it is not there yet,
+    so ``eval simul`` runs on the built test set right after install."""
+    if Path(name).is_dir() or (corpus_dir(name) / "summary.json").exists():
+        return
+    from speech.data.cache import interpres_home  # noqa: PLC0415
+    from speech.data.text import TextCorpusConfig, build_text_corpus  # noqa: PLC0415
+
+    if not (interpres_home() / "text" / "zh-en" / "test.tsv").exists():
+        log.info("building the text corpus first (interpres data text)")
+        build_text_corpus(TextCorpusConfig())
+    build_stream_corpus(StreamCorpusConfig(name=name))
 
 
 def _segment_timing(agent: Agent) -> dict[str, float]:

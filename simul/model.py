@@ -65,8 +65,11 @@ class MTConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, heads=4, ffn_dim=128),
-    # the CPU default: fits the 1-hour recipe and the 25 MB bundle in fp16
-    "small": dict(d_model=256, encoder_layers=4, decoder_layers=3, heads=4, ffn_dim=1024),
+    # the CPU default: d=256 (7.8M parameters) ran at about 1.7 s per 6000-token update on
+    # 2 cores, 6 epochs in the 25 minutes the 1-hour recipe gives pretraining; d=192 has
+    # about 60% of its compute per token
+    "small": dict(d_model=192, encoder_layers=4, decoder_layers=3, heads=4, ffn_dim=768),
+    "base": dict(d_model=256, encoder_layers=4, decoder_layers=3, heads=4, ffn_dim=1024),
 }
 
 

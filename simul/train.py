@@ -15,7 +15,7 @@ examples made from the stream corpus (:mod:`simul.data`):
 - ``segments``: sentence-length adaptation: the train documents (general and domain) cut
   by the boundary detector, each segment paired with its part of the translation (the
   English words of the sentences it covers; a sentence cut inside gets the share of its
-  words proportional to the share of its characters);
+  words proportional to the share of its characters), plus the true sentence pairs;
 - ``waitk``: prefix-to-prefix training (STACL): a causal encoder, and target token ``i``
   attends to the first ``k + i`` source characters only.
 
@@ -252,7 +252,8 @@ def stage_pairs(cfg: SimulTrainConfig, split: str) -> list[tuple[str, str]]:
 
     seg = Segmenter.load(cfg.segmenter)
     docs = load_split(cfg.corpus, "general", split) + load_split(cfg.corpus, "domain", split)
-    return segment_pairs(docs, seg, cfg.seg_threshold, cfg.seg_max_len)
+    # the true sentences stay in, so whole sentences are not forgotten for fragments
+    return segment_pairs(docs, seg, cfg.seg_threshold, cfg.seg_max_len) + document_pairs(docs, False, cfg.seed)
 
 
 def train_segmenter_stage(cfg: SimulTrainConfig) -> Path:

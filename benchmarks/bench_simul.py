@@ -1,0 +1,106 @@
+"""Benchmarks of the simultaneous translator (BENCHMARKS.md, "Simultaneous zh->en").
+
+    .venv/bin/python benchmarks/bench_simul.py stages    # what pretrain / domain / segments add
+    .venv/bin/python benchmarks/bench_simul.py threshold # the bundled policy's threshold, on dev
+    .venv/bin/python benchmarks/bench_simul.py goals     # read the goals off eval-simul/scores.json
+
+``stages`` evaluates the model of each recipe stage with the oracle (full-sentence) and the
+segmentation policy on both test parts and writes ``OUT/stages.json``; ``threshold`` sweeps
+the segmentation threshold on the dev streams; ``goals`` compares the segmentation policy
+with wait-k at equal AL (linear interpolation on the wait-k curve) and with full-sentence
+BLEU at LAAL <= 6. Every run resumes (it is ``interpres eval simul`` underneath).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simul.evaluate import SimulEvalOptions, evaluate_simul  # noqa: E402
+
+STAGES = {"pretrain": "runs/simul_pretrain/model", "domain": "runs/simul_domain/model",
+          "segments": "runs/simul_segments/model"}
+SEGMENTER = "runs/simul_segmenter/model"
+
+
+def stages(args) -> dict:
+    out: dict = {}
+    for stage, model in STAGES.items():
+        rep = evaluate_simul(SimulEvalOptions(model=ROOT / model, segmenter=ROOT / SEGMENTER,
+                                              policies=["full", f"seg:{args.threshold:g}"], max_docs=args.max_docs,
+                                              out=Path(args.out) / stage))
+        out[stage] = {part: {"full": r["agents"]["full-sentence"]["BLEU"],
+                             "seg": r["agents"][f"seg-{args.threshold:g}"]["BLEU"],
+                             "seg_LAAL": r["agents"][f"seg-{args.threshold:g}"]["LAAL"]}
+                      for part, r in rep["parts"].items()}
+        print(stage, json.dumps(out[stage]))
+    path = Path(args.out) / "stages.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+    return out
+
+
+def threshold(args) -> None:
+    values = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+    rep = evaluate_simul(SimulEvalOptions(model=ROOT / args.model, segmenter=ROOT / SEGMENTER, split="dev",
+                                          policies=["full", f"seg:{values}"], max_docs=args.max_docs,
+                                          out=Path(args.out) / "threshold-dev"))
+    for part, r in rep["parts"].items():
+        print(f"{part} dev")
+        for name, s in r["agents"].items():
+            print(f"  {name:<14} BLEU {s['BLEU']:6.2f}  AL {s['AL']:6.2f}  LAAL {s['LAAL']:6.2f}")
+
+
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """BLEU of a curve of (AL, BLEU) points at AL = x; None outside its range."""
+    pts = sorted(points)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def goals(args) -> None:
+    rep = json.loads(Path(args.scores).read_text())
+    for part, r in rep["parts"].items():
+        agents = r["agents"]
+        full = agents["full-sentence"]["BLEU"]
+        print(f"{part}: full-sentence BLEU {full:.2f} (LAAL {agents['full-sentence']['LAAL']:.2f})")
+        for fam in ("waitk", "waitk-trained", "la"):
+            curve = [(s["AL"], s["BLEU"]) for n, s in agents.items() if n.rsplit("-", 1)[0] == fam]
+            if not curve:
+                continue
+            for name, s in agents.items():
+                if name.startswith("seg-"):
+                    ref = interpolate(curve, s["AL"])
+                    gap = "outside the curve" if ref is None else f"{s['BLEU'] - ref:+.2f} BLEU"
+                    print(f"  {name} (AL {s['AL']:.2f}, BLEU {s['BLEU']:.2f}) vs {fam} at equal AL: {gap}")
+        best = max((s["BLEU"] for n, s in agents.items() if n.startswith("seg-") and s["LAAL"] <= 6), default=None)
+        if best is None:
+            print("  no segmentation point at LAAL <= 6")
+        else:
+            print(f"  best segmentation BLEU at LAAL <= 6: {best:.2f} = {100 * best / full:.1f}% of full-sentence")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["stages", "threshold", "goals"])
+    ap.add_argument("--out", default="eval-simul-bench")
+    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--model", default=STAGES["segments"])
+    ap.add_argument("--max-docs", type=int, default=0)
+    ap.add_argument("--scores", default="eval-simul/scores.json")
+    args = ap.parse_args()
+    {"stages": stages, "threshold": threshold, "goals": goals}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The simul recipe's stages on the tiny corpus: exact resume after SIGKILL, fine-tuning
+stages that keep their tokenizers, and the prefix-to-prefix (wait-k) model."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from speech.config import ConfigError, load_config
+from simul.model import load_mt_model
+from simul.train import SimulTrainConfig, segment_pairs, train
+from simul.data import load_split
+from simul.segmenter import Segmenter
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cfg(corpus, out, *overrides):
+    return load_config(SimulTrainConfig, ROOT / "configs/simul/tiny.yaml",
+                       [f"corpus={corpus}", f"out={out}", "threads=1", *overrides])
+
+
+def run_cli(*args, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "interpres", "train", "simul", *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tiny_simul, tmp_path):
+    args = [str(ROOT / "configs/simul/tiny.yaml"), f"corpus={tiny_simul.corpus}", "threads=1", "max_updates=40",
+            "save_interval_updates=20", "validate_interval_updates=20"]
+    whole = run_cli(*args, f"out={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = run_cli(*args, f"out={tmp_path / 'cut'}", env_extra={"INTERPRES_TEST_KILL_AT_UPDATE": "20"})
+    assert killed.returncode == -9
+    resumed = run_cli(*args, f"out={tmp_path / 'cut'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    a = load_file(str(tmp_path / "whole/model/model.safetensors"))
+    b = load_file(str(tmp_path / "cut/model/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fine_tuning_stages_keep_the_tokenizers_and_learn(tiny_simul, tmp_path, one_thread):
+    dom = train(cfg(tiny_simul.corpus, tmp_path / "dom", "stage=domain", f"init={tiny_simul.model}",
+                    "max_updates=20", "save_interval_updates=10", "validate_interval_updates=10"))
+    for name in ("src_spm.model", "spm.model"):
+        assert (dom / name).read_bytes() == (tiny_simul.model / name).read_bytes()
+    model, conf = load_mt_model(dom)
+    assert conf["stage"] == "domain" and conf["recipe"]["init"] == str(tiny_simul.model)
+    base, _ = load_mt_model(tiny_simul.model)
+    assert not torch.equal(model.decoder.layers[0].ffn.fc1.weight, base.decoder.layers[0].ffn.fc1.weight)
+
+    seg = train(cfg(tiny_simul.corpus, tmp_path / "seg", "stage=segments", f"init={dom}",
+                    f"segmenter={tiny_simul.segmenter}", "max_updates=10", "save_interval_updates=10",
+                    "validate_interval_updates=10"))
+    assert load_mt_model(seg)[1]["stage"] == "segments"
+
+
+def test_segment_pairs_follow_the_segmenter(tiny_simul):
+    docs = load_split(str(tiny_simul.corpus), "general", "train")[:20]
+    seg = Segmenter.load(tiny_simul.segmenter)
+    pairs = segment_pairs(docs, seg, threshold=0.5, max_len=4)
+    assert all(len(zh) <= 4 for zh, _ in pairs)  # the forced cut
+    # the pieces of the streams, in order, give back the streams
+    assert "".join(zh for zh, _ in pairs) == "".join(d.source for d in docs)
+
+
+def test_wait_k_stage_trains_a_causal_encoder(tiny_simul, tmp_path, one_thread):
+    out = train(cfg(tiny_simul.corpus, tmp_path / "wk", "stage=waitk", "waitk=3", f"init={tiny_simul.model}",
+                    "model_overrides={causal_encoder: true}", "max_updates=10", "save_interval_updates=10",
+                    "validate_interval_updates=10"))
+    model, conf = load_mt_model(out)
+    assert model.cfg.causal_encoder and conf["waitk"] == 3
+    tokens = torch.randint(4, model.cfg.src_vocab_size, (1, 12))
+    full, _, _ = model.encode(tokens, torch.tensor([12]))
+    prefix, _, _ = model.encode(tokens[:, :5], torch.tensor([5]))
+    # a prefix's states do not change as the stream grows
+    assert torch.allclose(full[:, :5], prefix, atol=1e-5)
+
+
+def test_bad_stage_settings_are_config_errors(tiny_simul, tmp_path):
+    with pytest.raises(ConfigError, match="init"):
+        cfg(tiny_simul.corpus, tmp_path, "stage=domain")
+    with pytest.raises(ConfigError, match="segmenter"):
+        cfg(tiny_simul.corpus, tmp_path, "stage=segments", "init=x")
+    with pytest.raises(ConfigError, match="causal_encoder"):
+        train(cfg(tiny_simul.corpus, tmp_path / "x", "stage=waitk", "waitk=2", f"init={tiny_simul.model}"))
+    with pytest.raises(ConfigError, match="stage must be one of"):
+        cfg(tiny_simul.corpus, tmp_path, "stage=nope")
