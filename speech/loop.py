@@ -192,12 +192,17 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
     state = {"update": 0, "epoch": 0, "pos": 0, "best_dev_loss": None, "bad_validations": 0,
              "seconds": 0.0, "history": [], "done": False}
     ckpts = list_checkpoints(ckpt_dir)
-    if ckpts and json.loads((ckpts[-1] / "state.json").read_text()).get("done") and (final / "config.json").exists():
-        log.info("%s: this run has already finished (%s); nothing to do", out, ckpts[-1].name)
-        return final
     if ckpts:
+        last = json.loads((ckpts[-1] / "state.json").read_text())
+        if last.get("done") and not _limits_left(last, cfg) and (final / "config.json").exists():
+            log.info("%s: this run has already finished (%s); nothing to do", out, ckpts[-1].name)
+            return final
         state = load_checkpoint(ckpts[-1], model, opt)
         log.info("resumed from %s (update %d, epoch %d, batch %d)", ckpts[-1], state["update"], state["epoch"], state["pos"])
+        if state["done"] and _limits_left(state, cfg):
+            # the recipe's limits were raised since the run finished: train on from there
+            log.info("max_updates/max_seconds allow more than the finished run did: continuing")
+            state["done"] = False
     module = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     def checkpoint() -> None:
@@ -266,6 +271,13 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
         recipe.finish(model, paths, state)
     barrier(world)
     return final
+
+
+def _limits_left(state: dict, cfg: LoopConfig) -> bool:
+    """Whether a run that stopped at ``state`` would still train under ``cfg``'s limits."""
+    return (state["update"] < cfg.max_updates and state["epoch"] < cfg.max_epochs
+            and not (cfg.max_seconds and state["seconds"] >= cfg.max_seconds)
+            and not (cfg.patience and state["bad_validations"] >= cfg.patience))
 
 
 def _validate(recipe: Recipe, model: nn.Module, cfg: LoopConfig, state: dict, rank: int) -> bool:

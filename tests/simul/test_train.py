@@ -93,3 +93,17 @@ def test_bad_stage_settings_are_config_errors(tiny_simul, tmp_path):
         train(cfg(tiny_simul.corpus, tmp_path / "x", "stage=waitk", "waitk=2", f"init={tiny_simul.model}"))
     with pytest.raises(ConfigError, match="stage must be one of"):
         cfg(tiny_simul.corpus, tmp_path, "stage=nope")
+
+
+@pytest.mark.slow
+def test_raising_the_limits_of_a_finished_run_trains_on_exactly(tiny_simul, tmp_path, one_thread):
+    common = ["save_interval_updates=10", "validate_interval_updates=10"]
+    short = train(cfg(tiny_simul.corpus, tmp_path / "ext", "max_updates=20", *common))
+    assert load_mt_model(short)[1]["updates"] == 20
+    assert train(cfg(tiny_simul.corpus, tmp_path / "ext", "max_updates=20", *common)) == short  # nothing to do
+    extended = train(cfg(tiny_simul.corpus, tmp_path / "ext", "max_updates=30", *common))
+    fresh = train(cfg(tiny_simul.corpus, tmp_path / "fresh", "max_updates=30", *common))
+    assert load_mt_model(extended)[1]["updates"] == 30
+    a = load_file(str(extended / "model.safetensors"))
+    b = load_file(str(fresh / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from speech.config import ConfigError, load_config
 from speech.data.speech_corpus import SpeechCorpusConfig, build_speech_corpus
 from speech.model import load_model_dir
-from speech.train import TrainConfig, average_checkpoints, init_encoder_from, list_checkpoints, train
+from speech.loop import average_checkpoints, list_checkpoints
+from speech.train import TrainConfig, init_encoder_from, train
 
 from builders import write_text_corpus
 
