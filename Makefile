@@ -38,12 +38,15 @@ $(STAMP): pyproject.toml
 DEMO_WAV := $(or $(TMPDIR),/tmp)/interpres-demo.wav
 DEMO_TEXT := Save all changes before closing the window.
 LANGS := de,es,fr,it,nl,pt,ro,ru,ja,zh
+SIMUL_DEMO := 输入一个有效的整数输入一个有效的时间输入一个有效的值
 demo: install
 	@espeak-ng -v en-us+f3 -w $(DEMO_WAV).raw.wav "$(DEMO_TEXT)" && sox -q $(DEMO_WAV).raw.wav -r 16000 -c 1 -b 16 $(DEMO_WAV) && rm -f $(DEMO_WAV).raw.wav
 	@echo "spoken (espeak-ng en-us+f3): $(DEMO_TEXT)"
 	@$(VENV)/bin/interpres transcribe $(DEMO_WAV) --format text | sed 's/^/transcript: /'
 	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt $(LANGS) --format text | cut -f2- | sed 's/^/  /'
 	@echo; sed -n '/^## Scores/,/^## Limits/p' speech/models/default/README.md | sed '$$d'
+	@echo; echo "simultaneous zh->en (bundled simul model), stream: $(SIMUL_DEMO)"
+	@echo "$(SIMUL_DEMO)" | $(VENV)/bin/interpres simul | sed 's/^/  /'
 
 test: install
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \

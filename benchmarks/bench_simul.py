@@ -1,6 +1,6 @@
 """Benchmarks of the simultaneous translator (BENCHMARKS.md, "Simultaneous zh->en").
 
-    .venv/bin/python benchmarks/bench_simul.py stages    # what pretrain / domain / segments add
+    .venv/bin/python benchmarks/bench_simul.py stages [--only STAGE]  # what each recipe stage adds
     .venv/bin/python benchmarks/bench_simul.py threshold # the bundled policy's threshold, on dev
     .venv/bin/python benchmarks/bench_simul.py goals     # read the goals off eval-simul/scores.json
 
@@ -30,8 +30,11 @@ SEGMENTER = "runs/simul_segmenter/model"
 
 
 def stages(args) -> dict:
-    out: dict = {}
+    path = Path(args.out) / "stages.json"
+    out: dict = json.loads(path.read_text()) if path.exists() else {}
     for stage, model in STAGES.items():
+        if args.only and stage != args.only:
+            continue
         rep = evaluate_simul(SimulEvalOptions(model=ROOT / model, segmenter=ROOT / SEGMENTER,
                                               policies=["full", f"seg:{args.threshold:g}"], max_docs=args.max_docs,
                                               out=Path(args.out) / stage))
@@ -40,16 +43,17 @@ def stages(args) -> dict:
                              "seg_LAAL": r["agents"][f"seg-{args.threshold:g}"]["LAAL"]}
                       for part, r in rep["parts"].items()}
         print(stage, json.dumps(out[stage]))
-    path = Path(args.out) / "stages.json"
-    path.write_text(json.dumps(out, indent=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({s: out[s] for s in STAGES if s in out}, indent=1))
     print(f"wrote {path}")
     return out
 
 
 def threshold(args) -> None:
-    values = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+    values = "0.3,0.5,0.7,0.9"
     rep = evaluate_simul(SimulEvalOptions(model=ROOT / args.model, segmenter=ROOT / SEGMENTER, split="dev",
-                                          policies=["full", f"seg:{values}"], max_docs=args.max_docs,
+                                          parts=["general"], policies=["full", f"seg:{values}"],
+                                          max_docs=args.max_docs,
                                           out=Path(args.out) / "threshold-dev"))
     for part, r in rep["parts"].items():
         print(f"{part} dev")
@@ -97,6 +101,7 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--model", default=STAGES["segments"])
     ap.add_argument("--max-docs", type=int, default=0)
+    ap.add_argument("--only", choices=list(STAGES), default=None, help="stages: this stage only (the others kept)")
     ap.add_argument("--scores", default="eval-simul/scores.json")
     args = ap.parse_args()
     {"stages": stages, "threshold": threshold, "goals": goals}[args.what](args)

@@ -64,7 +64,11 @@ def _fingerprint(agent: Agent, opts: SimulEvalOptions, part: str, n_docs: int) -
     files = [opts.model / "model.safetensors"]
     files += [opts.segmenter / "model.safetensors"] if opts.segmenter else []
     files += [opts.waitk_model / "model.safetensors"] if opts.waitk_model else []
-    h = hashlib.sha256(json.dumps([agent.name, part, opts.split, opts.corpus, opts.max_len, n_docs]).encode())
+    # what decides the output: the agent, its decoding settings, the data, the weights
+    tr = getattr(agent, "tr", None)
+    decoding = [getattr(agent, "beam", 1)] + ([tr.max_len_a, tr.max_len_b, tr.repeat_max_times] if tr else [])
+    h = hashlib.sha256(json.dumps([agent.name, decoding, part, opts.split, opts.corpus, opts.max_len,
+                                   n_docs]).encode())
     for f in files:
         h.update(f.read_bytes() if f.exists() else b"")
     return h.hexdigest()[:16]

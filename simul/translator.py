@@ -36,7 +36,12 @@ class Translator:
         self.model = model.eval()
         self.src_tok = Tokenizer(self.path / SRC_SPM)
         self.tgt_tok = Tokenizer(self.path / TGT_SPM)
-        self.max_len_a, self.max_len_b = 1.5, 10  # English pieces per source character, generously
+        # Decoding limits, chosen on general dev (BENCHMARKS.md): English pieces are about 0.9
+        # per source character, and an undertrained model repeats itself, so a hypothesis
+        # may have at most 1.0 x characters + 5 pieces and ends once an n-gram repeats twice
+        # in a row ("address address"): +4 BLEU greedy, and the output is no longer twice
+        # the reference's length.
+        self.max_len_a, self.max_len_b, self.repeat_max_times = 1.0, 5, 2
 
     def encode_sources(self, sources: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded source ids (B, S) and lengths (B,); an empty source is one eos."""
@@ -48,15 +53,19 @@ class Translator:
         return out, lens
 
     @torch.no_grad()
-    def translate(self, sources: Sequence[str], beam: int = 1,
-                  committed: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+    def options(self, beam: int = 1, length_penalty: float = 1.0) -> DecodingOptions:
+        return DecodingOptions(beam_size=beam, length_penalty=length_penalty, max_len_a=self.max_len_a,
+                               max_len_b=self.max_len_b, repeat_max_times=self.repeat_max_times)
+
+    def translate(self, sources: Sequence[str], beam: int = 1, committed: Sequence[Sequence[int]] | None = None,
+                  length_penalty: float = 1.0) -> list[list[int]]:
         """Target ids after each committed prefix (not repeating it), without eos."""
         if not sources:
             return []
         committed = committed or [[] for _ in sources]
         src, lens = self.encode_sources(sources)
         states = [self.model.encode(src, lens)]
-        opts = DecodingOptions(beam_size=beam, max_len_a=self.max_len_a, max_len_b=self.max_len_b)
+        opts = self.options(beam, length_penalty)
         out: list[list[int]] = [[] for _ in sources]
         # prefixes of one length decode as one batch
         by_len: dict[int, list[int]] = {}
