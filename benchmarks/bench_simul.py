@@ -7,7 +7,7 @@
 ``stages`` evaluates the model of each recipe stage with the oracle (full-sentence) and the
 segmentation policy on both test parts and writes ``OUT/stages.json``; ``threshold`` sweeps
 the segmentation threshold on the dev streams; ``goals`` compares the segmentation policy
-with wait-k at equal AL (linear interpolation on the wait-k curve) and with full-sentence
+with wait-k and local agreement at equal AL and at equal LAAL (linear interpolation on their curves) and with full-sentence
 BLEU at LAAL <= 6. Every run resumes (it is ``interpres eval simul`` underneath).
 """
 
@@ -40,7 +40,8 @@ def stages(args) -> dict:
                                               out=Path(args.out) / stage))
         out[stage] = {part: {"full": r["agents"]["full-sentence"]["BLEU"],
                              "seg": r["agents"][f"seg-{args.threshold:g}"]["BLEU"],
-                             "seg_LAAL": r["agents"][f"seg-{args.threshold:g}"]["LAAL"]}
+                             "seg_LAAL": r["agents"][f"seg-{args.threshold:g}"]["LAAL"],
+                             "seg_threshold": args.threshold}
                       for part, r in rep["parts"].items()}
         print(stage, json.dumps(out[stage]))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,15 +77,14 @@ def goals(args) -> None:
         agents = r["agents"]
         full = agents["full-sentence"]["BLEU"]
         print(f"{part}: full-sentence BLEU {full:.2f} (LAAL {agents['full-sentence']['LAAL']:.2f})")
-        for fam in ("waitk", "waitk-trained", "la"):
-            curve = [(s["AL"], s["BLEU"]) for n, s in agents.items() if n.rsplit("-", 1)[0] == fam]
-            if not curve:
-                continue
-            for name, s in agents.items():
-                if name.startswith("seg-"):
-                    ref = interpolate(curve, s["AL"])
-                    gap = "outside the curve" if ref is None else f"{s['BLEU'] - ref:+.2f} BLEU"
-                    print(f"  {name} (AL {s['AL']:.2f}, BLEU {s['BLEU']:.2f}) vs {fam} at equal AL: {gap}")
+        for metric in ("AL", "LAAL"):
+            for fam in ("waitk", "waitk-trained", "la"):
+                curve = [(s[metric], s["BLEU"]) for n, s in agents.items() if n.rsplit("-", 1)[0] == fam]
+                for name, s in agents.items():
+                    if curve and name.startswith("seg-"):
+                        ref = interpolate(curve, s[metric])
+                        gap = "outside the curve" if ref is None else f"{s['BLEU'] - ref:+.2f} BLEU"
+                        print(f"  {name} ({metric} {s[metric]:.2f}, BLEU {s['BLEU']:.2f}) vs {fam} at equal {metric}: {gap}")
         best = max((s["BLEU"] for n, s in agents.items() if n.startswith("seg-") and s["LAAL"] <= 6), default=None)
         if best is None:
             print("  no segmentation point at LAAL <= 6")

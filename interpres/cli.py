@@ -371,7 +371,7 @@ def _cmd_eval_simul(args: argparse.Namespace) -> int:
     if args.policies:
         policies = [p.strip() for p in args.policies.split(";") if p.strip()]
     else:
-        policies = list(DEFAULT_POLICIES) + (["waitk-trained:2,4,6,9,12"] if args.waitk_model else [])
+        policies = list(DEFAULT_POLICIES) + (["waitk-trained:2,4,7,12"] if args.waitk_model else [])
     opts = SimulEvalOptions(model=model, segmenter=segmenter, waitk_model=args.waitk_model, corpus=args.corpus,
                             parts=[p.strip() for p in args.parts.split(",") if p.strip()], split=args.split,
                             policies=policies, max_len=args.max_len, max_docs=args.max_docs, out=args.out)

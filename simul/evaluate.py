@@ -38,7 +38,7 @@ from simul.translator import Translator
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POLICIES = ["full", "seg:0.1,0.3,0.5,0.7,0.9", "waitk:2,4,6,9,12", "la:2,4,8"]
+DEFAULT_POLICIES = ["full", "seg:0.3,0.5,0.7,0.9", "waitk:2,4,7,12", "la:3,6"]
 METRIC_ORDER = ("BLEU", "AL", "AP", "DAL", "LAAL", "StartOffset", "EndOffset")
 
 

@@ -38,6 +38,23 @@ def _policy_rows(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _stage_lines(conf: dict) -> list[str]:
+    """One line per stage that made this model, following the ``init`` chain back."""
+    chain, seen = [conf], set()
+    while (init := chain[-1].get("recipe", {}).get("init")) and init not in seen:
+        seen.add(init)
+        path = Path(init) / "config.json"
+        if not path.exists():
+            break
+        chain.append(json.loads(path.read_text(encoding="utf-8")))
+    lines = []
+    for c in reversed(chain):
+        r = c.get("recipe", {})
+        lines.append(f"- stage `{c.get('stage')}`: {c.get('updates')} updates in {c.get('train_seconds', 0) / 60:.1f} min "
+                     f"({c.get('threads')} thread(s)); lr {r.get('lr')}, max_tokens {r.get('max_tokens')}")
+    return lines
+
+
 def model_card(model_dir: Path, report: dict | None, stages: dict | None) -> str:
     model, conf = load_mt_model(model_dir)
     m, recipe, policy = conf["model"], conf.get("recipe", {}), conf.get("policy", {})
@@ -71,8 +88,7 @@ def model_card(model_dir: Path, report: dict | None, stages: dict | None) -> str
         "interpres train simul configs/simul/domain.yaml      # adapt to the toolchain-message domain",
         "interpres train simul configs/simul/segments.yaml    # adapt to segments as the detector cuts them",
         "```",
-        f"- this stage: `{conf.get('stage')}`, {conf.get('updates')} updates in "
-        f"{conf.get('train_seconds', 0) / 60:.1f} min; lr {recipe.get('lr')}, max_tokens {recipe.get('max_tokens')}",
+        *_stage_lines(conf),
         "",
         "## Data",
         "- zh_CN gettext catalogs of Debian and Python packages (human translations of software messages), "
@@ -81,12 +97,14 @@ def model_card(model_dir: Path, report: dict | None, stages: dict | None) -> str
         "- target domain, held out of pretraining: gcc, binutils, bison and make messages.",
         "",
         "## Scores",
-        "Dev BLEU (greedy, sentences) at the end of this stage: " + json.dumps(conf.get("dev_scores", {})),
+        "Dev BLEU of the last stage on its own dev pairs (segments and sentences, greedy): "
+        + json.dumps(conf.get("dev_scores", {})),
         "",
     ]
     if stages:
+        seg_t = next(iter(next(iter(stages.values())).values())).get("seg_threshold", "?")
         lines += ["What each stage adds (BLEU on the test streams; `full` = oracle sentence boundaries, "
-                  f"`seg` = this policy at threshold {policy.get('threshold')}):", "",
+                  f"`seg` = the segmentation policy at threshold {seg_t}):", "",
                   "| stage | general full | general seg | domain full | domain seg |", "|---|---:|---:|---:|---:|"]
         for stage, s in stages.items():
             lines.append(f"| {stage} | {s['general']['full']:.2f} | {s['general']['seg']:.2f} | "
