@@ -57,7 +57,7 @@ def _stage_lines(conf: dict) -> list[str]:
 
 def model_card(model_dir: Path, report: dict | None, stages: dict | None) -> str:
     model, conf = load_mt_model(model_dir)
-    m, recipe, policy = conf["model"], conf.get("recipe", {}), conf.get("policy", {})
+    m, policy = conf["model"], conf.get("policy", {})
     seg_conf = json.loads((model_dir / SEGMENTER_DIR / "config.json").read_text(encoding="utf-8"))
     size_mb = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()) / 1e6
     lines = [

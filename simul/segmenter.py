@@ -38,11 +38,11 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from speech.data.cache import atomic_path, write_json_atomic
+from speech.model import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -289,27 +289,8 @@ class Segmenter:
             raise SegmenterFileError(f"{config_path}: {len(vocab)} characters do not fit vocab_size "
                                      f"{cfg.vocab_size} ({N_SPECIAL} ids are pad and unk)")
 
-        weights_path = path / WEIGHTS_FILE
-        if not weights_path.is_file():
-            raise SegmenterFileError(f"{weights_path}: not found")
-        try:
-            tensors = load_file(str(weights_path), device="cpu")
-        except (SafetensorError, OSError) as e:
-            raise SegmenterFileError(f"{weights_path}: cannot read ({e})") from e
         model = BoundaryModel(len(vocab) + N_SPECIAL, cfg)
-        state = model.state_dict()
-        for name, want in state.items():
-            if name not in tensors:
-                raise SegmenterFileError(f"{weights_path}: missing tensor '{name}'")
-            got = tensors[name]
-            if tuple(got.shape) != tuple(want.shape) or not got.is_floating_point():
-                raise SegmenterFileError(f"{weights_path}: tensor '{name}' is {got.dtype} {tuple(got.shape)}, "
-                                         f"{config_path} wants a float {tuple(want.shape)}")
-        unexpected = sorted(set(tensors) - set(state))
-        if unexpected:
-            raise SegmenterFileError(f"{weights_path}: unexpected tensor '{unexpected[0]}'"
-                                     + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
-        model.load_state_dict(tensors)
+        load_weights(model, path / WEIGHTS_FILE, SegmenterFileError)
         return cls(model, vocab, cfg)
 
 

@@ -39,7 +39,7 @@ import torch
 from speech.config import ConfigError, config_to_dict
 from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
-from speech.loop import LoopConfig, barrier, init_distributed, run
+from speech.loop import LoopConfig, barrier, run, start_run
 from speech.model import EOS_ID, PAD_ID, label_smoothed_nll_loss, load_model_dir, param_count, save_model_dir
 from speech.tokenizer import Tokenizer, train_tokenizer
 from simul.data import Document, StreamCorpusConfig, build_stream_corpus, load_split
@@ -286,19 +286,11 @@ def train(cfg: SimulTrainConfig) -> Path:
     """Run (or resume) one stage; return its model directory."""
     if cfg.stage == "segmenter":
         return train_segmenter_stage(cfg)
-    rank, world = init_distributed()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    rank, world, recipe = start_run(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    recipe = config_to_dict(cfg)
-    if rank == 0:
-        write_json_atomic(out / "recipe.json", recipe)
-        if not Path(cfg.corpus).is_dir():
-            build_stream_corpus(StreamCorpusConfig(name=cfg.corpus))
+    if rank == 0 and not Path(cfg.corpus).is_dir():
+        build_stream_corpus(StreamCorpusConfig(name=cfg.corpus))
     barrier(world)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
 
     train_pairs = stage_pairs(cfg, "train")
     dev_pairs = stage_pairs(cfg, "dev")

@@ -38,7 +38,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from speech.config import ConfigError
+from speech.config import ConfigError, config_to_dict
+from speech.data.cache import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,23 @@ def init_distributed() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def start_run(cfg: LoopConfig) -> tuple[int, int, dict]:
+    """What every recipe does first: join the process group, set the threads, write
+    ``out/recipe.json`` (rank 0) and seed Python's and torch's RNGs.
+    Returns (rank, world size, the recipe as a dict)."""
+    rank, world = init_distributed()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = config_to_dict(cfg)
+    if rank == 0:
+        write_json_atomic(out / "recipe.json", recipe)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    return rank, world, recipe
 
 
 def barrier(world: int) -> None:

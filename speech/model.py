@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -555,6 +554,34 @@ def model_config_from_dict(data: Any, where: str, config_cls: type = ModelConfig
         raise ConfigError(f"{where}: {name}: {e}") from e
 
 
+def load_weights(model: nn.Module, weights_path: Path, error: type[Exception] = CheckpointError) -> None:
+    """Fill ``model`` strictly from a safetensors file: every tensor of its state dict
+    (a tied weight once) with its shape and kind (floating or not), and nothing else.
+    Raises ``error`` naming the file and the tensor. Nothing is unpickled."""
+    if not weights_path.is_file():
+        raise error(f"{weights_path}: not found")
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise error(f"{weights_path}: cannot read ({e})") from e
+    state = model.state_dict()
+    expected = _saved_names(state)
+    for name in expected:
+        if name not in tensors:
+            raise error(f"{weights_path}: missing tensor '{name}'")
+        got, want = tensors[name], state[name]
+        if tuple(got.shape) != tuple(want.shape) or got.is_floating_point() != want.is_floating_point():
+            raise error(f"{weights_path}: tensor '{name}' has shape {tuple(got.shape)} ({got.dtype}), "
+                        f"the config wants {tuple(want.shape)} ({want.dtype})")
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise error(f"{weights_path}: unexpected tensor '{unexpected[0]}'"
+                    + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+    with torch.no_grad():
+        for name in expected:
+            state[name].copy_(tensors[name])  # state-dict tensors share storage with the parameters
+
+
 def load_model_dir(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                    config_cls: type = ModelConfig, model_cls: type = S2TModel) -> tuple[Any, dict[str, Any]]:
     """Read a model directory -> (model in eval mode, the whole config.json as a dict).
@@ -577,27 +604,6 @@ def load_model_dir(path: str | Path, dtype: torch.dtype | None = None, device: s
     cfg = model_config_from_dict(config["model"], str(config_path), config_cls)
 
     model = model_cls(cfg)
-    weights_path = path / WEIGHTS_FILE
-    if not weights_path.exists():
-        raise CheckpointError(f"{weights_path}: not found")
-    try:
-        tensors = load_file(str(weights_path), device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights_path}: cannot read ({e})") from e
-    state = model.state_dict()
-    expected = _saved_names(state)
-    for name in expected:
-        if name not in tensors:
-            raise CheckpointError(f"{weights_path}: missing tensor '{name}'")
-        if tuple(tensors[name].shape) != tuple(state[name].shape):
-            raise CheckpointError(f"{weights_path}: tensor '{name}' has shape {tuple(tensors[name].shape)}, "
-                                  f"the config wants {tuple(state[name].shape)}")
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        raise CheckpointError(f"{weights_path}: unexpected tensor '{unexpected[0]}'"
-                              + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
-    with torch.no_grad():
-        for name in expected:
-            state[name].copy_(tensors[name])  # state-dict tensors share storage with the parameters
+    load_weights(model, path / WEIGHTS_FILE)
     model.to(device=device, dtype=dtype or torch.float32)
     return model.eval(), config

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +33,14 @@ from typing import Any
 import torch
 
 from speech.augment import POLICIES, SpecAugmentConfig, spec_augment
-from speech.config import ConfigError, config_to_dict
-from speech.data.cache import interpres_home, write_json_atomic
+from speech.config import ConfigError
+from speech.data.cache import interpres_home
 from speech.data.mustc import MustcSplit
 from speech.data.text import TARGET_LANGS
 from speech.dataset import SplitFeatures, batches_by_frames, interleave_by_weight, language_weights, pad_features
 from speech.evaluate import score_hypotheses  # one scoring rule for training and evaluation
 from speech.features import FbankConfig
-from speech.loop import LoopConfig, barrier, init_distributed, run
+from speech.loop import LoopConfig, barrier, run, start_run
 from speech.model import (PAD_ID, ModelConfig, S2TModel, ctc_loss, label_smoothed_nll_loss, load_model_dir,
                           param_count, preset, save_model_dir)
 from speech.tokenizer import Tokenizer, train_st_tokenizer
@@ -316,16 +315,8 @@ class SpeechRecipe:
 
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) the recipe; return the final model directory."""
-    rank, world = init_distributed()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    rank, world, recipe = start_run(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    recipe = config_to_dict(cfg)
-    if rank == 0:
-        write_json_atomic(out / "recipe.json", recipe)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
     fbank_cfg = FbankConfig()
 
     # 1. data and 2. tokenizer (rank 0 trains it; the others wait and read it)
