@@ -76,6 +76,15 @@ def translate_segment(translator: Translator, segment: str, beam: int = SEGMENT_
     return translator.detokenize(ids)
 
 
+def timed_translation(agent, segment: str) -> str:
+    """translate_segment with the agent's translator and beam, its time kept in
+    ``agent.segment_seconds`` (the per-segment decoding times eval simul reports)."""
+    t0 = time.perf_counter()
+    text = translate_segment(agent.tr, segment, agent.beam)
+    agent.segment_seconds.append(time.perf_counter() - t0)
+    return text
+
+
 def _is_word_start(translator: Translator, token: int) -> bool:
     return translator.tgt_tok.sp.id_to_piece(token).startswith("\u2581")
 
@@ -179,10 +188,7 @@ class Segmentation:
 
     def _translate(self, segment: str, finished: bool) -> WriteAction:
         self.last_segment = segment
-        t0 = time.perf_counter()
-        text = translate_segment(self.tr, segment, self.beam)
-        self.segment_seconds.append(time.perf_counter() - t0)
-        return WriteAction(text, finished)
+        return WriteAction(timed_translation(self, segment), finished)
 
     def next_cut(self, source: str, finished: bool) -> int | None:
         """The next cut position decidable with what has been read, or None (read more).
@@ -238,10 +244,7 @@ class FullSentence:
         else:
             return ReadAction()
         segment, self.start = states.source[self.start:end], end
-        t0 = time.perf_counter()
-        text = translate_segment(self.tr, segment, self.beam)
-        self.segment_seconds.append(time.perf_counter() - t0)
-        return WriteAction(text, states.source_finished and not self.bounds)
+        return WriteAction(timed_translation(self, segment), states.source_finished and not self.bounds)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from speech.data.cache import write_text_atomic
+from speech.data.cache import atomic_dir, write_text_atomic
 from speech.model import param_count, save_model_dir
 from simul.bundled import SEGMENTER_DIR
 from simul.model import load_mt_model
@@ -125,19 +125,14 @@ def bundle(src: Path, dst: Path, segmenter: Path, threshold: float, max_len: int
     model, conf = load_mt_model(src)
     extra = {k: v for k, v in conf.items() if k != "model"}
     extra["policy"] = {"threshold": threshold, "max_len": max_len}
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model_dir(model, model.cfg, tmp, extra=extra, dtype=torch.float16)
-    for name in (SRC_SPM, TGT_SPM):
-        shutil.copyfile(src / name, tmp / name)
-    shutil.copytree(segmenter, tmp / SEGMENTER_DIR)
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path else None
     stages = json.loads(stages_path.read_text(encoding="utf-8")) if stages_path else None
-    write_text_atomic(tmp / "README.md", model_card(tmp, report, stages))
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
+    with atomic_dir(dst) as tmp:
+        save_model_dir(model, model.cfg, tmp, extra=extra, dtype=torch.float16)
+        for name in (SRC_SPM, TGT_SPM):
+            shutil.copyfile(src / name, tmp / name)
+        shutil.copytree(segmenter, tmp / SEGMENTER_DIR)
+        write_text_atomic(tmp / "README.md", model_card(tmp, report, stages))
     return dst
 
 

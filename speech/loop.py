@@ -39,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from speech.config import ConfigError, config_to_dict
-from speech.data.cache import write_json_atomic
+from speech.data.cache import atomic_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +118,10 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
             tensors[f"opt.{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().clone().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     _, py_state, py_pos = random.getstate()
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "checkpoint.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "python_random": list(py_state),
-                                                "python_random_pos": py_pos}, indent=1))
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    with atomic_dir(path) as tmp:
+        save_file(tensors, str(tmp / "checkpoint.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "python_random": list(py_state),
+                                                    "python_random_pos": py_pos}, indent=1))
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from speech.data.cache import write_text_atomic
+from speech.data.cache import atomic_dir, write_text_atomic
 from speech.model import load_model_dir, param_count, save_model_dir
 
 LANG_NAMES = {"de": "German", "es": "Spanish", "fr": "French", "it": "Italian", "nl": "Dutch", "pt": "Portuguese",
@@ -63,7 +63,7 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         f"- parameters: {param_count(model) / 1e6:.2f}M; weights file {size_mb:.1f} MB "
         f"({next(iter(model.parameters())).dtype} in memory)",
         f"- vocabulary: sentencepiece unigram, {m['vocab_size']} pieces with `<lang:xx>` tags",
-        f"- features: 80-dim Kaldi fbank (25 ms / 10 ms), utterance CMVN",
+        "- features: 80-dim Kaldi fbank (25 ms / 10 ms), utterance CMVN",
         "",
         "## Recipe",
         "Made by this repository's own recipe, from nothing but registry packages (`make default-model`):",
@@ -108,16 +108,11 @@ def bundle(src: Path, dst: Path, score_files: list[Path]) -> Path:
     """Copy the model at ``src`` to ``dst`` as fp16, with its tokenizer and a model card."""
     model, conf = load_model_dir(src)
     extra = {k: v for k, v in conf.items() if k != "model"}
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model_dir(model, model.cfg, tmp, extra=extra, dtype=torch.float16)
-    shutil.copyfile(src / "spm.model", tmp / "spm.model")
     scores = [json.loads(p.read_text(encoding="utf-8")) for p in score_files]
-    write_text_atomic(tmp / "README.md", model_card(tmp, scores))
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
+    with atomic_dir(dst) as tmp:
+        save_model_dir(model, model.cfg, tmp, extra=extra, dtype=torch.float16)
+        shutil.copyfile(src / "spm.model", tmp / "spm.model")
+        write_text_atomic(tmp / "README.md", model_card(tmp, scores))
     return dst
 
 
