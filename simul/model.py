@@ -17,7 +17,7 @@ encoder of a prefix-to-prefix (wait-k) model, trained with ``source_limit``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from speech.config import ConfigError
-from speech.model import (BOS_ID, EOS_ID, PAD_ID, EncoderLayer, TextDecoder, _check_length, lengths_to_padding_mask,
-                          load_model_dir, sinusoids)
+from speech.model import (BOS_ID, EOS_ID, PAD_ID, EncoderLayer, TextDecoder, _check_length, check_layout,
+                          lengths_to_padding_mask, load_model_dir, sinusoids)
 
 
 @dataclass
@@ -50,14 +50,17 @@ class MTConfig:
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
+    # per-layer sizes of a pruned model, as in speech.model.ModelConfig; empty/0 = uniform
+    head_dim: int = 0
+    encoder_layout: list[list[int]] = field(default_factory=list)
+    decoder_layout: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("d_model", "encoder_layers", "decoder_layers", "heads", "ffn_dim",
                      "max_source_positions", "max_target_positions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"'{name}' must be at least 1, got {getattr(self, name)}")
-        if self.d_model % self.heads:
-            raise ValueError(f"'d_model' ({self.d_model}) must be a multiple of 'heads' ({self.heads})")
+        check_layout(self)
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"'{name}' must be in [0, 1), got {getattr(self, name)}")
@@ -92,7 +95,7 @@ class TextEncoder(nn.Module):
         nn.init.zeros_(self.embed_tokens.weight[cfg.pad_id])
         self.embed_scale = math.sqrt(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.layers = nn.ModuleList(EncoderLayer(cfg, i) for i in range(cfg.encoder_layers))
         self.layer_norm = nn.LayerNorm(cfg.d_model)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:

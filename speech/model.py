@@ -83,6 +83,10 @@ class ModelConfig:
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
     blank_id: int = PAD_ID  # CTC blank: the pad id (never a CTC target)
+    # A pruned model (compress/) has its own sizes per layer; empty/0 = the uniform sizes above.
+    head_dim: int = 0  # 0: d_model // heads
+    encoder_layout: list[list[int]] = field(default_factory=list)  # per encoder layer: [heads, ffn_dim]
+    decoder_layout: list[list[int]] = field(default_factory=list)  # per decoder layer: [self heads, cross heads, ffn_dim]
 
     def __post_init__(self) -> None:
         positive = ("n_mels", "conv_channels", "d_model", "encoder_layers", "decoder_layers",
@@ -92,8 +96,7 @@ class ModelConfig:
                 raise ValueError(f"'{name}' must be at least 1, got {getattr(self, name)}")
         if self.vocab_size < 0:
             raise ValueError(f"'vocab_size' must be positive (or 0 = not set), got {self.vocab_size}")
-        if self.d_model % self.heads:
-            raise ValueError(f"'d_model' ({self.d_model}) must be a multiple of 'heads' ({self.heads})")
+        check_layout(self)
         if self.conv_channels % 2:
             raise ValueError(f"'conv_channels' must be even (GLU halves it), got {self.conv_channels}")
         if not self.conv_kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.conv_kernel_sizes):
@@ -117,6 +120,61 @@ PRESETS: dict[str, dict[str, Any]] = {
     # fairseq s2t_transformer_s
     "s": dict(d_model=256, encoder_layers=12, decoder_layers=6, heads=4, ffn_dim=2048, conv_channels=1024),
 }
+
+
+# fields a config.json written before they existed may lack (their defaults mean "uniform")
+OPTIONAL_FIELDS = ("head_dim", "encoder_layout", "decoder_layout")
+
+
+def check_layout(cfg: Any) -> None:
+    """Validate the per-layer sizes of a config with ``heads``, ``ffn_dim``, ``head_dim``,
+    ``encoder_layout`` and ``decoder_layout`` (ModelConfig and simul's MTConfig)."""
+    if cfg.head_dim < 0:
+        raise ValueError(f"'head_dim' must be positive (or 0 = d_model // heads), got {cfg.head_dim}")
+    if not cfg.head_dim and cfg.d_model % cfg.heads:
+        raise ValueError(f"'d_model' ({cfg.d_model}) must be a multiple of 'heads' ({cfg.heads})")
+    for name, layers, width in (("encoder_layout", cfg.encoder_layers, 2), ("decoder_layout", cfg.decoder_layers, 3)):
+        layout = getattr(cfg, name)
+        if not layout:
+            continue
+        if len(layout) != layers:
+            raise ValueError(f"'{name}' has {len(layout)} entries for {layers} layers")
+        for i, entry in enumerate(layout):
+            if len(entry) != width or any(v < 1 for v in entry):
+                raise ValueError(f"'{name}[{i}]' must be {width} positive sizes, got {entry}")
+
+
+def head_dim(cfg: Any) -> int:
+    return cfg.head_dim or cfg.d_model // cfg.heads
+
+
+def encoder_layer_sizes(cfg: Any, i: int) -> tuple[int, int]:
+    """(heads, ffn_dim) of encoder layer ``i``."""
+    return tuple(cfg.encoder_layout[i]) if cfg.encoder_layout else (cfg.heads, cfg.ffn_dim)  # type: ignore[return-value]
+
+
+def decoder_layer_sizes(cfg: Any, i: int) -> tuple[int, int, int]:
+    """(self-attention heads, cross-attention heads, ffn_dim) of decoder layer ``i``."""
+    return tuple(cfg.decoder_layout[i]) if cfg.decoder_layout else (cfg.heads, cfg.heads, cfg.ffn_dim)  # type: ignore[return-value]
+
+
+def layout_of(model: nn.Module) -> dict[str, Any]:
+    """The size fields of a model's config read off its modules (after structured pruning):
+    ``encoder_layers``, ``decoder_layers``, ``head_dim``, ``encoder_layout``, ``decoder_layout``.
+    Works for every model whose ``encoder.layers`` / ``decoder.layers`` are this file's layers."""
+    enc, dec = list(model.encoder.layers), list(model.decoder.layers)
+    dims = {layer.self_attn.head_dim for layer in enc} | {m.head_dim for layer in dec
+                                                          for m in (layer.self_attn, layer.encoder_attn)}
+    if len(dims) > 1:
+        raise ValueError(f"layout_of: attention head sizes differ between layers ({sorted(dims)})")
+    return {
+        "encoder_layers": len(enc),
+        "decoder_layers": len(dec),
+        "head_dim": dims.pop() if dims else 0,
+        "encoder_layout": [[layer.self_attn.heads, layer.ffn.fc1.out_features] for layer in enc],
+        "decoder_layout": [[layer.self_attn.heads, layer.encoder_attn.heads, layer.ffn.fc1.out_features]
+                           for layer in dec],
+    }
 
 
 def preset(name: str, vocab_size: int, **overrides: Any) -> ModelConfig:
@@ -211,10 +269,10 @@ class MultiHeadAttention(nn.Module):
     ``heads`` is updated.
     """
 
-    def __init__(self, d_model: int, heads: int, dropout: float = 0.0):
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0, head_dim: int | None = None):
         super().__init__()
         self.heads = heads
-        self.head_dim = d_model // heads
+        self.head_dim = head_dim or d_model // heads
         self.dropout = dropout
         inner = heads * self.head_dim
         self.q_proj = nn.Linear(d_model, inner)
@@ -256,12 +314,13 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, index: int = 0):
         super().__init__()
+        heads, ffn_dim = encoder_layer_sizes(cfg, index)
         self.self_attn_layer_norm = nn.LayerNorm(cfg.d_model)
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn = MultiHeadAttention(cfg.d_model, heads, cfg.attention_dropout, head_dim(cfg))
         self.final_layer_norm = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.ffn = FeedForward(cfg.d_model, ffn_dim, cfg.activation_dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
@@ -301,14 +360,15 @@ class DecoderCache:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, index: int = 0):
         super().__init__()
+        self_heads, cross_heads, ffn_dim = decoder_layer_sizes(cfg, index)
         self.self_attn_layer_norm = nn.LayerNorm(cfg.d_model)
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn = MultiHeadAttention(cfg.d_model, self_heads, cfg.attention_dropout, head_dim(cfg))
         self.encoder_attn_layer_norm = nn.LayerNorm(cfg.d_model)
-        self.encoder_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.encoder_attn = MultiHeadAttention(cfg.d_model, cross_heads, cfg.attention_dropout, head_dim(cfg))
         self.final_layer_norm = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.ffn = FeedForward(cfg.d_model, ffn_dim, cfg.activation_dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, enc_out: Tensor, self_mask: Tensor | None, cross_mask: Tensor | None,
@@ -339,7 +399,7 @@ class AudioEncoder(nn.Module):
         self.subsample = Conv1dSubsampler(cfg.n_mels, cfg.conv_channels, cfg.d_model, cfg.conv_kernel_sizes)
         self.embed_scale = math.sqrt(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.layers = nn.ModuleList(EncoderLayer(cfg, i) for i in range(cfg.encoder_layers))
         self.layer_norm = nn.LayerNorm(cfg.d_model)
 
     def forward(self, features: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -366,7 +426,7 @@ class TextDecoder(nn.Module):
         nn.init.zeros_(self.embed_tokens.weight[cfg.pad_id])
         self.embed_scale = math.sqrt(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.decoder_layers))
         self.layer_norm = nn.LayerNorm(cfg.d_model)
         self.output_projection = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.share_decoder_input_output_embed:
@@ -544,6 +604,8 @@ def model_config_from_dict(data: Any, where: str, config_cls: type = ModelConfig
             raise ConfigError(f"{where}: unknown key 'model.{key}' (known keys: {', '.join(fields)})")
     for key in fields:
         if key not in data:
+            if key in OPTIONAL_FIELDS:
+                continue
             raise ConfigError(f"{where}: missing key 'model.{key}'")
         if not _type_ok(data[key], hints[key]):
             raise ConfigError(f"{where}: 'model.{key}' must be {hints[key]}, got {data[key]!r}")
