@@ -35,7 +35,9 @@ from typing import Any
 
 import sacrebleu
 import torch
+from tqdm import tqdm
 
+from compress.distill import KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, teacher_log_probs, truncate_targets
 from speech.config import ConfigError, config_to_dict
 from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
@@ -72,6 +74,12 @@ class SimulTrainConfig(LoopConfig):
     max_items: int = 256
     label_smoothing: float = 0.1
     dev_bleu_max: int = 400  # dev sentences translated greedily for the final BLEU
+    # distillation (compress/): teachers (several = an ensemble), word-level KD (kd.alpha 0 = none),
+    # sequence-level KD (train on the teachers' beam outputs)
+    teacher: list[str] = field(default_factory=list)
+    kd: KDConfig = field(default_factory=KDConfig)
+    seq_kd: bool = False
+    seq_kd_beam: int = 4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +91,8 @@ class SimulTrainConfig(LoopConfig):
             raise ConfigError(f"stage '{self.stage}' fine-tunes: set 'init' to a model directory")
         if self.stage == "waitk" and self.waitk < 1:
             raise ConfigError("stage 'waitk' needs 'waitk' >= 1")
+        if self.seq_kd and not self.teacher:
+            raise ConfigError("seq_kd needs teacher: the model directories whose outputs are learned")
 
 
 # ----------------------------------------------------------------------------- examples
@@ -188,10 +198,11 @@ class MTRecipe:
     name = "simul"
 
     def __init__(self, cfg: SimulTrainConfig, train: Examples, dev: Examples, mcfg: MTConfig, recipe: dict,
-                 out: Path, world: int):
+                 out: Path, world: int, teachers: list[MTModel] | None = None):
         self.cfg, self.train, self.dev, self.mcfg, self.recipe, self.out, self.world = (
             cfg, train, dev, mcfg, recipe, out, world)
-        self.name = f"simul {cfg.stage}"
+        self.name = f"simul {cfg.stage}" + (" (distill)" if teachers else "")
+        self.teachers = teachers if teachers and cfg.kd.alpha > 0 else []
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         return batches_by_frames(self.train.lengths, self.cfg.max_tokens, self.cfg.max_items,
@@ -200,20 +211,30 @@ class MTRecipe:
     def make_batch(self, key: list[int], gen: torch.Generator) -> dict[str, torch.Tensor]:
         return make_batch(self.train, key)
 
-    def _forward(self, module: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        limit = source_limit(b["prev"].shape[1], self.cfg.waitk) if self.cfg.waitk else None
-        return module(b["src"], b["src_lens"], b["prev"], limit)["logits"]
+    def _forward(self, module: torch.nn.Module, b: dict[str, torch.Tensor], prev: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        prev = b["prev"] if prev is None else prev
+        limit = source_limit(prev.shape[1], self.cfg.waitk) if self.cfg.waitk else None
+        return module(b["src"], b["src_lens"], prev, limit)["logits"]
 
     def backward(self, module: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-        n_tok = sum(int((b["target"] != PAD_ID).sum()) for b in batches)
-        loss_sum, nll_sum = 0.0, 0.0
-        for b in batches:
-            ls, nll = label_smoothed_nll_loss(self._forward(module, b), b["target"], self.cfg.label_smoothing, PAD_ID)
+        kd = dataclasses.replace(self.cfg.kd, label_smoothing=self.cfg.label_smoothing)
+        cut = [truncate_targets(b["prev"], b["target"], kd.truncate, PAD_ID) for b in batches]
+        n_tok = sum(int((target != PAD_ID).sum()) for _, target in cut)
+        loss_sum, nll_sum, kd_sum = 0.0, 0.0, 0.0
+        for b, (prev, target) in zip(batches, cut):
+            teacher = teacher_log_probs(self.teachers, lambda t: self._forward(t, b, prev))
+            ls, parts = kd_loss(self._forward(module, b, prev), teacher, target, kd, PAD_ID,
+                                batch_kd_mask(target, PAD_ID, kd))
             loss = ls / max(1, n_tok)
             loss.backward()
             loss_sum += float(loss.detach())
-            nll_sum += float(nll.detach())
-        return {"loss": loss_sum, "nll": nll_sum / max(1, n_tok)}
+            nll_sum += parts["nll"]
+            kd_sum += parts["kd"]
+        stats = {"loss": loss_sum, "nll": nll_sum / max(1, n_tok)}
+        if self.teachers:
+            stats["kd"] = kd_sum / max(1, n_tok)
+        return stats
 
     def dev_loss(self, model: torch.nn.Module) -> float:
         total, tokens = 0.0, 0
@@ -328,4 +349,41 @@ def train(cfg: SimulTrainConfig) -> Path:
     if cfg.waitk and not mcfg.causal_encoder:
         raise ConfigError("waitk training needs model_overrides: {causal_encoder: true}")
     log.info("model: %.2fM parameters", param_count(model) / 1e6)
-    return run(MTRecipe(cfg, train_ex, dev_ex, mcfg, recipe, out, world), model, cfg, rank, world)
+    teachers = []
+    for path in cfg.teacher:
+        t, _ = load_model_dir(path, config_cls=MTConfig, model_cls=MTModel)
+        if (t.cfg.vocab_size, t.cfg.src_vocab_size) != (mcfg.vocab_size, mcfg.src_vocab_size):
+            raise ConfigError(f"teacher {path}: its vocabularies differ from the student's; distillation needs the same")
+        teachers.append(t)
+    if cfg.seq_kd:
+        train_ex = seq_kd_examples(train_ex, teachers, out / "seq_kd.jsonl", cfg)
+    return run(MTRecipe(cfg, train_ex, dev_ex, mcfg, recipe, out, world, teachers), model, cfg, rank, world)
+
+
+def seq_kd_examples(ex: Examples, teachers: list[MTModel], path: Path, cfg: SimulTrainConfig) -> Examples:
+    """Sequence-level KD: each target replaced by the teachers' beam output (an ensemble when
+    several), cached and resumable in ``path`` (:class:`compress.distill.SeqKDCorpus`)."""
+    from speech.decode import DecodingOptions, encode, search  # noqa: PLC0415
+
+    settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
+                "stage": cfg.stage, "corpus": cfg.corpus, "items": len(ex.src)}
+    corpus = SeqKDCorpus(path, settings)
+    ids = sorted((str(i) for i in range(len(ex.src))), key=lambda i: len(ex.src[int(i)]))
+
+    def translate(chunk: list[str]) -> list[list[int]]:
+        rows = [ex.src[int(i)] for i in chunk]
+        src = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
+        for b, r in enumerate(rows):
+            src[b, :len(r)] = torch.tensor(r)
+        lens = torch.tensor([len(r) for r in rows])
+        # the translator's limits (length <= 1.0 x source + 5, no n-gram twice in a row), lenpen 0.5
+        opts = DecodingOptions(beam_size=cfg.seq_kd_beam, length_penalty=0.5, max_len_a=1.0, max_len_b=5,
+                               repeat_max_times=2)
+        return [r.tokens for r in search(teachers, encode(teachers, src, lens), [[teachers[0].cfg.bos_id]] * len(rows), opts)]
+
+    bar = tqdm(total=len(ids), desc="seq-KD targets", unit="sent", disable=None)
+    outs = corpus.build(ids, translate, batch_size=64, progress=lambda done, total: bar.update(done - bar.n))
+    bar.close()
+    tgt = [[t[0]] + outs[str(i)] + [t[-1]] for i, t in enumerate(ex.tgt)]
+    log.info("seq-KD: %d targets from %s", len(tgt), ", ".join(cfg.teacher))
+    return dataclasses.replace(ex, tgt=tgt)

@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from compress.distill import KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, teacher_log_probs, truncate_targets
 from speech.augment import POLICIES, SpecAugmentConfig, spec_augment
 from speech.config import ConfigError
 from speech.data.cache import interpres_home
@@ -65,6 +67,13 @@ class TrainConfig(LoopConfig):
     model_overrides: dict[str, Any] = field(default_factory=dict)
     vocab_size: int = 2000
     init_encoder: str | None = None  # model directory whose encoder starts this one (ASR pretraining)
+    init: str | None = None  # model directory to start from whole: weights, spm.model, architecture (a student)
+    # distillation (compress/): teachers' model directories (several = an ensemble), word-level KD
+    # settings (kd.alpha 0 = none), and sequence-level KD (train on the teachers' beam outputs)
+    teacher: list[str] = field(default_factory=list)
+    kd: KDConfig = field(default_factory=KDConfig)
+    seq_kd: bool = False
+    seq_kd_beam: int = 5
     max_frames: int = 12000  # fbank frames per batch (batch size x longest utterance)
     max_items: int = 128
     label_smoothing: float = 0.1
@@ -83,6 +92,10 @@ class TrainConfig(LoopConfig):
             raise ConfigError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.max_frames < 1:
             raise ConfigError("max_frames must be at least 1")
+        if self.init and self.init_encoder:
+            raise ConfigError("init and init_encoder exclude each other: init already sets the encoder")
+        if self.seq_kd and not self.teacher:
+            raise ConfigError("seq_kd needs teacher: the model directories whose outputs are learned")
 
     @property
     def targets(self) -> list[str]:
@@ -266,11 +279,14 @@ class SpeechRecipe:
     """ASR or ST for :func:`speech.loop.run`: batches by frames, label-smoothed CE + CTC."""
 
     def __init__(self, cfg: TrainConfig, tok: Tokenizer, data: dict[str, LangData], dev: dict[str, LangData],
-                 mcfg: ModelConfig, fbank_cfg: FbankConfig, recipe: dict, world: int):
+                 mcfg: ModelConfig, fbank_cfg: FbankConfig, recipe: dict, world: int,
+                 teachers: list[S2TModel] | None = None):
         self.cfg, self.tok, self.data, self.dev, self.mcfg = cfg, tok, data, dev, mcfg
         self.fbank_cfg, self.recipe, self.world = fbank_cfg, recipe, world
-        self.name = cfg.task
+        self.name = cfg.task if not teachers else f"{cfg.task} (distill)"
         self.augment = POLICIES[cfg.specaugment] if cfg.specaugment != "none" else None
+        # word-level KD only when it weighs something; seq-KD teachers have done their work already
+        self.teachers = teachers if teachers and cfg.kd.alpha > 0 else []
 
     def epoch_batches(self, epoch: int) -> list[tuple[str, list[int]]]:
         return epoch_batches(self.data, self.cfg, epoch)
@@ -281,12 +297,16 @@ class SpeechRecipe:
 
     def backward(self, module: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         cfg = self.cfg
-        n_tok = sum(int((b["target"] != PAD_ID).sum()) for b in batches)
+        kd = dataclasses.replace(cfg.kd, label_smoothing=cfg.label_smoothing)
+        # selective KD may train on the first part of each target only (kd.truncate)
+        cut = [truncate_targets(b["prev"], b["target"], kd.truncate, PAD_ID) for b in batches]
+        n_tok = sum(int((target != PAD_ID).sum()) for _, target in cut)
         n_ctc = sum(int(b["ctc_lens"].sum()) for b in batches)
-        loss_sum, nll_sum, ctc_sum = 0.0, 0.0, 0.0
-        for b in batches:
-            out = module(b["features"], b["feat_lens"], b["prev"])
-            ls, nll = label_smoothed_nll_loss(out["logits"], b["target"], cfg.label_smoothing, PAD_ID)
+        loss_sum, nll_sum, ctc_sum, kd_sum = 0.0, 0.0, 0.0, 0.0
+        for b, (prev, target) in zip(batches, cut):
+            out = module(b["features"], b["feat_lens"], prev)
+            teacher = teacher_log_probs(self.teachers, lambda t: t(b["features"], b["feat_lens"], prev)["logits"])
+            ls, parts = kd_loss(out["logits"], teacher, target, kd, PAD_ID, batch_kd_mask(target, PAD_ID, kd))
             loss = (1 - cfg.ctc_weight) * ls / max(1, n_tok)
             if cfg.ctc_weight > 0 and out["ctc_logits"] is not None:
                 c = ctc_loss(out["ctc_logits"], out["enc_lens"], b["ctc"], b["ctc_lens"], PAD_ID)
@@ -294,8 +314,12 @@ class SpeechRecipe:
                 ctc_sum += float(c.detach())
             loss.backward()
             loss_sum += float(loss.detach())
-            nll_sum += float(nll.detach())
-        return {"loss": loss_sum, "nll": nll_sum / max(1, n_tok), "ctc": ctc_sum / max(1, n_ctc)}
+            nll_sum += parts["nll"]
+            kd_sum += parts["kd"]
+        stats = {"loss": loss_sum, "nll": nll_sum / max(1, n_tok), "ctc": ctc_sum / max(1, n_ctc)}
+        if self.teachers:
+            stats["kd"] = kd_sum / max(1, n_tok)
+        return stats
 
     def dev_loss(self, model: torch.nn.Module) -> float:
         return dev_loss(model, self.dev, self.cfg)
@@ -322,6 +346,9 @@ def train(cfg: TrainConfig) -> Path:
     # 1. data and 2. tokenizer (rank 0 trains it; the others wait and read it)
     train_texts = read_texts(cfg, "train")
     spm_path = out / "spm.model"
+    if rank == 0 and cfg.init and not spm_path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(cfg.init) / "spm.model", spm_path)  # a student keeps its vocabulary
     if rank == 0 and not spm_path.exists():
         by_lang = {lang: [t for _, _, t, _ in rows] for lang, rows in train_texts.items()}
         by_lang.setdefault("en", [])
@@ -333,13 +360,64 @@ def train(cfg: TrainConfig) -> Path:
     dev = build_lang_data(read_texts(cfg, "dev"), tok, fbank_cfg)
     log.info("train: %s", {lang: len(d.items) for lang, d in data.items()})
 
-    # 3. model
-    mcfg: ModelConfig = preset(cfg.model, vocab_size=tok.vocab_size, **cfg.model_overrides)
-    model = S2TModel(mcfg)
+    # 3. model (a distillation student starts from a whole model directory, maybe pruned)
+    if cfg.init:
+        model, _ = load_model_dir(cfg.init)
+        mcfg = model.cfg
+        log.info("initialized from %s", cfg.init)
+    else:
+        mcfg = preset(cfg.model, vocab_size=tok.vocab_size, **cfg.model_overrides)
+        model = S2TModel(mcfg)
+    if mcfg.vocab_size != tok.vocab_size:
+        raise ConfigError(f"{spm_path}: {tok.vocab_size} pieces, but the model's vocab_size is {mcfg.vocab_size}")
+    teachers = [load_model_dir(t)[0] for t in cfg.teacher]
+    for path, t in zip(cfg.teacher, teachers):
+        if t.cfg.vocab_size != mcfg.vocab_size:
+            raise ConfigError(f"teacher {path}: vocabulary of {t.cfg.vocab_size} pieces, the student has "
+                              f"{mcfg.vocab_size}; distillation needs one vocabulary")
+    if cfg.seq_kd:
+        data = seq_kd_targets(data, teachers, tok, out / "seq_kd.jsonl", cfg)
     if cfg.init_encoder:
         n = init_encoder_from(model, cfg.init_encoder)
         log.info("encoder initialized from %s (%d tensors)", cfg.init_encoder, n)
     log.info("model %s: %.2fM parameters", cfg.model, param_count(model) / 1e6)
 
     # 4. and 5.: the shared loop, checkpoints and averaging
-    return run(SpeechRecipe(cfg, tok, data, dev, mcfg, fbank_cfg, recipe, world), model, cfg, rank, world)
+    return run(SpeechRecipe(cfg, tok, data, dev, mcfg, fbank_cfg, recipe, world, teachers), model, cfg, rank, world)
+
+
+def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tokenizer, path: Path,
+                   cfg: TrainConfig) -> dict[str, LangData]:
+    """Sequence-level KD: every training target replaced by the teachers' beam-search output
+    (an ensemble when several), cached in ``path`` and resumed after a kill
+    (:class:`compress.distill.SeqKDCorpus`). Every rank builds the same file's view; run
+    it once before launching several processes."""
+    from speech.decode import DecodingOptions, encode, search  # noqa: PLC0415 - decode imports the model
+
+    settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
+                "corpus": str(corpus_root(cfg.corpus)), "sizes": {lang: len(d.items) for lang, d in data.items()}}
+    corpus = SeqKDCorpus(path, settings)
+    opts = DecodingOptions(beam_size=cfg.seq_kd_beam)
+    tags = tuple(tok.lang_tag(lang) for lang in tok.languages)
+    opts = dataclasses.replace(opts, suppress_tokens=tags)
+    ids = [f"{lang}:{k}" for lang, d in data.items() for k in range(len(d.items))]
+    by_id = {f"{lang}:{k}": (lang, k) for lang, d in data.items() for k in range(len(d.items))}
+    # batches of similar lengths decode fastest: order the ids by audio length
+    ids.sort(key=lambda i: data[by_id[i][0]].lengths[by_id[i][1]])
+
+    def translate(chunk: list[str]) -> list[list[int]]:
+        feats = [data[by_id[i][0]].features(by_id[i][1]) for i in chunk]
+        x, lens = pad_features(feats)
+        states = encode(teachers, x, lens)
+        prefix = [data[by_id[i][0]].targets[by_id[i][1]][:1] for i in chunk]  # the language tag
+        return [r.tokens for r in search(teachers, states, prefix, opts)]
+
+    bar = tqdm(total=len(ids), desc="seq-KD targets", unit="utt", disable=None)
+    outs = corpus.build(ids, translate, batch_size=32, progress=lambda done, total: bar.update(done - bar.n))
+    bar.close()
+    fresh = {}
+    for lang, d in data.items():
+        targets = [d.targets[k][:1] + outs[f"{lang}:{k}"] + [d.targets[k][-1]] for k in range(len(d.items))]
+        fresh[lang] = dataclasses.replace(d, targets=targets)
+    log.info("seq-KD: %d targets from %s", len(ids), ", ".join(cfg.teacher))
+    return fresh
