@@ -1,5 +1,6 @@
 """The training recipe end to end on a tiny synthesized corpus and the tiny model."""
 
+import json
 import os
 import shutil
 import signal
@@ -124,3 +125,26 @@ def test_recipe_errors_name_the_key(home, tmp_path):
     assert res.returncode == 2 and "says task: st" in res.stderr
     res = run_cli(home, "train", "st", str(TINY / "st_tiny.yaml"), "corpus=nonexistent", f"out={tmp_path / 'x'}")
     assert res.returncode == 2 and "corpus: 'nonexistent'" in res.stderr
+
+
+def test_distillation_word_and_sequence_level(home, tmp_path):
+    """A student from a whole model directory, word-level KD from a teacher, then seq-KD
+    targets (cached, reused by a second run) with selective truncation."""
+    teacher_dir = train(cfg_for(home, "st", tmp_path / "teacher", "max_updates=8"))
+    student_dir = train(cfg_for(home, "st", tmp_path / "kd", f"init={teacher_dir}", f"teacher=[{teacher_dir}]",
+                                "kd.alpha=0.5", "kd.temperature=2.0", "max_updates=10"))
+    state = json.loads((list_checkpoints(tmp_path / "kd/checkpoints")[-1] / "state.json").read_text())
+    assert all(h["kd"] >= 0 for h in state["history"] if "kd" in h) and any("kd" in h for h in state["history"])
+    assert (tmp_path / "kd/spm.model").read_bytes() == (teacher_dir / "spm.model").read_bytes()
+    assert load_model_dir(student_dir)[0].cfg == load_model_dir(teacher_dir)[0].cfg
+
+    seq = cfg_for(home, "st", tmp_path / "seq", f"init={teacher_dir}", f"teacher=[{teacher_dir}]", "seq_kd=true",
+                  "seq_kd_beam=2", "kd.alpha=0", "kd.truncate=0.5", "max_updates=2")
+    train(seq)
+    lines = (tmp_path / "seq/seq_kd.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["settings"]["beam"] == 2 and len(lines) > 10
+    assert all(isinstance(json.loads(x)["tokens"], list) for x in lines[1:])
+    with pytest.raises(ConfigError, match="seq_kd needs teacher"):
+        cfg_for(home, "st", tmp_path / "x", "seq_kd=true")
+    with pytest.raises(ConfigError, match="init and init_encoder"):
+        cfg_for(home, "st", tmp_path / "x", f"init={teacher_dir}", f"init_encoder={teacher_dir}")
