@@ -212,8 +212,6 @@ def plan_pairs(opts: EvalOptions, translator: Translator) -> list[PairPlan]:
         raise EvalError(f"task must be 'st' or 'asr', got {task!r}")
     if opts.runtime not in RUNTIMES:
         raise EvalError(f"unknown runtime '{opts.runtime}' (known: {', '.join(RUNTIMES)})")
-    if opts.runtime == "onnx":
-        raise EvalError("--runtime onnx: the onnx runtime comes with the compression issue; use --runtime torch")
     if not opts.pairs:
         raise EvalError("no pair given (e.g. --pairs en-de,en-fr)")
     if len(set(opts.pairs)) != len(opts.pairs):
@@ -259,7 +257,7 @@ def progress_settings(plan: PairPlan, translator: Translator, opts: EvalOptions,
     corpus += [_file_stamp(talk) for talk in split.talks]
     return {"version": PROGRESS_VERSION, "pair": plan.pair, "split": split.split, "langs": plan.langs,
             "decoding": _decoding_dict(opts.decoding), "batch_frames": opts.batch_frames,
-            "models": models, "corpus": corpus, "rank": rank, "world": world}
+            "runtime": opts.runtime, "models": models, "corpus": corpus, "rank": rank, "world": world}
 
 
 def _decoding_dict(decoding: DecodingOptions) -> dict:
@@ -597,7 +595,7 @@ def evaluate_mustc(opts: EvalOptions, translator: Translator | None = None) -> d
     if opts.batch_frames < 1:
         raise EvalError(f"batch_frames must be at least 1, got {opts.batch_frames}")
     if translator is None:
-        translator = load_translator(opts.models)
+        translator = load_translator(opts.models, runtime=opts.runtime)
     plans = plan_pairs(opts, translator)
     rank, world, started = _dist()
     out = opts.out_dir
@@ -641,7 +639,7 @@ def evaluate_mustc(opts: EvalOptions, translator: Translator | None = None) -> d
 def launch_workers(opts: EvalOptions, n: int, argv: Sequence[str]) -> int:
     """Check ``opts`` here (so that a bad pair or model is one clear error), then run
     ``interpres ARGV`` in ``n`` processes under torchrun on this machine; its exit status."""
-    translator = load_translator(opts.models)
+    translator = load_translator(opts.models, runtime=opts.runtime)  # with onnx: exports once, before the workers
     plan_pairs(opts, translator)
     del translator
     root = str(Path(__file__).resolve().parent.parent)

@@ -34,24 +34,30 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from speech.audio import SAMPLE_RATE, load_audio
+from speech.config import ConfigError
 from speech.dataset import batches_by_frames, pad_features
 from speech.decode import DecodingOptions, DecodingResult, encode, repeat_states, search
 from speech.features import FbankConfig, fbank, num_frames, utterance_cmvn
 from speech.model import CONFIG_FILE, WEIGHTS_FILE, S2TModel, load_model_dir
 from speech.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from speech.onnx import OnnxS2TModel
+
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "spm.model"
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 TASKS = ("st", "asr")
+RUNTIMES = ("torch", "onnx")
 FORMATS = ("text", "json", "srt")
 
 
@@ -66,7 +72,7 @@ class TranslateError(ValueError):
 class Translator:
     """A loaded model directory (or an ensemble of several with one vocabulary)."""
 
-    models: list[S2TModel]
+    models: list[S2TModel | OnnxS2TModel]
     tokenizer: Tokenizer
     fbank: FbankConfig
     languages: list[str]  # target languages; ["en"] for an ASR model
@@ -120,7 +126,7 @@ class Translator:
         self.check_languages(langs)
         tags = tuple(self.tokenizer.lang_tag(lang) for lang in self.tokenizer.languages)
         opts = dataclasses.replace(opts, suppress_tokens=tuple(opts.suppress_tokens) + tags)
-        device = next(self.models[0].parameters()).device
+        device = _input_device(self.models[0])
         x, lens = pad_features(list(feats))
         states = repeat_states(encode(self.models, x.to(device), lens.to(device)), len(langs))
         prefix = [self.prefix(lang) for _ in feats for lang in langs]
@@ -131,6 +137,15 @@ class Translator:
     def text(self, result: DecodingResult) -> str:
         """The text of the best hypothesis."""
         return self.tokenizer.decode(result.tokens).strip()
+
+
+def _input_device(model: S2TModel | OnnxS2TModel) -> torch.device:
+    """Where a model takes its inputs: its parameters' device; the CPU for an ONNX model."""
+    if isinstance(model, nn.Module):
+        param = next(model.parameters(), None)
+        if param is not None:
+            return param.device
+    return torch.device("cpu")
 
 
 def _fbank_config(data: object, where: str, n_mels: int) -> FbankConfig:
@@ -155,14 +170,33 @@ def _fbank_config(data: object, where: str, n_mels: int) -> FbankConfig:
     return cfg
 
 
-def _load_one(path: Path) -> Translator:
+def _read_config(path: Path) -> dict:
+    """A model directory's config.json, for a runtime that does not load the torch weights."""
+    config_path = path / CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"{config_path}: must be a mapping")
+    return config
+
+
+def _load_one(path: Path, runtime: str = "torch", onnx_precision: str = "int8") -> Translator:
     if not path.is_dir():
         raise TranslateError(f"{path}: no such model directory")
     for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
         if not (path / name).is_file():
             raise TranslateError(f"{path / name}: not found (a model directory holds {CONFIG_FILE}, "
                                  f"{WEIGHTS_FILE} and {TOKENIZER_FILE})")
-    model, config = load_model_dir(path)
+    model: S2TModel | OnnxS2TModel
+    if runtime == "onnx":
+        from speech.onnx import OnnxS2TModel, onnx_export_for
+
+        model = OnnxS2TModel(onnx_export_for(path, onnx_precision), precision=onnx_precision)
+        config = _read_config(path)
+    else:
+        model, config = load_model_dir(path)
     where = str(path / CONFIG_FILE)
     task = config.get("task")
     if task not in TASKS:
@@ -181,14 +215,23 @@ def _load_one(path: Path) -> Translator:
     return translator
 
 
-def load_translator(model_dir: str | Path | Sequence[str | Path] | None = None) -> Translator:
+def load_translator(model_dir: str | Path | Sequence[str | Path] | None = None, runtime: str = "torch",
+                    onnx_precision: str = "int8") -> Translator:
     """Load a model directory: ``config.json``, ``model.safetensors``, ``spm.model``.
 
     ``model_dir`` None is the bundled model; several directories make an ensemble (they
     must share ``spm.model``, the task and the feature settings; the languages are those
     they all have). Raises TranslateError naming the missing or wrong file, and the
     model loader's ConfigError / CheckpointError for a broken config or weights.
+
+    ``runtime`` "onnx" decodes on onnxruntime (:mod:`speech.onnx`) with the
+    ``onnx_precision`` graphs ("int8" or "fp32"): a directory's own ``onnx/`` export, or
+    one made on first use under ``$INTERPRES_HOME/onnx/`` and reused after.
     """
+    if runtime not in RUNTIMES:
+        raise TranslateError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
+    if onnx_precision not in ("int8", "fp32"):
+        raise TranslateError(f"unknown ONNX precision '{onnx_precision}' (known: int8, fp32)")
     if model_dir is None:
         if not (BUNDLED_MODEL_DIR / CONFIG_FILE).is_file():
             raise TranslateError("no bundled model yet; pass --model DIR")
@@ -196,9 +239,9 @@ def load_translator(model_dir: str | Path | Sequence[str | Path] | None = None) 
     dirs = [Path(model_dir)] if isinstance(model_dir, (str, os.PathLike)) else [Path(d) for d in model_dir]
     if not dirs:
         raise TranslateError("no model directory given")
-    first = _load_one(dirs[0])
+    first = _load_one(dirs[0], runtime, onnx_precision)
     for path in dirs[1:]:
-        other = _load_one(path)
+        other = _load_one(path, runtime, onnx_precision)
         if (other.tokenizer.path.read_bytes() != first.tokenizer.path.read_bytes()):
             raise TranslateError(f"{other.tokenizer.path}: differs from {first.tokenizer.path}; "
                                  "an ensemble needs one vocabulary")

@@ -82,8 +82,6 @@ def test_errors_exit_2_naming_the_culprit(corpus, model_dir, tmp_path, capsys, m
     (only_de / "config.json").write_text(json.dumps({**config, "languages": ["de"]}))
     err = error_of(capsys, eval_args(corpus, only_de, out))
     assert "unknown target language 'fr'" in err and "(the model knows: de)" in err
-    err = error_of(capsys, eval_args(corpus, model_dir, out, "--runtime", "onnx"))
-    assert "the onnx runtime comes with the compression issue" in err
 
     broken = build_eval_corpus(tmp_path / "broken", pairs=("en-de",))
     yaml = broken / "en-de" / "data" / SPLIT / "txt" / f"{SPLIT}.yaml"

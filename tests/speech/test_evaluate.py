@@ -233,8 +233,8 @@ def test_errors_name_the_culprit(corpus, model_dir, tmp_path):
     (only_de / "config.json").unlink()
     with pytest.raises(TranslateError, match=rf"{only_de / 'config.json'}: not found"):
         evaluate_mustc(options(corpus, tmp_path / "o", models=[only_de]))
-    with pytest.raises(EvalError, match="the onnx runtime comes with the compression issue"):
-        evaluate_mustc(options(corpus, tmp_path / "o", runtime="onnx"), translator)
+    with pytest.raises(EvalError, match=r"unknown runtime 'tensorrt' \(known: torch, onnx\)"):
+        evaluate_mustc(options(corpus, tmp_path / "o", runtime="tensorrt"), translator)
     assert not (tmp_path / "o").exists()
 
 

@@ -1,0 +1,443 @@
+"""S2T models on ONNX Runtime: two graphs with a KV cache, and a model object the search runs.
+
+    export_s2t("models/st_small", "out/onnx")                # encoder.onnx, decoder.onnx, *.int8.onnx, onnx.json
+    model = OnnxS2TModel("out/onnx", precision="int8")
+    results = search([model], encode([model], feats, lens), prefix, opts)   # speech.decode, unchanged
+
+The two graphs (``B`` rows, ``T`` frames, ``S`` encoder frames, ``P`` cached tokens,
+``N`` new tokens; every one of these axes is dynamic):
+
+- ``encoder.onnx``: ``features`` (B, T, n_mels) float32, ``feat_lens`` (B,) int64 ->
+  ``enc_out`` (B, S, D), ``enc_lens`` (B,) int64, ``enc_mask`` (B, S) bool True at
+  padding, and for every decoder layer ``i`` its cross-attention keys and values
+  ``cross_k_i``, ``cross_v_i`` (B, H_i, S, head_dim_i): the decoder never recomputes them.
+- ``decoder.onnx``, one step: ``tokens`` (B, N) int64 (the tokens not yet cached),
+  ``enc_mask``, the ``cross_k_i``/``cross_v_i`` and the self-attention cache
+  ``past_k_i``/``past_v_i`` (B, H_i, P, head_dim_i) -> ``logits`` (B, N, V) and
+  ``present_k_i``/``present_v_i`` (B, H_i, P + N, head_dim_i). One pair per layer, since
+  pruned layers may keep different numbers of heads. The first step feeds P = 0.
+
+Heads and head sizes are read per layer from the modules (``layer.self_attn.heads``,
+``.head_dim``), never from ``ModelConfig.heads``. The int8 graphs are onnxruntime's dynamic
+quantization of every MatMul (:mod:`compress.quantize`).
+
+:class:`OnnxS2TModel` has the decoding interface of :class:`speech.model.S2TModel`
+(``cfg``, ``encode``, ``decoder(tokens, enc_out, enc_mask, cache)``, ``decoder.new_cache()``,
+a cache with ``reorder`` and ``len``). The search moves rows of ``enc_out`` around
+(``repeat_interleave`` per language, ``index_select`` per beam) before the first decoder
+step, so ``encode`` returns ``enc_out`` as an :class:`EncoderOutput`: the encoder output
+itself, which also remembers which encoder row each of its rows came from; the first
+decoder step takes those rows of the encoder's cross-attention keys and values.
+
+An export folder holds the graphs and ``onnx.json`` (format, the ModelConfig, per-layer
+heads, the graph files and their input/output names, and the sha256 of the model
+directory it came from); it is written to a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from compress.export import export_onnx
+from compress.quantize import DEFAULT_ONNX_OPS, quantize_onnx_int8
+from compress.runtime import OrtSession
+from speech.config import config_to_dict
+from speech.data.cache import atomic_dir, interpres_home, write_json_atomic
+from speech.model import (CONFIG_FILE, WEIGHTS_FILE, LayerCache, S2TModel, load_model_dir, model_config_from_dict,
+                          sinusoids)
+
+log = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"  # a model directory's own export, and the cache folder under $INTERPRES_HOME
+INDEX_FILE = "onnx.json"
+FORMAT = 1  # onnx.json's layout and the graphs' inputs and outputs; a change re-exports cached folders
+PRECISIONS = ("fp32", "int8")
+GRAPH_FILES = {"fp32": ("encoder.onnx", "decoder.onnx"), "int8": ("encoder.int8.onnx", "decoder.int8.onnx")}
+
+
+class OnnxModelError(ValueError):
+    """An ONNX export folder is missing, stale or broken; the message names the file."""
+
+
+# --------------------------------------------------------------------------- graphs
+
+
+def _decoder_layers(model: S2TModel) -> list[dict[str, int]]:
+    """Per decoder layer: heads and head size of its self- and cross-attention."""
+    return [{"self_heads": layer.self_attn.heads, "self_head_dim": layer.self_attn.head_dim,
+             "cross_heads": layer.encoder_attn.heads, "cross_head_dim": layer.encoder_attn.head_dim}
+            for layer in model.decoder.layers]
+
+
+def _names(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}_{kv}_{i}" for i in range(n) for kv in ("k", "v")]
+
+
+def encoder_io(n_layers: int) -> tuple[list[str], list[str]]:
+    return ["features", "feat_lens"], ["enc_out", "enc_lens", "enc_mask", *_names("cross", n_layers)]
+
+
+def decoder_io(n_layers: int) -> tuple[list[str], list[str]]:
+    return (["tokens", "enc_mask", *_names("cross", n_layers), *_names("past", n_layers)],
+            ["logits", *_names("present", n_layers)])
+
+
+class EncoderGraph(nn.Module):
+    """features (B, T, n_mels), feat_lens (B,) -> enc_out, enc_lens, enc_mask, then
+    cross_k_i, cross_v_i (B, H_i, S, head_dim_i) for every decoder layer i."""
+
+    def __init__(self, model: S2TModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: Tensor, feat_lens: Tensor) -> tuple[Tensor, ...]:
+        enc_out, enc_lens, enc_mask = self.model.encode(features, feat_lens)
+        cross = [t for layer in self.model.decoder.layers for t in layer.encoder_attn.keys_values(enc_out)]
+        return (enc_out, enc_lens, enc_mask, *cross)
+
+
+class DecoderStepGraph(nn.Module):
+    """One incremental decoder step, the caches as explicit inputs and outputs.
+
+    tokens (B, N) the tokens not yet cached, enc_mask (B, S) True at padding,
+    cross [k_0, v_0, k_1, ...] (B, H_i, S, hd_i), past [k_0, v_0, ...] (B, H_i, P, hd_i)
+    -> logits (B, N, V), then present_k_i, present_v_i (B, H_i, P + N, hd_i).
+    The arithmetic is TextDecoder.forward's with a cache; the layers are the model's own.
+    """
+
+    def __init__(self, model: S2TModel):
+        super().__init__()
+        self.decoder = model.decoder
+        # A copy of the output projection as a constant (D, V) matrix: tied to the embedding,
+        # it would be exported as a transpose of the shared table, which int8 quantization skips.
+        self.register_buffer("output_weight", model.decoder.output_projection.weight.detach().t().contiguous())
+
+    def forward(self, tokens: Tensor, enc_mask: Tensor, cross: list[Tensor], past: list[Tensor]) -> tuple[Tensor, ...]:
+        dec = self.decoder
+        start = past[0].shape[2]
+        total = start + tokens.shape[1]
+        q_pos = torch.arange(start, total, device=tokens.device)
+        emb = dec.embed_tokens(tokens)
+        x = dec.embed_scale * emb + sinusoids(q_pos, dec.embed_tokens.embedding_dim).to(emb.dtype)
+        self_mask = torch.arange(total, device=tokens.device)[None, :] <= q_pos[:, None]  # (N, P + N)
+        cross_mask = ~enc_mask[:, None, None, :]
+        present = []
+        for i, layer in enumerate(dec.layers):
+            cache = LayerCache(past[2 * i], past[2 * i + 1], cross[2 * i], cross[2 * i + 1])
+            x = layer(x, None, self_mask, cross_mask, cache)  # appends to cache.self_k/self_v
+            present += [cache.self_k, cache.self_v]
+        logits = dec.layer_norm(x) @ self.output_weight
+        if dec.output_projection.bias is not None:
+            logits = logits + dec.output_projection.bias
+        return (logits, *present)
+
+
+def _example_inputs(model: S2TModel, batch: int = 2, frames: int = 37, past: int = 3, new: int = 2):
+    """Inputs that trace both graphs: every dynamic axis at least 2 long (the tracer
+    specialises 0 and 1)."""
+    g = torch.Generator().manual_seed(0)
+    cfg = model.cfg
+    feats = torch.randn(batch, frames, cfg.n_mels, generator=g)
+    lens = torch.tensor([frames] + [frames - 5] * (batch - 1), dtype=torch.long)
+    with torch.no_grad():
+        enc = EncoderGraph(model)(feats, lens)
+    enc_mask, cross = enc[2], list(enc[3:])
+    layers = _decoder_layers(model)
+    past_kv = [torch.randn(batch, layer["self_heads"], past, layer["self_head_dim"], generator=g)
+               for layer in layers for _ in "kv"]
+    tokens = torch.randint(4, cfg.vocab_size, (batch, new), generator=g)
+    return (feats, lens), (tokens, enc_mask, cross, past_kv)
+
+
+def export_graphs(model: S2TModel, folder: Path) -> dict[str, Any]:
+    """Write ``encoder.onnx`` and ``decoder.onnx`` (float32, verified against torch) into ``folder``."""
+    model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype and mode
+    n = len(model.decoder.layers)
+    dyn = torch.export.Dim.DYNAMIC
+    enc_args, dec_args = _example_inputs(model)
+    enc_in, enc_out = encoder_io(n)
+    # Dim.DYNAMIC, not named Dims: the subsampled length (T - 1) // 4 + 1 makes the tracer
+    # add guards that named ranges cannot express
+    export_onnx(EncoderGraph(model), enc_args, folder / GRAPH_FILES["fp32"][0], input_names=enc_in,
+                output_names=enc_out, dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn}))
+    dec_in, dec_out = decoder_io(n)
+    kv = {0: dyn, 2: dyn}
+    export_onnx(DecoderStepGraph(model), dec_args, folder / GRAPH_FILES["fp32"][1], input_names=dec_in,
+                output_names=dec_out, dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, [kv] * (2 * n),
+                                                      [kv] * (2 * n)))
+    return {"encoder": {"inputs": enc_in, "outputs": enc_out}, "decoder": {"inputs": dec_in, "outputs": dec_out}}
+
+
+# --------------------------------------------------------------------------- export folders
+
+
+def model_dir_hash(model_dir: str | Path) -> str:
+    """sha256 of a model directory's config.json and model.safetensors: what an export depends on."""
+    h = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = Path(model_dir) / name
+        h.update(name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def export_s2t(model: S2TModel | str | Path, out_dir: str | Path, quantize: str | None = "int8",
+               per_channel: bool = True, reduce_range: bool = True,
+               op_types: Sequence[str] = DEFAULT_ONNX_OPS) -> Path:
+    """Export an S2TModel (or a model directory) into the folder ``out_dir``; return it.
+
+    Writes ``encoder.onnx`` and ``decoder.onnx`` in float32, each checked against torch,
+    and with ``quantize="int8"`` also ``encoder.int8.onnx`` and ``decoder.int8.onnx``
+    (dynamic int8 weights for ``op_types``, per output channel with ``per_channel``), and
+    ``onnx.json``. The folder is built beside ``out_dir`` and renamed into place.
+
+    ``reduce_range`` (7-bit weights) is the default because CPUs without VNNI (AVX2 only)
+    saturate 8-bit products: there, per-channel 8-bit weights changed the greedy output of
+    the bundled model on 14 of 25 test utterances, 7-bit ones on 2.
+    """
+    if quantize not in (None, "int8"):
+        raise ValueError(f"export_s2t: quantize must be 'int8' or None, got {quantize!r}")
+    source: dict[str, Any] = {}
+    if not isinstance(model, nn.Module):
+        source = {"model_dir": str(Path(model).resolve()), "sha256": model_dir_hash(model)}
+        model, _ = load_model_dir(model)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        io = export_graphs(model, tmp)
+        graphs: dict[str, Any] = {"fp32": dict(zip(("encoder", "decoder"), GRAPH_FILES["fp32"]))}
+        if quantize == "int8":
+            for src, dst in zip(GRAPH_FILES["fp32"], GRAPH_FILES["int8"]):
+                quantize_onnx_int8(tmp / src, tmp / dst, per_channel=per_channel, reduce_range=reduce_range,
+                                   op_types=op_types)
+            graphs["int8"] = {**dict(zip(("encoder", "decoder"), GRAPH_FILES["int8"])), "per_channel": per_channel,
+                              "reduce_range": reduce_range, "op_types": list(op_types)}
+        import onnxruntime
+
+        index = {"format": FORMAT, "source": source, "model": config_to_dict(model.cfg),
+                 "decoder_layers": _decoder_layers(model), "graphs": graphs, "io": io,
+                 "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}}
+        write_json_atomic(tmp / INDEX_FILE, index)
+    log.info("exported %s", out_dir)
+    return out_dir
+
+
+def _stale(folder: Path, digest: str, precisions: Sequence[str]) -> str | None:
+    """Why ``folder`` cannot serve as the export of the weights with sha256 ``digest`` in
+    ``precisions``; None when it can."""
+    try:
+        index = read_index(folder)
+    except OnnxModelError as e:
+        return str(e)
+    if index.get("source", {}).get("sha256") != digest:
+        return f"{folder / INDEX_FILE}: exported from other weights than the model directory's"
+    missing = [p for p in precisions if p not in index["graphs"]]
+    return f"{folder / INDEX_FILE}: no {', '.join(missing)} graphs" if missing else None
+
+
+def onnx_export_for(model_dir: str | Path, precision: str = "int8") -> Path:
+    """The ONNX export folder of a model directory, exporting it on first use.
+
+    A directory's own ``onnx/`` folder is used when it holds ``precision`` graphs of its
+    current weights; otherwise ``$INTERPRES_HOME/onnx/<sha256 of config.json and weights>/``,
+    exported there (fp32 and int8) if missing or made by another version of this module.
+    """
+    model_dir = Path(model_dir)
+    digest = model_dir_hash(model_dir)
+    own = model_dir / ONNX_DIR
+    if own.is_dir():
+        reason = _stale(own, digest, [precision])
+        if reason is None:
+            return own
+        log.warning("%s; using an export in the cache instead", reason)
+    folder = interpres_home() / ONNX_DIR / digest[:16]
+    if _stale(folder, digest, PRECISIONS) is not None:
+        log.info("exporting %s to ONNX in %s (once)", model_dir, folder)
+        export_s2t(model_dir, folder, quantize="int8")
+    return folder
+
+
+def read_index(folder: str | Path) -> dict[str, Any]:
+    """``folder/onnx.json``, checked for the keys and format this module writes."""
+    path = Path(folder) / INDEX_FILE
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OnnxModelError(f"{path}: not found (is {folder} an ONNX export folder?)") from None
+    except json.JSONDecodeError as e:
+        raise OnnxModelError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        got = index.get("format") if isinstance(index, dict) else None
+        raise OnnxModelError(f"{path}: export format {got!r}, this version reads {FORMAT}; export again")
+    for key in ("model", "decoder_layers", "graphs", "io"):
+        if key not in index:
+            raise OnnxModelError(f"{path}: missing key '{key}'")
+    return index
+
+
+def graph_files(folder: str | Path, precision: str = "int8") -> list[Path]:
+    """The encoder and decoder files of one precision in an export folder."""
+    index = read_index(folder)
+    if precision not in index["graphs"]:
+        raise OnnxModelError(f"{Path(folder) / INDEX_FILE}: no {precision} graphs "
+                             f"(exported with: {', '.join(index['graphs'])})")
+    graphs = index["graphs"][precision]
+    return [Path(folder) / graphs["encoder"], Path(folder) / graphs["decoder"]]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+_ROW_OPS = {Tensor.index_select, torch.index_select, Tensor.repeat_interleave, torch.repeat_interleave}
+
+
+class EncoderOutput(Tensor):
+    """``enc_out`` (B, S, D) that remembers the encoder row each of its rows came from.
+
+    Row selections along dim 0 (``index_select``, ``repeat_interleave``) return another
+    EncoderOutput with ``rows`` selected alike; every other operation returns a plain
+    tensor. ``cross`` holds the encoder graph's cross-attention keys and values for the
+    encoder's own rows, shared, never copied.
+    """
+
+    cross: list[np.ndarray]
+    rows: Tensor
+
+    @staticmethod
+    def wrap(data: Tensor, cross: list[np.ndarray], rows: Tensor) -> "EncoderOutput":
+        out = Tensor._make_subclass(EncoderOutput, data)
+        out.cross, out.rows = cross, rows
+        return out
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **kwargs)
+            if func in _ROW_OPS and isinstance(args[0], EncoderOutput) and _row_dim(func, args, kwargs) == 0:
+                return EncoderOutput.wrap(out, args[0].cross, func(args[0].rows, *args[1:], **kwargs))
+        return out
+
+
+def _row_dim(func, args, kwargs) -> int | None:
+    if func in (Tensor.index_select, torch.index_select):
+        return kwargs.get("dim", args[1] if len(args) > 1 else None)
+    return kwargs.get("dim", args[2] if len(args) > 2 else None)  # repeat_interleave(input, repeats, dim)
+
+
+@dataclass
+class OnnxCache:
+    """The decoder state of one batch of rows, as the graph takes it: cross-attention keys and
+    values (fixed) and self-attention keys and values of the tokens so far, per layer, each a
+    numpy array (B, H_i, ., hd_i). Numpy, not torch: a reorder is then one plain copy,
+    never a torch parallel region waiting for a core that onnxruntime just used."""
+
+    cross: list[np.ndarray] | None = None
+    past: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.past is None else self.past[0].shape[2]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows ``index`` (B',) in this order."""
+        if self.cross is not None:
+            rows = index.cpu().numpy()
+            self.cross = [np.take(a, rows, axis=0) for a in self.cross]
+            self.past = [np.take(a, rows, axis=0) for a in self.past]
+
+
+class OnnxDecoder:
+    """``decoder(tokens, enc_out, enc_mask, cache) -> logits (B, N, V)`` on decoder.onnx."""
+
+    def __init__(self, session: OrtSession, layers: list[dict[str, int]], max_target_positions: int):
+        self.session = session
+        self.layers = layers
+        self.max_target_positions = max_target_positions
+        self._cross_names = _names("cross", len(layers))
+        self._past_names = _names("past", len(layers))
+
+    def new_cache(self) -> OnnxCache:
+        return OnnxCache()
+
+    def __call__(self, tokens: Tensor, enc_out: Tensor, enc_mask: Tensor | None,
+                 cache: OnnxCache | None = None) -> Tensor:
+        """tokens (B, U) all tokens so far, enc_out from :meth:`OnnxS2TModel.encode`, enc_mask
+        (B, S) True at padding -> logits (B, N, V) of the N tokens not yet in ``cache`` (all
+        U without a cache)."""
+        if cache is None:
+            cache = self.new_cache()
+        start, total = len(cache), tokens.shape[1]
+        if total <= start:
+            raise ValueError(f"decoder: {total} tokens given but {start} are already cached")
+        if total > self.max_target_positions:
+            raise ValueError(f"target tokens: {total} is longer than the model's limit of {self.max_target_positions}")
+        if cache.cross is None:
+            self._start(cache, tokens.shape[0], enc_out)
+        if enc_mask is None:
+            enc_mask = torch.zeros(enc_out.shape[:2], dtype=torch.bool)
+        feeds = {"tokens": np.ascontiguousarray(tokens[:, start:].numpy()),
+                 "enc_mask": np.ascontiguousarray(enc_mask.numpy())}
+        feeds.update(zip(self._cross_names, cache.cross))
+        feeds.update(zip(self._past_names, cache.past))
+        logits, *cache.past = self.session.run(feeds)
+        return torch.from_numpy(logits)
+
+    def _start(self, cache: OnnxCache, batch: int, enc_out: Tensor) -> None:
+        if not isinstance(enc_out, EncoderOutput):
+            raise ValueError("OnnxS2TModel decoder: enc_out must come from OnnxS2TModel.encode (it carries "
+                             "the encoder's cross-attention keys and values; select its rows with "
+                             "index_select or repeat_interleave)")
+        rows = enc_out.rows.numpy()
+        same = len(rows) == len(enc_out.cross[0]) and bool((rows == np.arange(len(rows))).all())
+        cache.cross = [a if same else np.take(a, rows, axis=0) for a in enc_out.cross]
+        cache.past = [np.zeros((batch, layer["self_heads"], 0, layer["self_head_dim"]), dtype=np.float32)
+                      for layer in self.layers for _ in "kv"]
+
+
+class OnnxS2TModel:
+    """An exported S2T model on onnxruntime with the decoding interface of S2TModel."""
+
+    def __init__(self, folder: str | Path, precision: str = "int8", threads: int | None = None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"OnnxS2TModel: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.folder = Path(folder)
+        index = read_index(self.folder)
+        encoder_file, decoder_file = graph_files(self.folder, precision)
+        self.precision = precision
+        self.cfg = model_config_from_dict(index["model"], str(self.folder / INDEX_FILE))
+        layers = index["decoder_layers"]
+        self.encoder = OrtSession(encoder_file, threads)
+        self.encoder.check_names(*encoder_io(len(layers)))
+        session = OrtSession(decoder_file, threads)
+        session.check_names(*decoder_io(len(layers)))
+        self.decoder = OnnxDecoder(session, layers, self.cfg.max_target_positions)
+
+    def eval(self) -> "OnnxS2TModel":
+        return self  # always in inference mode; for code that calls model.eval()
+
+    def encode(self, features: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """features (B, T, n_mels), feat_lens (B,) -> enc_out (B, S, D) as an EncoderOutput,
+        enc_lens (B,), enc_mask (B, S) bool True at padding"""
+        if features.shape[1] > self.cfg.max_source_positions:
+            raise ValueError(f"input frames: {features.shape[1]} is longer than the model's limit of "
+                             f"{self.cfg.max_source_positions}")
+        feeds = {"features": features.detach().to(torch.float32).contiguous().numpy(),
+                 "feat_lens": feat_lens.detach().to(torch.long).contiguous().numpy()}
+        enc_out, enc_lens, enc_mask, *cross = self.encoder.run(feeds)
+        rows = torch.arange(enc_out.shape[0])
+        return (EncoderOutput.wrap(torch.from_numpy(enc_out), cross, rows), torch.from_numpy(enc_lens),
+                torch.from_numpy(enc_mask))
+
+    def __repr__(self) -> str:
+        return f"OnnxS2TModel({self.folder}, {self.precision})"
