@@ -3,8 +3,11 @@
     interpres data text   [--config YAML] [key=value ...]
     interpres data speech [--size tiny|small|full | --config YAML] [key=value ...]
     interpres translate FILE... --tgt de,fr [--model DIR] [--beam 5] [--format text|json|srt] [--out FILE]
+                        [--runtime torch|onnx]
     interpres transcribe FILE... [--model DIR] [--beam 5] [--format text|json|srt] [--out FILE]
+                         [--runtime torch|onnx]
     interpres eval mustc --root DIR --pairs en-de,en-fr [--split tst-COMMON] [--model DIR ...] [--workers N]
+                         [--runtime torch|onnx]
     interpres data simul  [--config YAML] [key=value ...]
     interpres train simul [YAML] [key=value ...]
     interpres simul [FILE] [--realtime CHARS_PER_SEC] [--format text|jsonl] [--model DIR]
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Sequence
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+RUNTIME_HELP = ("torch (default), or onnx: int8 onnxruntime, exported once per model into "
+                "$INTERPRES_HOME/onnx/ (or the model's own onnx/ folder)")
 
 
 def _fields_help(cls: type) -> str:
@@ -150,8 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     mustc.add_argument("--lenpen", type=float, default=1.0, help="length penalty (default: 1.0)")
     mustc.add_argument("--batch-frames", type=_positive_int, default=20000,
                        help="feature frames (10 ms each) per batch, padding included (default: 20000)")
-    mustc.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                       help="torch (default); onnx comes with the compression issue")
+    mustc.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=RUNTIME_HELP)
     mustc.add_argument("--out", type=Path, default=None, help="output directory (default: ./eval-SPLIT)")
     mustc.add_argument("--workers", type=_positive_int, default=1,
                        help="processes on this machine, run under torchrun (default: 1)")
@@ -186,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     esimul.add_argument("--out", type=Path, default=Path("eval-simul"), help="output directory (default: ./eval-simul)")
     esimul.add_argument("--home", type=Path, default=None, help="cache root (default: $INTERPRES_HOME)")
     esimul.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+    comp = sub.add_parser(
+        "compress", help="distill -> prune -> re-distill -> quantize a model, with a Pareto report",
+        description="Run a compression recipe (configs/compress/*.yaml; keys can be overridden with "
+                    "key=value): word- or sequence-level distillation from the teacher(s), structured "
+                    "pruning of heads, FFN channels and layers, distillation again, int8 quantization; "
+                    "then every variant is measured side by side (latency p50/p95 at batch 1, throughput "
+                    "at batch 16, peak memory, quality retained) into OUT/report/report.md and pareto.png. "
+                    "Every stage resumes: run the same command again after an interruption.")
+    comp.add_argument("config", type=Path, help="YAML recipe, e.g. configs/compress/speech.yaml")
+    comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys")
+    comp.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
     simul = sub.add_parser(
         "simul", help="simultaneous zh->en translation of a Chinese character stream",
@@ -260,6 +276,7 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-frames", type=_positive_int, default=20000,
                    help="feature frames (10 ms each) per batch, padding included (default: 20000)")
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=RUNTIME_HELP)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
 
@@ -283,7 +300,7 @@ def _translate_and_print(args: argparse.Namespace, pick_langs) -> int:
     missing = [f for f in args.files if not f.exists()]
     if missing:
         raise AudioError(f"{missing[0]}: no such file")
-    translator = load_translator(args.model)
+    translator = load_translator(args.model, runtime=args.runtime)
     langs = pick_langs(translator)
     translator.check_languages(langs)
     opts = DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen)
@@ -381,6 +398,18 @@ def _cmd_eval_simul(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from compress.pipeline import CompressConfig, run_pipeline
+    from speech.config import load_config
+
+    cfg = load_config(CompressConfig, args.config, args.overrides)
+    report = run_pipeline(cfg)
+    out = Path(cfg.out) / "report"
+    sys.stdout.write((out / "report.md").read_text(encoding="utf-8"))
+    print(f"wrote {out / 'report.md'}, report.json and pareto.png ({len(report['rows'])} variants)", file=sys.stderr)
+    return 0
+
+
 def _cmd_simul(args: argparse.Namespace) -> int:
     from simul.live import run_live
 
@@ -410,11 +439,14 @@ COMMANDS = {
     ("data", "simul"): _cmd_data_simul,
     ("eval", "simul"): _cmd_eval_simul,
     ("simul", None): _cmd_simul,
+    ("compress", None): _cmd_compress,
 }
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Our exception types: each message names the file, field or language at fault."""
+    from compress.export import ExportError
+    from compress.runtime import RuntimeSessionError
     from speech.audio import AudioError
     from speech.config import ConfigError
     from speech.data.mustc import MustcError
@@ -423,15 +455,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from speech.evaluate import EvalError
     from speech.model import CheckpointError
     from speech.tokenizer import TokenizerError
+    from speech.onnx import OnnxModelError
     from speech.translate import TranslateError
     from simul.data import StreamDataError
     from simul.evaluate import SimulEvalError
     from simul.live import LiveInputError
     from simul.segmenter import SegmenterFileError
+    from compress.distill import SeqKDError
+    from compress.pipeline import CompressError
 
-    return (AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
+    return (CompressError, SeqKDError, AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
             TokenizerError, TranslateError, EvalError, StreamDataError, SimulEvalError, SegmenterFileError,
-            LiveInputError)
+            LiveInputError, OnnxModelError, ExportError, RuntimeSessionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,192 @@
+"""``interpres compress CONFIG``: distill -> prune -> re-distill -> quantize, then a report.
+
+The order is the industrial one (e.g. Minitron, Sreenivas et al. 2024): distill the teacher
+(or an ensemble) into a student of the same shape, prune the student structurally,
+recover the pruned model by distilling again from the unpruned teacher, and quantize the
+result for the CPU runtime. Every stage writes a model directory under ``OUT/`` and is
+skipped when it exists, and the training stages resume after a kill (they run the model
+family's own training loop), so rerunning the command continues where it stopped.
+
+The pipeline knows no model family. A family is a class named in the config
+(``family: speech.compressing:SpeechFamily``) with the methods of :class:`Family`; compress
+calls them and does the rest: scoring and removing structure (:mod:`compress.prune`), the
+KD losses (:mod:`compress.distill`, which the families' training loops call), the timing
+and the report (:mod:`compress.report`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from torch import Tensor, nn
+
+from compress.prune import PruneConfig, count_params, prune
+
+log = logging.getLogger(__name__)
+
+
+class CompressError(ValueError):
+    """A compression config or stage input is wrong; the message names the key or file."""
+
+
+class Family(Protocol):
+    """What a model family gives the pipeline (see speech.compressing and simul.compressing)."""
+
+    quality: str  # the headline quality metric in score()'s dict, higher is better (e.g. "chrF")
+
+    def load(self, path: Path) -> nn.Module:
+        """The torch model of a model directory (eval mode, float32)."""
+
+    def save(self, model: nn.Module, like: Path, out: Path, note: dict[str, Any]) -> None:
+        """Write ``model`` as a model directory, its config read off its modules; tokenizers and
+        other files from the model directory ``like``; ``note`` recorded in its config."""
+
+    def calibration(self, model_dir: Path, n: int) -> list[Any]:
+        """``n`` training batches for the model directory ``model_dir`` (its tokenizer), for
+        importance scores."""
+
+    def loss(self, model: nn.Module, batch: Any) -> Tensor:
+        """The scalar label loss of a batch (for Taylor importance)."""
+
+    def distill(self, student: Path, teachers: Sequence[Path], settings: dict[str, Any], out: Path) -> Path:
+        """Train the model directory ``student`` on the teachers' outputs (family training loop,
+        resumable); ``settings`` holds ``kd`` (KDConfig fields), ``seq_kd`` and loop settings.
+        Returns the new model directory."""
+
+    def quantize(self, model_dir: Path, out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+        """Make the quantized variant of a model directory; returns its variant dict
+        (``path`` and ``runtime``) that :meth:`open` accepts."""
+
+    def test_items(self, settings: dict[str, Any]) -> list[Any]:
+        """The test items every variant is measured on (the same for all)."""
+
+    def open(self, variant: dict[str, Any], threads: int) -> Any:
+        """A runner for a variant dict ``{"path", "runtime"}`` using ``threads`` threads."""
+
+    def infer(self, runner: Any, items: list[Any]) -> list[Any]:
+        """Outputs for a batch of items."""
+
+    def score(self, runner: Any, items: list[Any], outputs: list[Any]) -> dict[str, float]:
+        """Quality of the outputs (``quality`` among the keys), maybe more (latency of a policy)."""
+
+
+def load_family(spec: str, options: dict[str, Any]) -> Family:
+    """``module:Class`` -> an instance built with the config's ``options``."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise CompressError(f"family: '{spec}' is not of the form package.module:Class")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise CompressError(f"family: cannot load '{spec}' ({e})") from e
+    return cls(**options)
+
+
+@dataclass
+class CompressConfig:
+    """A compression recipe (configs/compress/*.yaml)."""
+
+    family: str = "speech.compressing:SpeechFamily"
+    teacher: list[str] = field(default_factory=list)  # model directories; several = an ensemble
+    out: str = "runs/compress"
+    options: dict[str, Any] = field(default_factory=dict)  # the family's constructor arguments
+    distill: dict[str, Any] | None = None  # stage 1: family.distill settings; None skips it
+    prune: dict[str, Any] | None = None  # stage 2: PruneConfig fields
+    redistill: dict[str, Any] | None = None  # stage 3: family.distill settings
+    quantize: dict[str, Any] | None = None  # stage 4: family.quantize settings
+    # variants of the re-distillation with other KD settings, measured beside the main line
+    # (selective KD: e.g. {"truncate-75": {"kd": {"truncate": 0.75}}})
+    studies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)  # settings for test_items and timing
+
+    def __post_init__(self) -> None:
+        if not self.teacher:
+            raise CompressError("teacher: at least one model directory is needed")
+        if self.prune is not None:
+            try:
+                PruneConfig(**self.prune)
+            except (TypeError, ValueError) as e:
+                raise CompressError(f"prune: {e}") from e
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _done(model_dir: Path) -> bool:
+    return (model_dir / "config.json").is_file()
+
+
+def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
+    """Run (or resume) every stage, then measure every variant and write the report."""
+    from compress.report import measure_all, write_report  # noqa: PLC0415 - matplotlib is slow to import
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    family = load_family(cfg.family, cfg.options)
+    teachers = [Path(t) for t in cfg.teacher]
+    for t in teachers:
+        if not _done(t):
+            raise CompressError(f"teacher: {t} is not a model directory (no config.json)")
+    _write_json(out / "recipe.json", asdict(cfg))
+    variants: list[dict[str, Any]] = [{"name": "teacher", "path": str(teachers[0]), "runtime": "torch",
+                                       "stage": "teacher"}]
+    current = teachers[0]
+
+    if cfg.distill is not None:
+        log.info("stage 1/4: distill %s into a student of its size", ", ".join(map(str, teachers)))
+        current = family.distill(current, teachers, cfg.distill, out / "1-distill")
+        variants.append({"name": "distilled", "path": str(current), "runtime": "torch", "stage": "distill"})
+
+    if cfg.prune is not None:
+        pcfg = PruneConfig(**cfg.prune)
+        pruned = out / "2-prune" / "model"
+        if not _done(pruned):
+            log.info("stage 2/4: prune %s (%s)", current, cfg.prune)
+            model = family.load(current)
+            result = prune(model, pcfg, family.calibration(current, pcfg.calibration_batches), family.loss)
+            family.save(model, current, pruned, {"pruned_from": str(current), "prune": cfg.prune,
+                                                 "prune_result": result.summary()})
+            log.info("pruned: %d -> %d parameters", result.params_before, result.params_after)
+        current = pruned
+        variants.append({"name": "pruned", "path": str(current), "runtime": "torch", "stage": "prune"})
+
+    redistilled = current
+    if cfg.redistill is not None:
+        log.info("stage 3/4: re-distill the pruned model from %s", ", ".join(map(str, teachers)))
+        redistilled = family.distill(current, teachers, cfg.redistill, out / "3-redistill")
+        variants.append({"name": "re-distilled", "path": str(redistilled), "runtime": "torch", "stage": "redistill"})
+        for name, settings in cfg.studies.items():
+            merged = {**cfg.redistill, **settings, "kd": {**cfg.redistill.get("kd", {}), **settings.get("kd", {})}}
+            log.info("study %s: re-distill with %s", name, settings)
+            path = family.distill(current, teachers, merged, out / f"study-{name}")
+            variants.append({"name": f"study {name}", "path": str(path), "runtime": "torch", "stage": "study"})
+
+    if cfg.quantize is not None:
+        log.info("stage 4/4: quantize (%s)", cfg.quantize)
+        base = family.quantize(teachers[0], out / "4-quantize" / "teacher", cfg.quantize)
+        variants.append({"name": "teacher int8", **base, "stage": "quantize"})
+        final = family.quantize(redistilled, out / "4-quantize" / "student", cfg.quantize)
+        variants.append({"name": "student int8", **final, "stage": "quantize"})
+
+    for v in variants:
+        v["params"] = _params(family, v)
+    results = measure_all(cfg, variants, out / "report")
+    report = write_report(cfg, results, out / "report", family.quality)
+    return report
+
+
+def _params(family: Family, variant: dict[str, Any]) -> int:
+    return count_params(family.load(Path(variant["path"])))

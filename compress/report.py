@@ -1,0 +1,234 @@
+"""Measuring compressed variants side by side, and the report (Markdown table + Pareto PNG).
+
+Each variant is measured in a fresh process (``python -m compress.report``), so its peak
+memory is its own and no variant warms another's caches. In that process, on the
+family's test items:
+
+- latency: every item alone (batch 1), after 2 warm-up items; p50 and p95 per item;
+- throughput: the same items in batches of ``batch`` (16), items per second;
+- quality: the family's scores of the batch-1 outputs;
+- peak memory: the process's maximum resident set (``ru_maxrss``) after the run, and the
+  part of it added by loading and running the variant.
+
+Results are cached per variant in ``OUT/report/measure-NAME.json`` with a fingerprint of
+the variant, its files and the settings, so a rerun measures only what changed; the
+report always compares results from one machine and one settings block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _stamp(variant: dict[str, Any]) -> list:
+    """Sizes and mtimes of a variant's files, so a changed model is measured again."""
+    out = []
+    for f in _files(variant):
+        st = f.stat()
+        out.append([str(f), st.st_size, int(st.st_mtime)])
+    return out
+
+
+def _files(variant: dict[str, Any]) -> list[Path]:
+    if variant.get("files"):
+        return [Path(f) for f in variant["files"]]
+    path = Path(variant["path"])
+    return [p for p in (path / "model.safetensors",) if p.is_file()]
+
+
+def file_bytes(variant: dict[str, Any]) -> int:
+    return sum(f.stat().st_size for f in _files(variant))
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The q-th percentile with linear interpolation (numpy's default)."""
+    s = sorted(xs)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * q / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def measure(family: Any, variant: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Latency, throughput, quality and memory of one variant, in this process."""
+    import torch  # noqa: PLC0415
+
+    threads = int(settings.get("threads", 2))
+    batch = int(settings.get("batch", 16))
+    torch.set_num_threads(threads)
+    items = family.test_items(settings)
+    if not items:
+        raise ValueError(f"{variant['name']}: the family gave no test items")
+    base = _maxrss_mb()
+    runner = family.open(variant, threads)
+    for it in items[:2]:
+        family.infer(runner, [it])
+    outputs, latency = [], []
+    for it in items:
+        t0 = time.perf_counter()
+        outputs += family.infer(runner, [it])
+        latency.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for i in range(0, len(items), batch):
+        family.infer(runner, items[i:i + batch])
+    batch_seconds = time.perf_counter() - t0
+    scores = family.score(runner, items, outputs)
+    peak = _maxrss_mb()
+    return {
+        "items": len(items),
+        "latency_p50_ms": 1000 * statistics.median(latency),
+        "latency_p95_ms": 1000 * percentile(latency, 95),
+        "throughput": len(items) / batch_seconds,
+        "peak_rss_mb": peak,
+        "model_rss_mb": peak - base,
+        "scores": scores,
+        "threads": threads,
+        "batch": batch,
+    }
+
+
+def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """Measure every variant in its own process (cached per variant); results in order."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for v in variants:
+        key = {"variant": {k: v[k] for k in ("name", "path", "runtime") if k in v}, "files": _stamp(v),
+               "settings": cfg.report, "family": cfg.family, "options": cfg.options}
+        fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = out / f"measure-{v['name'].replace(' ', '_')}.json"
+        cached = json.loads(path.read_text()) if path.is_file() else None
+        if cached and cached.get("fingerprint") == fp:
+            log.info("%s: measured before (%s)", v["name"], path)
+            results.append(cached)
+            continue
+        log.info("measuring %s (%s, %s)", v["name"], v["runtime"], v["path"])
+        job = {"family": cfg.family, "options": cfg.options, "variant": v, "settings": cfg.report}
+        job_path = out / f".job-{v['name'].replace(' ', '_')}.json"
+        job_path.write_text(json.dumps(job))
+        proc = subprocess.run([sys.executable, "-m", "compress.report", str(job_path), str(path) + ".tmp"],
+                              env={**os.environ, "OMP_NUM_THREADS": str(cfg.report.get("threads", 2))})
+        job_path.unlink(missing_ok=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"measuring {v['name']} failed (exit {proc.returncode}); see the messages above")
+        result = json.loads(Path(str(path) + ".tmp").read_text())
+        result.update({"fingerprint": fp, "variant": v, "file_bytes": file_bytes(v)})
+        Path(str(path) + ".tmp").write_text(json.dumps(result, indent=2))
+        os.replace(str(path) + ".tmp", path)
+        results.append(result)
+    return results
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _rows(results: list[dict[str, Any]], quality: str) -> list[dict[str, Any]]:
+    ref = results[0]
+    q0 = ref["scores"][quality]
+    rows = []
+    for r in results:
+        q = r["scores"][quality]
+        rows.append({
+            "name": r["variant"]["name"], "runtime": r["variant"]["runtime"], "params": r["variant"].get("params"),
+            "file_mb": r["file_bytes"] / 1e6 if r.get("file_bytes") else None,
+            "p50": r["latency_p50_ms"], "p95": r["latency_p95_ms"], "throughput": r["throughput"],
+            "peak_mb": r["peak_rss_mb"], "quality": q, "retained": 100.0 * q / q0 if q0 else float("nan"),
+            "speedup": ref["latency_p50_ms"] / r["latency_p50_ms"], "thr_ratio": r["throughput"] / ref["throughput"],
+            "scores": r["scores"],
+        })
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], quality: str, settings: dict[str, Any]) -> str:
+    extra = sorted({k for r in rows for k in r["scores"]} - {quality})
+    head = ["variant", "runtime", "params (M)", "file (MB)", "p50 ms (b=1)", "p95 ms (b=1)",
+            f"items/s (b={settings.get('batch', 16)})", "peak RSS (MB)", quality, f"{quality} kept",
+            "latency x", "throughput x"] + extra
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for r in rows:
+        cells = [r["name"], r["runtime"], f"{r['params'] / 1e6:.2f}" if r["params"] else "",
+                 f"{r['file_mb']:.1f}" if r["file_mb"] else "", f"{r['p50']:.1f}", f"{r['p95']:.1f}",
+                 f"{r['throughput']:.1f}", f"{r['peak_mb']:.0f}", f"{r['quality']:.2f}", f"{r['retained']:.1f}%" if math.isfinite(r["retained"]) else "",
+                 f"{r['speedup']:.2f}", f"{r['thr_ratio']:.2f}"]
+        cells += [f"{r['scores'][k]:.2f}" if isinstance(r["scores"].get(k), (int, float)) else "" for k in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The variants no other variant beats on both latency (lower) and quality (higher)."""
+    front = [r for r in rows if not any((o["p50"] <= r["p50"] and o["quality"] >= r["quality"])
+                                        and (o["p50"] < r["p50"] or o["quality"] > r["quality"]) for o in rows)]
+    return sorted(front, key=lambda r: r["p50"])
+
+
+def plot(rows: list[dict[str, Any]], quality: str, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.scatter(r["p50"], r["quality"], s=40)
+        kept = f", {r['retained']:.0f}%" if math.isfinite(r["retained"]) else ""
+        ax.annotate(f"{r['name']} ({r['runtime']}{kept})", (r["p50"], r["quality"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    front = pareto_front(rows)
+    ax.plot([r["p50"] for r in front], [r["quality"] for r in front], "--", color="gray", label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per item, p50 at batch 1 (ms, log scale)")
+    ax.set_ylabel(f"{quality} (labels: % of the fp32 teacher's)")
+    ax.set_title("compression: quality against latency")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(cfg: Any, results: list[dict[str, Any]], out: Path, quality: str) -> dict[str, Any]:
+    rows = _rows(results, quality)
+    md = (f"# Compression report: {cfg.family}\n\nTeacher: {', '.join(cfg.teacher)}; settings: "
+          f"{json.dumps(cfg.report, sort_keys=True)}\n\n" + markdown(rows, quality, cfg.report))
+    report = {"quality": quality, "rows": rows, "settings": cfg.report, "teacher": cfg.teacher}
+    for name, text in (("report.md", md), ("report.json", json.dumps(report, indent=2))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out / name)
+    plot(rows, quality, out / "pareto.png")
+    log.info("report: %s, %s", out / "report.md", out / "pareto.png")
+    return report
+
+
+def _child(job_path: str, out_path: str) -> None:
+    from compress.pipeline import load_family  # noqa: PLC0415
+
+    job = json.loads(Path(job_path).read_text())
+    family = load_family(job["family"], job["options"])
+    result = measure(family, job["variant"], job["settings"])
+    Path(out_path).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _child(sys.argv[1], sys.argv[2])

@@ -1,0 +1,145 @@
+"""The simultaneous zh->en translator as a model family of the compression pipeline.
+
+    interpres compress configs/compress/simul.yaml
+
+- ``distill``: :func:`simul.train.train`, stage ``segments`` (the bundled model's last
+  stage: segments cut by the boundary detector plus true sentences, general and domain)
+  with ``init`` = the student and ``teacher`` / ``kd`` / ``seq_kd`` set;
+- ``quantize``: PyTorch dynamic int8 (or bf16), applied when the model is opened;
+- measuring: the sentences of the first ``docs`` general test documents, translated as
+  the segmentation policy translates a segment (beam 4, length penalty 0.5): BLEU is the
+  headline; ``score`` also streams those documents through the segmentation policy with
+  the bundled boundary detector, so the report has stream BLEU, AL and LAAL (SimulEval's
+  definitions) before and after compression.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import sacrebleu
+import torch
+from torch import Tensor, nn
+
+from speech.config import ConfigError, _build, load_config
+from speech.model import CONFIG_FILE, PAD_ID, label_smoothed_nll_loss, layout_of, save_model_dir
+from simul.agents import SEGMENT_BEAM, SEGMENT_LENPEN, Segmentation, run_stream
+from simul.data import load_split
+from simul.evaluate import score_instances
+from simul.model import load_mt_model
+from simul.train import SimulTrainConfig, make_batch, stage_pairs, to_examples, train
+from simul.translator import SRC_SPM, TGT_SPM, Translator
+
+RUNTIMES = ("torch", "torch-int8", "torch-bf16")
+
+
+class SimulFamily:
+    quality = "BLEU"
+
+    def __init__(self, corpus: str = "default", part: str = "general", docs: int = 40,
+                 segmenter: str = "simul/models/default/segmenter", threshold: float = 0.7, max_len: int = 40,
+                 train_config: str = "configs/simul/segments.yaml"):
+        self.corpus, self.part, self.docs = corpus, part, docs
+        self.segmenter, self.threshold, self.max_len = segmenter, threshold, max_len
+        self.train_config = train_config
+
+    def load(self, path: Path) -> nn.Module:
+        return load_mt_model(path)[0]
+
+    def save(self, model: nn.Module, like: Path, out: Path, note: dict[str, Any]) -> None:
+        like = Path(like)
+        config = json.loads((like / CONFIG_FILE).read_text(encoding="utf-8"))
+        cfg = dataclasses.replace(model.cfg, **layout_of(model))
+        extra = {k: v for k, v in config.items() if k != "model"} | {"compress": note}
+        tmp = out.with_name(out.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_model_dir(model, cfg, tmp, extra=extra)
+        for name in (SRC_SPM, TGT_SPM):
+            shutil.copyfile(like / name, tmp / name)
+        load_mt_model(tmp)  # the pruned model loads from its own config
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+
+    # ------------------------------------------------------------------ training
+
+    def _config(self, overrides: dict[str, Any], out: Path) -> SimulTrainConfig:
+        base = load_config(SimulTrainConfig, self.train_config, [f"segmenter={self.segmenter}"])
+        fields = {f.name for f in dataclasses.fields(SimulTrainConfig)}
+        for key in overrides:
+            if key not in fields:
+                raise ConfigError(f"distill: unknown SimulTrainConfig key '{key}'")
+        data = dataclasses.asdict(base) | {"out": str(out), "corpus": self.corpus} | overrides
+        data["kd"] = overrides.get("kd", {})
+        return _build(SimulTrainConfig, data, "distill settings")
+
+    def calibration(self, model_dir: Path, n: int) -> list[dict[str, Tensor]]:
+        from speech.dataset import batches_by_frames  # noqa: PLC0415
+        from speech.tokenizer import Tokenizer  # noqa: PLC0415
+
+        cfg = self._config({"init": str(model_dir)}, Path("unused"))
+        ex = to_examples(stage_pairs(cfg, "train"), Tokenizer(Path(model_dir) / SRC_SPM),
+                         Tokenizer(Path(model_dir) / TGT_SPM))
+        batches = batches_by_frames(ex.lengths, cfg.max_tokens, cfg.max_items, seed=cfg.seed, epoch=0)
+        return [make_batch(ex, idx) for idx in batches[:n]]
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        logits = model(batch["src"], batch["src_lens"], batch["prev"])["logits"]
+        ls, _ = label_smoothed_nll_loss(logits, batch["target"], 0.1, PAD_ID)
+        return ls / max(1, int((batch["target"] != PAD_ID).sum()))
+
+    def distill(self, student: Path, teachers: Sequence[Path], settings: dict[str, Any], out: Path) -> Path:
+        cfg = self._config({**settings, "init": str(student), "teacher": [str(t) for t in teachers]}, out)
+        return train(cfg)
+
+    def quantize(self, model_dir: Path, out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+        runtime = settings.get("runtime", "torch-int8")
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"quantize: 'runtime' must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
+        return {"path": str(model_dir), "runtime": runtime}  # applied when the model is opened
+
+    # ------------------------------------------------------------------ measuring
+
+    def _docs(self):
+        return load_split(self.corpus, self.part, "test")[: self.docs]
+
+    def test_items(self, settings: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(zh, en) for d in self._docs() for zh, en in zip(d.zh, d.en)]
+
+    def open(self, variant: dict[str, Any], threads: int) -> Translator:
+        torch.set_num_threads(threads)
+        runtime = variant["runtime"]
+        tr = Translator(variant["path"])
+        if runtime == "torch-int8":
+            from compress.quantize import quantize_torch_int8  # noqa: PLC0415
+
+            tr.model = quantize_torch_int8(tr.model)
+        elif runtime == "torch-bf16":
+            tr.model = tr.model.to(torch.bfloat16)
+        elif runtime != "torch":
+            raise ConfigError(f"{variant['name']}: runtime '{runtime}' is not one of {', '.join(RUNTIMES)}")
+        return tr
+
+    def infer(self, tr: Translator, items: list[tuple[str, str]]) -> list[str]:
+        ids = tr.translate([zh for zh, _ in items], beam=SEGMENT_BEAM, length_penalty=SEGMENT_LENPEN)
+        return [tr.detokenize(x) for x in ids]
+
+    def score(self, tr: Translator, items: list[tuple[str, str]], outputs: list[str]) -> dict[str, float]:
+        from simul.segmenter import Segmenter  # noqa: PLC0415
+
+        scores = {"BLEU": sacrebleu.corpus_bleu(outputs, [[en for _, en in items]]).score}
+        agent = Segmentation(tr, Segmenter.load(self.segmenter), self.threshold, self.max_len)
+        instances = []
+        for d in self._docs():
+            words, delays, elapsed = run_stream(agent, d.source, d)
+            instances.append({"prediction": " ".join(words), "delays": delays, "elapsed": elapsed,
+                              "prediction_length": len(words), "reference": d.reference,
+                              "source_length": len(d.source)})
+        stream = score_instances(instances)
+        scores.update({"stream BLEU": stream["BLEU"], "AL": stream["AL"], "LAAL": stream["LAAL"]})
+        return scores

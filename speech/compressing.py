@@ -1,0 +1,204 @@
+"""The speech translator as a model family of the compression pipeline (:mod:`compress.pipeline`).
+
+    interpres compress configs/compress/speech.yaml
+
+What compress asks of a family, for S2T models:
+
+- ``save``: a model directory whose config is read off the (pruned) modules
+  (:func:`speech.model.layout_of`), with the teacher's ``spm.model`` and settings;
+- ``calibration`` / ``loss``: training batches of the corpus and the label loss
+  (label-smoothed CE), for Taylor importance;
+- ``distill``: :func:`speech.train.train` with ``init`` = the student, ``teacher`` and
+  ``kd`` / ``seq_kd`` set: the same resumable loop as every recipe;
+- ``quantize``: the ONNX export with int8 weights (:mod:`speech.onnx`), or PyTorch
+  dynamic int8 / bf16 applied at load time;
+- ``test_items`` / ``infer`` / ``score``: the first ``per_lang`` utterances of each pair's
+  test split, translated (or transcribed, for ``en-asr``) with beam search; mean chrF
+  over the languages (the headline), BLEU, and WER on English.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from speech.config import ConfigError, load_config
+from speech.data.mustc import MustcSplit
+from speech.dataset import SplitFeatures, pad_features
+from speech.decode import DecodingOptions, encode, search
+from speech.evaluate import score_translation, word_error_rate
+from speech.features import FbankConfig
+from speech.model import PAD_ID, CONFIG_FILE, label_smoothed_nll_loss, layout_of, load_model_dir, save_model_dir
+from speech.train import TrainConfig, corpus_root, make_batch, train
+from speech.translate import Translator, load_translator
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "torch-int8", "torch-bf16", "onnx", "onnx-int8")
+
+
+class SpeechFamily:
+    quality = "chrF"
+
+    def __init__(self, corpus: str = "small", split: str = "tst-COMMON", per_lang: int = 20,
+                 langs: Sequence[str] = ("de", "es", "fr", "it", "nl", "pt", "ro", "ru", "ja", "zh"),
+                 asr: bool = True, beam: int = 5, train_config: str = "configs/speech/st_small.yaml"):
+        self.corpus, self.split, self.per_lang, self.langs = corpus, split, per_lang, list(langs)
+        self.asr, self.beam, self.train_config = asr, beam, train_config
+        self._calib: list[dict[str, Tensor]] | None = None
+
+    # ------------------------------------------------------------------ models
+
+    def load(self, path: Path) -> nn.Module:
+        model, _ = load_model_dir(path)
+        return model
+
+    def save(self, model: nn.Module, like: Path, out: Path, note: dict[str, Any]) -> None:
+        like = Path(like)
+        config = json.loads((like / CONFIG_FILE).read_text(encoding="utf-8"))
+        cfg = dataclasses.replace(model.cfg, **layout_of(model))
+        extra = {k: v for k, v in config.items() if k != "model"} | {"compress": note}
+        tmp = out.with_name(out.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_model_dir(model, cfg, tmp, extra=extra)
+        shutil.copyfile(like / "spm.model", tmp / "spm.model")
+        load_model_dir(tmp)  # the pruned model loads from its own config
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+
+    # ------------------------------------------------------------------ training
+
+    def _train_config(self, overrides: dict[str, Any], out: Path) -> TrainConfig:
+        cfg = load_config(TrainConfig, self.train_config)
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        for key in overrides:
+            if key not in fields:
+                raise ConfigError(f"distill: unknown TrainConfig key '{key}'")
+        data = dataclasses.asdict(cfg) | {"init_encoder": None, "out": str(out), "corpus": self.corpus} | overrides
+        data["kd"] = overrides.get("kd", {})
+        from speech.config import _build  # noqa: PLC0415 - the loader's checks for a dict
+
+        return _build(TrainConfig, data, "distill settings")
+
+    def calibration(self, model_dir: Path, n: int) -> list[dict[str, Tensor]]:
+        from speech.dataset import batches_by_frames  # noqa: PLC0415
+        from speech.train import build_lang_data, read_texts  # noqa: PLC0415
+        from speech.tokenizer import Tokenizer  # noqa: PLC0415
+
+        cfg = load_config(TrainConfig, self.train_config, [f"corpus={self.corpus}"])
+        tok = Tokenizer(Path(model_dir) / "spm.model")
+        data = build_lang_data(read_texts(cfg, "train"), tok, FbankConfig())
+        batches = []
+        langs = sorted(data)
+        for i in range(n):  # one batch per language in turn, the same ones every time
+            d = data[langs[i % len(langs)]]
+            idx = batches_by_frames(d.lengths, cfg.max_frames, cfg.max_items, seed=cfg.seed, epoch=0)[i // len(langs)]
+            batches.append(make_batch(d, idx, None, None))
+        return batches
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        out = model(batch["features"], batch["feat_lens"], batch["prev"])
+        ls, _ = label_smoothed_nll_loss(out["logits"], batch["target"], 0.1, PAD_ID)
+        return ls / max(1, int((batch["target"] != PAD_ID).sum()))
+
+    def distill(self, student: Path, teachers: Sequence[Path], settings: dict[str, Any], out: Path) -> Path:
+        overrides = {k: v for k, v in settings.items()}
+        overrides |= {"init": str(student), "teacher": [str(t) for t in teachers]}
+        cfg = self._train_config(overrides, out)
+        return train(cfg)
+
+    # ------------------------------------------------------------------ quantization
+
+    def quantize(self, model_dir: Path, out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+        runtime = settings.get("runtime", "onnx-int8")
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"quantize: 'runtime' must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
+        if not runtime.startswith("onnx"):
+            return {"path": str(model_dir), "runtime": runtime}  # applied when the model is opened
+        from speech.onnx import export_s2t, graph_files, read_index  # noqa: PLC0415
+
+        precision = "int8" if runtime == "onnx-int8" else "fp32"
+        try:
+            done = precision in read_index(out)["graphs"]
+        except (ValueError, OSError):
+            done = False
+        if not done:
+            export_s2t(Path(model_dir), out, quantize="int8" if precision == "int8" else None,
+                       per_channel=settings.get("per_channel", True))
+        files = [str(f) for f in graph_files(out, precision)]
+        return {"path": str(model_dir), "runtime": runtime, "onnx": str(out), "files": files}
+
+    # ------------------------------------------------------------------ measuring
+
+    def test_items(self, settings: dict[str, Any]) -> list[dict[str, Any]]:
+        root = corpus_root(self.corpus)
+        pairs = [f"en-{lang}" for lang in self.langs] + (["en-asr"] if self.asr else [])
+        items = []
+        for pair in pairs:
+            split = MustcSplit(root, pair, self.split)
+            feats = SplitFeatures.load_or_compute(split, FbankConfig())
+            lang = split.tgt_lang or "en"
+            for i, seg in enumerate(split):
+                if i >= self.per_lang:
+                    break
+                ref = seg.tgt if split.tgt_lang else seg.src
+                items.append({"feats": feats.get(i), "lang": lang, "ref": ref, "pair": pair})
+        return items
+
+    def open(self, variant: dict[str, Any], threads: int) -> Translator:
+        runtime = variant["runtime"]
+        torch.set_num_threads(threads)
+        if runtime.startswith("onnx"):
+            from speech.onnx import OnnxS2TModel  # noqa: PLC0415
+
+            tr = load_translator(variant["path"])
+            precision = "int8" if runtime == "onnx-int8" else "fp32"
+            tr.models = [OnnxS2TModel(variant["onnx"], precision=precision, threads=threads)]
+            return tr
+        tr = load_translator(variant["path"])
+        if runtime == "torch-int8":
+            from compress.quantize import quantize_torch_int8  # noqa: PLC0415
+
+            tr.models = [quantize_torch_int8(m) for m in tr.models]
+        elif runtime == "torch-bf16":
+            tr.models = [m.to(torch.bfloat16) for m in tr.models]
+        return tr
+
+    def infer(self, tr: Translator, items: list[dict[str, Any]]) -> list[str]:
+        tags = tuple(tr.tokenizer.lang_tag(lang) for lang in tr.tokenizer.languages)
+        opts = DecodingOptions(beam_size=self.beam, suppress_tokens=tags)
+        x, lens = pad_features([it["feats"] for it in items])
+        if isinstance(tr.models[0], nn.Module):  # bf16 models take bf16 features
+            x = x.to(tr.models[0].encoder.subsample.conv_layers[0].weight.dtype)
+        states = encode(tr.models, x, lens)
+        prefix = [tr.prefix(it["lang"]) for it in items]
+        return [tr.text(r) for r in search(tr.models, states, prefix, opts)]
+
+    def score(self, tr: Translator, items: list[dict[str, Any]], outputs: list[str]) -> dict[str, float]:
+        by_lang: dict[str, tuple[list[str], list[str]]] = {}
+        for it, hyp in zip(items, outputs):
+            hyps, refs = by_lang.setdefault(it["lang"], ([], []))
+            hyps.append(hyp)
+            refs.append(it["ref"])
+        scores: dict[str, float] = {}
+        chrf, bleu = [], []
+        for lang, (hyps, refs) in by_lang.items():
+            if lang == "en":
+                scores["WER"] = word_error_rate(hyps, refs)
+                continue
+            s = score_translation(lang, hyps, refs)
+            chrf.append(s["chrf"])
+            bleu.append(s["bleu"])
+        if chrf:  # the mean over the languages, each language weighing the same
+            scores["chrF"] = sum(chrf) / len(chrf)
+            scores["BLEU"] = sum(bleu) / len(bleu)
+        return scores

@@ -1,0 +1,94 @@
+"""interpres compress end to end on the tiny simultaneous translator: distill -> prune ->
+re-distill -> int8, the report, resuming, and the CLI's errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.pipeline import CompressConfig, CompressError, load_family, run_pipeline
+from interpres.cli import main
+from simul.model import load_mt_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def recipe(tiny_simul, out):
+    train = {"lr": 0.002, "warmup_updates": 5, "max_updates": 40, "save_interval_updates": 20,
+             "validate_interval_updates": 20, "average_last": 1, "dev_bleu_max": 0, "threads": 1,
+             "stage": "pretrain", "kd": {"alpha": 0.5, "temperature": 2.0}}
+    return CompressConfig(
+        family="simul.compressing:SimulFamily",
+        teacher=[str(tiny_simul.model)],
+        out=str(out),
+        options={"corpus": str(tiny_simul.corpus), "docs": 4, "segmenter": str(tiny_simul.segmenter),
+                 "threshold": 0.5, "train_config": str(ROOT / "configs/simul/tiny.yaml")},
+        distill={**train, "max_updates": 10},
+        prune={"importance": "taylor", "heads": 0.5, "ffn": 0.5, "layers": {"encoder.layers": 1},
+               "calibration_batches": 2},
+        redistill=train,
+        studies={"truncate-50": {"kd": {"truncate": 0.5}, "max_updates": 10}},
+        quantize={"runtime": "torch-int8"},
+        report={"threads": 1, "batch": 4},
+    )
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_and_resume(tiny_simul, tmp_path, one_thread):
+    cfg = recipe(tiny_simul, tmp_path / "run")
+    report = run_pipeline(cfg)
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["teacher", "distilled", "pruned", "re-distilled", "study truncate-50", "teacher int8",
+                     "student int8"]
+    rows = {r["name"]: r for r in report["rows"]}
+    teacher, _ = load_mt_model(tiny_simul.model)
+    pruned, conf = load_mt_model(tmp_path / "run/2-prune/model")  # loads from its own config
+    assert len(pruned.encoder.layers) == 1 and pruned.cfg.encoder_layout[0][0] == teacher.cfg.heads // 2
+    assert rows["pruned"]["params"] < 0.75 * rows["teacher"]["params"]
+    assert conf["compress"]["prune_result"]["params_after"] == rows["pruned"]["params"]
+    for r in report["rows"]:
+        assert r["p50"] > 0 and r["p95"] >= r["p50"] and r["throughput"] > 0 and r["peak_mb"] > 0
+        assert {"BLEU", "AL", "LAAL", "stream BLEU"} <= set(r["scores"])
+    assert rows["teacher"]["speedup"] == 1.0 and rows["teacher"]["thr_ratio"] == 1.0
+    if rows["teacher"]["quality"] > 0:
+        assert rows["teacher"]["retained"] == pytest.approx(100.0)
+
+    # recovery: the re-distilled student fits the training data better than the pruned one
+    family = load_family(cfg.family, cfg.options)
+    batches = family.calibration(tiny_simul.model, 3)
+    with torch.no_grad():
+        loss = {name: sum(float(family.loss(family.load(tmp_path / f"run/{d}/model"), b)) for b in batches)
+                for name, d in (("pruned", "2-prune"), ("re-distilled", "3-redistill"))}
+    assert loss["re-distilled"] < loss["pruned"]
+
+    out = tmp_path / "run/report"
+    assert (out / "pareto.png").stat().st_size > 5000
+    md = (out / "report.md").read_text()
+    assert "| student int8 | torch-int8 |" in md and "BLEU kept" in md
+    assert json.loads((out / "report.json").read_text())["quality"] == "BLEU"
+
+    # a second run trains nothing and measures nothing again
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("model.safetensors")}
+    measured = {p: p.stat().st_mtime_ns for p in out.glob("measure-*.json")}
+    again = run_pipeline(cfg)
+    assert [r["p50"] for r in again["rows"]] == [r["p50"] for r in report["rows"]]
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("model.safetensors")}
+    assert measured == {p: p.stat().st_mtime_ns for p in out.glob("measure-*.json")}
+
+
+def test_config_errors_are_named(tmp_path, capsys):
+    with pytest.raises(CompressError, match="teacher"):
+        CompressConfig(teacher=[])
+    with pytest.raises(CompressError, match="prune: .*'heads'"):
+        CompressConfig(teacher=["x"], prune={"heads": 2.0})
+    with pytest.raises(CompressError, match="package.module:Class"):
+        load_family("speech", {})
+    with pytest.raises(CompressError, match="cannot load"):
+        load_family("speech.nothing:Family", {})
+    bad = tmp_path / "c.yaml"
+    bad.write_text(f"teacher: [{tmp_path / 'missing'}]\nout: {tmp_path / 'out'}\n")
+    assert main(["compress", str(bad)]) == 2
+    assert "is not a model directory" in capsys.readouterr().err
+    assert main(["compress", str(bad), "prune.heads=0"]) == 2
+    assert "'heads'" in capsys.readouterr().err
