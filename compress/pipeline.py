@@ -183,6 +183,9 @@ def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
 
     for v in variants:
         v["params"] = _params(family, v)
+        if v["stage"] in ("distill", "redistill", "study"):  # the training cost of the stage
+            conf = json.loads((Path(v["path"]) / "config.json").read_text(encoding="utf-8"))
+            v["train_seconds"], v["updates"] = conf.get("train_seconds"), conf.get("updates")
     results = measure_all(cfg, variants, out / "report")
     report = write_report(cfg, results, out / "report", family.quality)
     return report

@@ -7,8 +7,10 @@ family's test items:
 - latency: every item alone (batch 1), after 2 warm-up items; p50 and p95 per item;
 - throughput: the same items in batches of ``batch`` (16), items per second;
 - quality: the family's scores of the batch-1 outputs;
-- peak memory: the process's maximum resident set (``ru_maxrss``) after the run, and the
-  part of it added by loading and running the variant.
+- peak memory: the peak resident set (VmHWM) while the variant is loaded and run (its
+  peak is reset once the imports and test data are in memory, so it still includes
+  them, as a user's process would), and the part added by the variant: that peak minus
+  the resident set just before loading it.
 
 Results are cached per variant in ``OUT/report/measure-NAME.json`` with a fingerprint of
 the variant, its files and the settings, so a rerun measures only what changed; the
@@ -17,6 +19,7 @@ report always compares results from one machine and one settings block.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -53,6 +56,26 @@ def file_bytes(variant: dict[str, Any]) -> int:
     return sum(f.stat().st_size for f in _files(variant))
 
 
+def _status_mb(key: str) -> float | None:
+    """VmRSS / VmHWM of this process from /proc (Linux), in MB; None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
@@ -77,7 +100,10 @@ def measure(family: Any, variant: dict[str, Any], settings: dict[str, Any]) -> d
     items = family.test_items(settings)
     if not items:
         raise ValueError(f"{variant['name']}: the family gave no test items")
-    base = _maxrss_mb()
+    # the peak is measured from here: imports and test data are the same for every variant
+    gc.collect()
+    base = _status_mb("VmRSS") if _reset_peak() else None
+    base = base if base is not None else _maxrss_mb()
     runner = family.open(variant, threads)
     for it in items[:2]:
         family.infer(runner, [it])
@@ -91,7 +117,7 @@ def measure(family: Any, variant: dict[str, Any], settings: dict[str, Any]) -> d
         family.infer(runner, items[i:i + batch])
     batch_seconds = time.perf_counter() - t0
     scores = family.score(runner, items, outputs)
-    peak = _maxrss_mb()
+    peak = _status_mb("VmHWM") or _maxrss_mb()
     return {
         "items": len(items),
         "latency_p50_ms": 1000 * statistics.median(latency),
@@ -149,9 +175,10 @@ def _rows(results: list[dict[str, Any]], quality: str) -> list[dict[str, Any]]:
             "name": r["variant"]["name"], "runtime": r["variant"]["runtime"], "params": r["variant"].get("params"),
             "file_mb": r["file_bytes"] / 1e6 if r.get("file_bytes") else None,
             "p50": r["latency_p50_ms"], "p95": r["latency_p95_ms"], "throughput": r["throughput"],
-            "peak_mb": r["peak_rss_mb"], "quality": q, "retained": 100.0 * q / q0 if q0 else float("nan"),
+            "peak_mb": r["peak_rss_mb"], "model_mb": r["model_rss_mb"], "quality": q, "retained": 100.0 * q / q0 if q0 else float("nan"),
             "speedup": ref["latency_p50_ms"] / r["latency_p50_ms"], "thr_ratio": r["throughput"] / ref["throughput"],
-            "scores": r["scores"],
+            "scores": r["scores"], "train_seconds": r["variant"].get("train_seconds"),
+            "updates": r["variant"].get("updates"),
         })
     return rows
 
@@ -159,14 +186,15 @@ def _rows(results: list[dict[str, Any]], quality: str) -> list[dict[str, Any]]:
 def markdown(rows: list[dict[str, Any]], quality: str, settings: dict[str, Any]) -> str:
     extra = sorted({k for r in rows for k in r["scores"]} - {quality})
     head = ["variant", "runtime", "params (M)", "file (MB)", "p50 ms (b=1)", "p95 ms (b=1)",
-            f"items/s (b={settings.get('batch', 16)})", "peak RSS (MB)", quality, f"{quality} kept",
-            "latency x", "throughput x"] + extra
+            f"items/s (b={settings.get('batch', 16)})", "peak RSS (MB)", "RSS added by the model (MB)", quality, f"{quality} kept",
+            "latency x", "throughput x", "training (s / updates)"] + extra
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in rows:
         cells = [r["name"], r["runtime"], f"{r['params'] / 1e6:.2f}" if r["params"] else "",
                  f"{r['file_mb']:.1f}" if r["file_mb"] else "", f"{r['p50']:.1f}", f"{r['p95']:.1f}",
-                 f"{r['throughput']:.1f}", f"{r['peak_mb']:.0f}", f"{r['quality']:.2f}", f"{r['retained']:.1f}%" if math.isfinite(r["retained"]) else "",
-                 f"{r['speedup']:.2f}", f"{r['thr_ratio']:.2f}"]
+                 f"{r['throughput']:.1f}", f"{r['peak_mb']:.0f}", f"{r['model_mb']:.0f}", f"{r['quality']:.2f}", f"{r['retained']:.1f}%" if math.isfinite(r["retained"]) else "",
+                 f"{r['speedup']:.2f}", f"{r['thr_ratio']:.2f}",
+                 f"{r['train_seconds']:.0f} / {r['updates']}" if r.get("train_seconds") is not None else ""]
         cells += [f"{r['scores'][k]:.2f}" if isinstance(r["scores"].get(k), (int, float)) else "" for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
