@@ -44,6 +44,8 @@ demo: install
 	@echo "spoken (espeak-ng en-us+f3): $(DEMO_TEXT)"
 	@$(VENV)/bin/interpres transcribe $(DEMO_WAV) --format text | sed 's/^/transcript: /'
 	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt $(LANGS) --format text | cut -f2- | sed 's/^/  /'
+	@echo "the same into German with the int8 ONNX Runtime export (built once into the cache):"
+	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt de --runtime onnx --format text | cut -f2- | sed 's/^/  /'
 	@echo; sed -n '/^## Scores/,/^## Limits/p' speech/models/default/README.md | sed '$$d'
 	@echo; echo "simultaneous zh->en (bundled simul model), stream: $(SIMUL_DEMO)"
 	@echo "$(SIMUL_DEMO)" | $(VENV)/bin/interpres simul | sed 's/^/  /'
