@@ -34,6 +34,7 @@ from simul.model import load_mt_model
 from simul.train import SimulTrainConfig, make_batch, stage_pairs, to_examples, train
 from simul.translator import SRC_SPM, TGT_SPM, Translator
 
+REPO = Path(__file__).resolve().parent.parent  # configs/ sits beside the packages
 RUNTIMES = ("torch", "torch-int8", "torch-bf16")
 
 
@@ -42,7 +43,7 @@ class SimulFamily:
 
     def __init__(self, corpus: str = "default", part: str = "general", docs: int = 40,
                  segmenter: str = "simul/models/default/segmenter", threshold: float = 0.7, max_len: int = 40,
-                 train_config: str = "configs/simul/segments.yaml"):
+                 train_config: str = str(REPO / "configs/simul/segments.yaml")):
         self.corpus, self.part, self.docs = corpus, part, docs
         self.segmenter, self.threshold, self.max_len = segmenter, threshold, max_len
         self.train_config = train_config

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from speech.config import ConfigError, load_config
+from speech.config import ConfigError, _build, load_config
 from speech.data.mustc import MustcSplit
 from speech.dataset import SplitFeatures, pad_features
 from speech.decode import DecodingOptions, encode, search
@@ -41,6 +41,7 @@ from speech.translate import Translator, load_translator
 
 log = logging.getLogger(__name__)
 
+REPO = Path(__file__).resolve().parent.parent  # configs/ sits beside the packages
 RUNTIMES = ("torch", "torch-int8", "torch-bf16", "onnx", "onnx-int8")
 
 
@@ -49,10 +50,9 @@ class SpeechFamily:
 
     def __init__(self, corpus: str = "small", split: str = "tst-COMMON", per_lang: int = 20,
                  langs: Sequence[str] = ("de", "es", "fr", "it", "nl", "pt", "ro", "ru", "ja", "zh"),
-                 asr: bool = True, beam: int = 5, train_config: str = "configs/speech/st_small.yaml"):
+                 asr: bool = True, beam: int = 5, train_config: str = str(REPO / "configs/speech/st_small.yaml")):
         self.corpus, self.split, self.per_lang, self.langs = corpus, split, per_lang, list(langs)
         self.asr, self.beam, self.train_config = asr, beam, train_config
-        self._calib: list[dict[str, Tensor]] | None = None
 
     # ------------------------------------------------------------------ models
 
@@ -85,8 +85,6 @@ class SpeechFamily:
                 raise ConfigError(f"distill: unknown TrainConfig key '{key}'")
         data = dataclasses.asdict(cfg) | {"init_encoder": None, "out": str(out), "corpus": self.corpus} | overrides
         data["kd"] = overrides.get("kd", {})
-        from speech.config import _build  # noqa: PLC0415 - the loader's checks for a dict
-
         return _build(TrainConfig, data, "distill settings")
 
     def calibration(self, model_dir: Path, n: int) -> list[dict[str, Tensor]]:
