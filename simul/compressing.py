@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,11 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from speech.config import ConfigError, _build, load_config
-from speech.model import CONFIG_FILE, PAD_ID, label_smoothed_nll_loss, layout_of, save_model_dir
+from speech.model import PAD_ID, label_smoothed_nll_loss, save_resized_model_dir
 from simul.agents import SEGMENT_BEAM, SEGMENT_LENPEN, Segmentation, run_stream
 from simul.data import load_split
 from simul.evaluate import score_instances
-from simul.model import load_mt_model
+from simul.model import MTConfig, MTModel, load_mt_model
 from simul.train import SimulTrainConfig, make_batch, stage_pairs, to_examples, train
 from simul.translator import SRC_SPM, TGT_SPM, Translator
 
@@ -52,20 +50,7 @@ class SimulFamily:
         return load_mt_model(path)[0]
 
     def save(self, model: nn.Module, like: Path, out: Path, note: dict[str, Any]) -> None:
-        like = Path(like)
-        config = json.loads((like / CONFIG_FILE).read_text(encoding="utf-8"))
-        cfg = dataclasses.replace(model.cfg, **layout_of(model))
-        extra = {k: v for k, v in config.items() if k != "model"} | {"compress": note}
-        tmp = out.with_name(out.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save_model_dir(model, cfg, tmp, extra=extra)
-        for name in (SRC_SPM, TGT_SPM):
-            shutil.copyfile(like / name, tmp / name)
-        load_mt_model(tmp)  # the pruned model loads from its own config
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        save_resized_model_dir(model, like, out, note, [SRC_SPM, TGT_SPM], MTConfig, MTModel)
 
     # ------------------------------------------------------------------ training
 

@@ -20,9 +20,7 @@ What compress asks of a family, for S2T models:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,7 +33,7 @@ from speech.dataset import SplitFeatures, pad_features
 from speech.decode import DecodingOptions, encode, search
 from speech.evaluate import score_translation, word_error_rate
 from speech.features import FbankConfig
-from speech.model import PAD_ID, CONFIG_FILE, label_smoothed_nll_loss, layout_of, load_model_dir, save_model_dir
+from speech.model import PAD_ID, label_smoothed_nll_loss, load_model_dir, save_resized_model_dir
 from speech.train import TrainConfig, corpus_root, make_batch, train
 from speech.translate import Translator, load_translator
 
@@ -61,19 +59,7 @@ class SpeechFamily:
         return model
 
     def save(self, model: nn.Module, like: Path, out: Path, note: dict[str, Any]) -> None:
-        like = Path(like)
-        config = json.loads((like / CONFIG_FILE).read_text(encoding="utf-8"))
-        cfg = dataclasses.replace(model.cfg, **layout_of(model))
-        extra = {k: v for k, v in config.items() if k != "model"} | {"compress": note}
-        tmp = out.with_name(out.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save_model_dir(model, cfg, tmp, extra=extra)
-        shutil.copyfile(like / "spm.model", tmp / "spm.model")
-        load_model_dir(tmp)  # the pruned model loads from its own config
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        save_resized_model_dir(model, like, out, note, ["spm.model"])
 
     # ------------------------------------------------------------------ training
 

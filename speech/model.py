@@ -35,10 +35,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from speech.config import ConfigError, config_to_dict
-from speech.data.cache import atomic_path
+from speech.data.cache import atomic_dir, atomic_path
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # speech.tokenizer's fixed ids
 
@@ -669,3 +670,22 @@ def load_model_dir(path: str | Path, dtype: torch.dtype | None = None, device: s
     load_weights(model, path / WEIGHTS_FILE)
     model.to(device=device, dtype=dtype or torch.float32)
     return model.eval(), config
+
+
+def save_resized_model_dir(model: nn.Module, like: str | Path, out: str | Path, note: dict[str, Any],
+                           files: Sequence[str], config_cls: type = ModelConfig, model_cls: type = S2TModel) -> Path:
+    """Write a model whose sizes changed (structured pruning) as a model directory ``out``:
+    its config read off its modules (:func:`layout_of`), the other config.json keys of the
+    model directory ``like`` plus ``{"compress": note}``, and ``like``'s ``files`` (the
+    tokenizers). The folder is written whole or not at all, and must load back."""
+    like = Path(like)
+    config = json.loads((like / CONFIG_FILE).read_text(encoding="utf-8"))
+    cfg = dataclasses.replace(model.cfg, **layout_of(model))
+    extra = {k: v for k, v in config.items() if k != "model"} | {"compress": note}
+    with atomic_dir(out) as tmp:
+        save_model_dir(model, cfg, tmp, extra=extra)
+        for name in files:
+            shutil.copyfile(like / name, tmp / name)
+        load_model_dir(tmp, config_cls=config_cls, model_cls=model_cls)  # loads from its own config
+    return Path(out)
+
