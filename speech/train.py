@@ -375,8 +375,12 @@ def train(cfg: TrainConfig) -> Path:
         if t.cfg.vocab_size != mcfg.vocab_size:
             raise ConfigError(f"teacher {path}: vocabulary of {t.cfg.vocab_size} pieces, the student has "
                               f"{mcfg.vocab_size}; distillation needs one vocabulary")
-    if cfg.seq_kd:
-        data = seq_kd_targets(data, teachers, tok, out / "seq_kd.jsonl", cfg)
+    if cfg.seq_kd:  # rank 0 decodes; the others read its finished cache
+        if rank == 0:
+            data = seq_kd_targets(data, teachers, tok, out / "seq_kd.jsonl", cfg)
+        barrier(world)
+        if rank != 0:
+            data = seq_kd_targets(data, teachers, tok, out / "seq_kd.jsonl", cfg)
     if cfg.init_encoder:
         n = init_encoder_from(model, cfg.init_encoder)
         log.info("encoder initialized from %s (%d tensors)", cfg.init_encoder, n)
@@ -390,8 +394,7 @@ def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tok
                    cfg: TrainConfig) -> dict[str, LangData]:
     """Sequence-level KD: every training target replaced by the teachers' beam-search output
     (an ensemble when several), cached in ``path`` and resumed after a kill
-    (:class:`compress.distill.SeqKDCorpus`). Every rank builds the same file's view; run
-    it once before launching several processes."""
+    (:class:`compress.distill.SeqKDCorpus`)."""
     from speech.decode import DecodingOptions, encode, search  # noqa: PLC0415 - decode imports the model
 
     settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
@@ -400,10 +403,10 @@ def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tok
     opts = DecodingOptions(beam_size=cfg.seq_kd_beam)
     tags = tuple(tok.lang_tag(lang) for lang in tok.languages)
     opts = dataclasses.replace(opts, suppress_tokens=tags)
-    ids = [f"{lang}:{k}" for lang, d in data.items() for k in range(len(d.items))]
     by_id = {f"{lang}:{k}": (lang, k) for lang, d in data.items() for k in range(len(d.items))}
+    lengths = {lang: d.lengths for lang, d in data.items()}
     # batches of similar lengths decode fastest: order the ids by audio length
-    ids.sort(key=lambda i: data[by_id[i][0]].lengths[by_id[i][1]])
+    ids = sorted(by_id, key=lambda i: lengths[by_id[i][0]][by_id[i][1]])
 
     def translate(chunk: list[str]) -> list[list[int]]:
         feats = [data[by_id[i][0]].features(by_id[i][1]) for i in chunk]
