@@ -15,26 +15,11 @@ from speech.decode import (
     max_lengths,
     search,
 )
-from speech.model import EOS_ID, S2TModel, preset
+from speech.model import EOS_ID, S2TModel
 
-VOCAB = 30
-N_MELS = 16
+from s2t import VOCAB, features, tiny_model
+
 DE, FR = 4, 5  # two "language tags"
-
-
-def tiny_model(seed: int = 0, **overrides) -> S2TModel:
-    # untied output embeddings: a random tied model mostly repeats its input token
-    torch.manual_seed(seed)
-    overrides.setdefault("share_decoder_input_output_embed", False)
-    return S2TModel(preset("tiny", VOCAB, n_mels=N_MELS, **overrides)).eval()
-
-
-def features(lens, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(lens), max(lens), N_MELS, generator=g)
-    for b, n in enumerate(lens):
-        x[b, n:] = 0.0
-    return x, torch.tensor(lens)
 
 
 def rigged(token: int, seed: int = 0) -> S2TModel:

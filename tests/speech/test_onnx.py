@@ -7,62 +7,30 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from torch import nn
 
+from compress.prune import prune_heads
 from compress.runtime import RuntimeSessionError
 from interpres.cli import main
 from speech import onnx as sonnx
 from speech.decode import DecodingOptions, encode, repeat_states, search
-from speech.model import DecoderCache, S2TModel, preset
+from speech.model import S2TModel
 from speech.onnx import EncoderGraph, EncoderOutput, OnnxModelError, OnnxS2TModel, export_s2t
 from speech.translate import load_translator
 
 from builders import SPLIT, build_eval_corpus, make_model_dir
+from s2t import VOCAB, features, tiny_model
 
-VOCAB = 30
-N_MELS = 16
 DE, FR = 4, 5  # two "language tags"
-
-
-def prune_heads(attn: nn.Module, keep: int) -> None:
-    """Keep the first ``keep`` heads of a MultiHeadAttention, as structured pruning does."""
-    inner = keep * attn.head_dim
-    with torch.no_grad():
-        for name in ("q_proj", "k_proj", "v_proj"):
-            old = getattr(attn, name)
-            new = nn.Linear(old.in_features, inner)
-            new.weight.copy_(old.weight[:inner])
-            new.bias.copy_(old.bias[:inner])
-            setattr(attn, name, new)
-        out = nn.Linear(inner, attn.out_proj.out_features)
-        out.weight.copy_(attn.out_proj.weight[:, :inner])
-        out.bias.copy_(attn.out_proj.bias)
-        attn.out_proj = out
-    attn.heads = keep
 
 
 def tiny_pruned_model() -> S2TModel:
     """Untied output embeddings (a random tied model mostly repeats its input token) and
     decoder layers with different head counts."""
-    torch.manual_seed(0)
-    model = S2TModel(preset("tiny", VOCAB, n_mels=N_MELS, share_decoder_input_output_embed=False))
-    prune_heads(model.decoder.layers[0].self_attn, 2)
-    prune_heads(model.decoder.layers[1].encoder_attn, 3)
-    prune_heads(model.encoder.layers[0].self_attn, 1)
-    return model.eval()
-
-
-def features(lens, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(lens), max(lens), N_MELS, generator=g)
-    for b, n in enumerate(lens):
-        x[b, n:] = 0.0
-    return x, torch.tensor(lens)
-
-
-def tiny_model(seed: int) -> S2TModel:
-    torch.manual_seed(seed)
-    return S2TModel(preset("tiny", VOCAB, n_mels=N_MELS, share_decoder_input_output_embed=False)).eval()
+    model = tiny_model(0)
+    prune_heads(model.decoder.layers[0].self_attn, [0, 1])
+    prune_heads(model.decoder.layers[1].encoder_attn, [0, 1, 2])
+    prune_heads(model.encoder.layers[0].self_attn, [0])
+    return model
 
 
 @pytest.fixture(scope="module")
