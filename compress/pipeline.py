@@ -19,14 +19,13 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from torch import Tensor, nn
 
+from compress.export import write_json
 from compress.prune import PruneConfig, count_params, prune
 
 log = logging.getLogger(__name__)
@@ -116,15 +115,6 @@ class CompressConfig:
                 raise CompressError(f"prune: {e}") from e
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _done(model_dir: Path) -> bool:
     return (model_dir / "config.json").is_file()
 
@@ -140,7 +130,7 @@ def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
     for t in teachers:
         if not _done(t):
             raise CompressError(f"teacher: {t} is not a model directory (no config.json)")
-    _write_json(out / "recipe.json", asdict(cfg))
+    write_json(out / "recipe.json", asdict(cfg))
     variants: list[dict[str, Any]] = [{"name": "teacher", "path": str(teachers[0]), "runtime": "torch",
                                        "stage": "teacher"}]
     current = teachers[0]

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compress.export import atomic_path, write_json
+
 log = logging.getLogger(__name__)
 
 
@@ -149,15 +151,16 @@ def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dic
         job = {"family": cfg.family, "options": cfg.options, "variant": v, "settings": cfg.report}
         job_path = out / f".job-{v['name'].replace(' ', '_')}.json"
         job_path.write_text(json.dumps(job))
-        proc = subprocess.run([sys.executable, "-m", "compress.report", str(job_path), str(path) + ".tmp"],
+        raw = out / f".raw-{path.name}"
+        proc = subprocess.run([sys.executable, "-m", "compress.report", str(job_path), str(raw)],
                               env={**os.environ, "OMP_NUM_THREADS": str(cfg.report.get("threads", 2))})
         job_path.unlink(missing_ok=True)
         if proc.returncode != 0:
             raise RuntimeError(f"measuring {v['name']} failed (exit {proc.returncode}); see the messages above")
-        result = json.loads(Path(str(path) + ".tmp").read_text())
+        result = json.loads(raw.read_text())
+        raw.unlink()
         result.update({"fingerprint": fp, "variant": v, "file_bytes": file_bytes(v)})
-        Path(str(path) + ".tmp").write_text(json.dumps(result, indent=2))
-        os.replace(str(path) + ".tmp", path)
+        write_json(path, result)
         results.append(result)
     return results
 
@@ -228,10 +231,9 @@ def plot(rows: list[dict[str, Any]], quality: str, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(cfg: Any, results: list[dict[str, Any]], out: Path, quality: str) -> dict[str, Any]:
@@ -239,10 +241,9 @@ def write_report(cfg: Any, results: list[dict[str, Any]], out: Path, quality: st
     md = (f"# Compression report: {cfg.family}\n\nTeacher: {', '.join(cfg.teacher)}; settings: "
           f"{json.dumps(cfg.report, sort_keys=True)}\n\n" + markdown(rows, quality, cfg.report))
     report = {"quality": quality, "rows": rows, "settings": cfg.report, "teacher": cfg.teacher}
-    for name, text in (("report.md", md), ("report.json", json.dumps(report, indent=2))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(md, encoding="utf-8")
+    write_json(out / "report.json", report)
     plot(rows, quality, out / "pareto.png")
     log.info("report: %s, %s", out / "report.md", out / "pareto.png")
     return report
