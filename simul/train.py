@@ -41,9 +41,11 @@ from compress.distill import KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, teac
 from speech.config import ConfigError, config_to_dict
 from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
+from speech.decode import encode, search
 from speech.loop import LoopConfig, barrier, run, start_run
 from speech.model import EOS_ID, PAD_ID, label_smoothed_nll_loss, load_model_dir, param_count, save_model_dir
 from speech.tokenizer import Tokenizer, train_tokenizer
+from simul.agents import SEGMENT_LENPEN
 from simul.data import Document, StreamCorpusConfig, build_stream_corpus, load_split
 from simul.model import MTConfig, MTModel, preset
 from simul.translator import SRC_SPM, TGT_SPM, Translator
@@ -363,23 +365,18 @@ def train(cfg: SimulTrainConfig) -> Path:
 def seq_kd_examples(ex: Examples, teachers: list[MTModel], path: Path, cfg: SimulTrainConfig) -> Examples:
     """Sequence-level KD: each target replaced by the teachers' beam output (an ensemble when
     several), cached and resumable in ``path`` (:class:`compress.distill.SeqKDCorpus`)."""
-    from speech.decode import DecodingOptions, encode, search  # noqa: PLC0415
-
     settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
                 "stage": cfg.stage, "corpus": cfg.corpus, "items": len(ex.src)}
     corpus = SeqKDCorpus(path, settings)
     ids = sorted((str(i) for i in range(len(ex.src))), key=lambda i: len(ex.src[int(i)]))
 
+    # decoded as the policies decode a segment: the translator's limits and length penalty
+    opts = Translator(cfg.teacher[0], model=teachers[0]).options(cfg.seq_kd_beam, SEGMENT_LENPEN)
+
     def translate(chunk: list[str]) -> list[list[int]]:
-        rows = [ex.src[int(i)] for i in chunk]
-        src = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
-        for b, r in enumerate(rows):
-            src[b, :len(r)] = torch.tensor(r)
-        lens = torch.tensor([len(r) for r in rows])
-        # the translator's limits (length <= 1.0 x source + 5, no n-gram twice in a row), lenpen 0.5
-        opts = DecodingOptions(beam_size=cfg.seq_kd_beam, length_penalty=0.5, max_len_a=1.0, max_len_b=5,
-                               repeat_max_times=2)
-        return [r.tokens for r in search(teachers, encode(teachers, src, lens), [[teachers[0].cfg.bos_id]] * len(rows), opts)]
+        b = make_batch(ex, [int(i) for i in chunk])
+        states = encode(teachers, b["src"], b["src_lens"])
+        return [r.tokens for r in search(teachers, states, [[teachers[0].cfg.bos_id]] * len(chunk), opts)]
 
     bar = tqdm(total=len(ids), desc="seq-KD targets", unit="sent", disable=None)
     outs = corpus.build(ids, translate, batch_size=64, progress=lambda done, total: bar.update(done - bar.n))

@@ -1,6 +1,7 @@
 """The simul recipe's stages on the tiny corpus: exact resume after SIGKILL, fine-tuning
 stages that keep their tokenizers, and the prefix-to-prefix (wait-k) model."""
 
+import json
 import os
 import subprocess
 import sys
@@ -107,3 +108,16 @@ def test_raising_the_limits_of_a_finished_run_trains_on_exactly(tiny_simul, tmp_
     a = load_file(str(extended / "model.safetensors"))
     b = load_file(str(fresh / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sequence_level_distillation_caches_the_teachers_outputs(tiny_simul, tmp_path):
+    run = cfg(tiny_simul.corpus, tmp_path / "seq", f"init={tiny_simul.model}", f"teacher=[{tiny_simul.model}]",
+              "seq_kd=true", "seq_kd_beam=2", "kd.alpha=0", "max_updates=2", "dev_bleu_max=0")
+    train(run)
+    lines = (tmp_path / "seq/seq_kd.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["settings"]["beam"] == 2 and len(lines) == 1 + header["settings"]["items"]
+    outs = [json.loads(x)["tokens"] for x in lines[1:]]
+    assert all(isinstance(t, list) for t in outs) and sum(map(len, outs)) > 0
+    with pytest.raises(ConfigError, match="seq_kd needs teacher"):
+        cfg(tiny_simul.corpus, tmp_path / "x", "seq_kd=true")
