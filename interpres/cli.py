@@ -31,6 +31,9 @@ from typing import Sequence
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RUNTIME_HELP = ("torch (default), or onnx: int8 onnxruntime, exported once per model into "
                 "$INTERPRES_HOME/onnx/ (or the model's own onnx/ folder)")
+CTC_WEIGHT_HELP = ("joint CTC/attention decoding of English (transcription) outputs: the weight of the "
+                   "CTC prefix score, 0 for attention alone (default: 0.3 when the model has a CTC head "
+                   "and the runtime is torch, else 0); translations always use attention alone")
 
 
 def _fields_help(cls: type) -> str:
@@ -156,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     mustc.add_argument("--batch-frames", type=_positive_int, default=20000,
                        help="feature frames (10 ms each) per batch, padding included (default: 20000)")
     mustc.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=RUNTIME_HELP)
+    mustc.add_argument("--ctc-weight", type=float, default=None, metavar="W", help=CTC_WEIGHT_HELP)
     mustc.add_argument("--out", type=Path, default=None, help="output directory (default: ./eval-SPLIT)")
     mustc.add_argument("--workers", type=_positive_int, default=1,
                        help="processes on this machine, run under torchrun (default: 1)")
@@ -277,6 +281,7 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
                    help="feature frames (10 ms each) per batch, padding included (default: 20000)")
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=RUNTIME_HELP)
+    p.add_argument("--ctc-weight", type=float, default=None, metavar="W", help=CTC_WEIGHT_HELP)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
 
@@ -295,7 +300,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 def _translate_and_print(args: argparse.Namespace, pick_langs) -> int:
     from speech.audio import AudioError
     from speech.decode import DecodingOptions
-    from speech.translate import format_results, load_translator, translate_files, write_results
+    from speech.translate import format_results, load_translator, resolve_ctc_weight, translate_files, write_results
 
     missing = [f for f in args.files if not f.exists()]
     if missing:
@@ -303,7 +308,8 @@ def _translate_and_print(args: argparse.Namespace, pick_langs) -> int:
     translator = load_translator(args.model, runtime=args.runtime)
     langs = pick_langs(translator)
     translator.check_languages(langs)
-    opts = DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen)
+    opts = DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen,
+                           ctc_weight=resolve_ctc_weight(translator, args.ctc_weight))
     results = translate_files(translator, args.files, langs, opts, batch_frames=args.batch_frames)
     if args.out is None:
         sys.stdout.write(format_results(results, args.format))
@@ -340,11 +346,12 @@ def _cmd_eval_mustc(args: argparse.Namespace) -> int:
     opts = EvalOptions(root=args.root, pairs=pairs, split=args.split, models=args.model, task=args.task,
                        decoding=DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen),
                        batch_frames=args.batch_frames, out=args.out, skip_bad=args.skip_bad,
-                       also_asr=args.also_asr, runtime=args.runtime)
+                       also_asr=args.also_asr, runtime=args.runtime, ctc_weight=args.ctc_weight)
     if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         argv = ["eval", "mustc", "--root", str(args.root), "--pairs", ",".join(pairs), "--split", args.split,
                 "--beam", str(args.beam), "--lenpen", str(args.lenpen), "--batch-frames", str(args.batch_frames),
                 "--runtime", args.runtime, "--out", str(opts.out_dir)]
+        argv += ["--ctc-weight", str(args.ctc_weight)] if args.ctc_weight is not None else []
         argv += [a for m in args.model or [] for a in ("--model", str(m))]
         argv += ["--task", args.task] if args.task else []
         argv += [flag for flag, on in (("--skip-bad", args.skip_bad), ("--also-asr", args.also_asr),

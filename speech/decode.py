@@ -7,6 +7,7 @@ The search is built of small parts, each swappable on its own:
 - :class:`LogitFilter` objects ban tokens at a step (:class:`SuppressTokens`,
   :class:`MinLength`, :class:`NoRepeatNGram`);
 - :class:`RepetitionGuard` says which hypotheses must end now;
+- :class:`CTCPrefixScorer` adds the CTC head's prefix scores (joint CTC/attention decoding);
 - :func:`greedy_search` and :func:`beam_search` drive them.
 
 Shapes. ``B`` utterances, beam ``K``: the search runs ``B * K`` hypotheses as one batch,
@@ -40,6 +41,14 @@ Rules (each decided once, here):
   with the model's own eos probability, and competes with the other finished hypotheses
   on that score. No output holds more than ``repeat_max_times`` copies of a short n-gram
   in a row.
+- **Joint CTC/attention** (``ctc_weight`` λ > 0, ESPnet's decoding of Watanabe et al.
+  2017, "Hybrid CTC/Attention Architecture for End-to-End Speech Recognition"): a token's
+  score is ``(1 - λ) * attention log-prob + λ * (CTC prefix score of the hypothesis with
+  the token - without it)``, and eos gets the CTC probability of the whole hypothesis.
+  CTC scores only the ``ctc_pre_beam`` tokens the attention ranks best in a row (and
+  eos); the rest are out of the search. The CTC head predicts the encoder's transcript,
+  so this is for transcription, not translation; the prefix (language tag) is not part of
+  the CTC sequence. An ensemble averages the heads' probabilities frame by frame.
 - Pad, bos and ``suppress_tokens`` (the language tags, set by the translator) are never
   emitted; eos is banned before ``min_len`` tokens unless the length bound or the guard
   forces it.
@@ -76,6 +85,8 @@ class DecodingOptions:
     repeat_max_times: int = 4  # ... and ends a hypothesis once one repeats this often in a row
     nbest: int = 1  # hypotheses returned per utterance (at most beam_size)
     suppress_tokens: tuple[int, ...] = field(default_factory=tuple)  # never emitted (language tags)
+    ctc_weight: float = 0.0  # joint CTC/attention decoding: the CTC prefix score's weight (0: attention only)
+    ctc_pre_beam: int = 0  # tokens per row that CTC scores; 0: 1.5 x beam_size (ESPnet), at least 4
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -87,6 +98,10 @@ class DecodingOptions:
                              f"got {self.max_len_a} and {self.max_len_b}")
         if self.min_len < 0 or self.no_repeat_ngram_size < 0:
             raise ValueError("DecodingOptions.min_len and no_repeat_ngram_size must be >= 0")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"DecodingOptions.ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.ctc_pre_beam < 0:
+            raise ValueError(f"DecodingOptions.ctc_pre_beam must be >= 0, got {self.ctc_pre_beam}")
         if self.repeat_max_ngram < 1 or self.repeat_max_times < 2:
             raise ValueError(f"DecodingOptions: the repetition guard needs repeat_max_ngram >= 1 and "
                              f"repeat_max_times >= 2, got {self.repeat_max_ngram} and {self.repeat_max_times}")
@@ -178,6 +193,105 @@ class Ensemble:
             cache.reorder(index)
             self.enc_out[i] = self.enc_out[i].index_select(0, index)
             self.enc_mask[i] = self.enc_mask[i].index_select(0, index)
+
+
+# --------------------------------------------------------------------------- joint CTC
+
+
+class CTCPrefixScorer:
+    """CTC prefix scores of growing hypotheses, for joint CTC/attention decoding.
+
+    For a prefix ``g`` it keeps the forward variables ``r[t] = (r_n, r_b)``: the log
+    probability that the first ``t + 1`` frames read ``g``, ending in its last token or
+    in blank, and ``psi``: the log probability of all frame sequences that start with
+    ``g`` (the prefix score). Extending ``g`` by ``c`` costs one pass over the frames
+    for every candidate of every row at once (the recursion of Watanabe et al. 2017,
+    Algorithm 2, as ESPnet's ``CTCPrefixScoreTH`` batches it); eos scores the whole of
+    ``g``: ``log(r_n[T-1] + r_b[T-1])``. Frames past an utterance's end read blank with
+    probability 1, so one time loop serves a padded batch.
+    """
+
+    def __init__(self, lprobs: Tensor, lens: Tensor, blank: int, eos_id: int):
+        """lprobs (N, T, V) CTC log-probabilities, lens (N,) frames of each row."""
+        self.blank, self.eos_id = blank, eos_id
+        n, t, _ = lprobs.shape
+        past_end = torch.arange(t, device=lprobs.device)[None, :] >= lens[:, None]  # (N, T)
+        x = lprobs.float().masked_fill(past_end[..., None], -math.inf)
+        x[..., blank] = x[..., blank].masked_fill(past_end, 0.0)
+        self.x = x.transpose(0, 1).contiguous()  # (T, N, V)
+        # the empty prefix: no frame emits a token; the frames so far are all blank
+        r_b = self.x[:, :, self.blank].cumsum(0)
+        self.r = torch.stack([torch.full_like(r_b, -math.inf), r_b], dim=1)  # (T, 2, N)
+        self.psi = torch.zeros(n, device=x.device)  # log P(prefix...) of the empty prefix: 0
+        self.last = torch.full((n,), -1, dtype=torch.long, device=x.device)  # -1: empty prefix
+        self._cand: Tensor | None = None
+        self._r_new: Tensor | None = None
+        self._psi_new: Tensor | None = None
+
+    @classmethod
+    def for_models(cls, models: Sequence[S2TModel], states: Sequence[EncoderStates], eos_id: int
+                   ) -> "CTCPrefixScorer":
+        """The CTC heads of ``models`` on their encoder states (an ensemble: mean probabilities)."""
+        heads = [getattr(m, "ctc_head", None) for m in models]
+        if any(h is None for h in heads):
+            raise ValueError("decode: ctc_weight > 0 needs a CTC head on every model")
+        lprobs = [F.log_softmax(h(s[0]).float(), dim=-1) for h, s in zip(heads, states)]  # (N, T, V) each
+        if len({lp.shape for lp in lprobs}) > 1:
+            raise ValueError("decode: the CTC heads of an ensemble must give the same frames and vocabulary")
+        x = lprobs[0] if len(lprobs) == 1 else torch.logsumexp(torch.stack(lprobs), 0) - math.log(len(lprobs))
+        return cls(x, states[0][1], models[0].cfg.blank_id, eos_id)
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows ``index`` (N',) as they are (e.g. one row per beam at the start)."""
+        self.x = self.x.index_select(1, index)
+        self.r = self.r.index_select(2, index)
+        self.psi, self.last = self.psi[index], self.last[index]
+
+    def score(self, cand: Tensor) -> Tensor:
+        """cand (N, C) token ids -> (N, C): log P_ctc(prefix + c...) - log P_ctc(prefix...),
+        for eos log P_ctc(prefix) - log P_ctc(prefix...). Remembered for :meth:`advance`."""
+        x, r = self.x, self.r
+        frames = x.shape[0]
+        xc = x.gather(2, cand[None].expand(frames, -1, -1))  # (T, N, C)
+        xb = x[:, :, self.blank][..., None]  # (T, N, 1)
+        both = torch.logaddexp(r[:, 0], r[:, 1])[..., None].expand_as(xc)  # (T, N, C)
+        # a repeated token needs a blank between: only the paths ending in blank continue
+        phi = torch.where(cand[None] == self.last[None, :, None], r[:, 1][..., None], both)
+        r_new = torch.full((frames, 2) + tuple(cand.shape), -math.inf, device=x.device)
+        r_new[0, 0] = torch.where(self.last[:, None] < 0, xc[0], torch.full_like(xc[0], -math.inf))
+        for t in range(1, frames):
+            r_new[t, 0] = torch.logaddexp(r_new[t - 1, 0], phi[t - 1]) + xc[t]
+            r_new[t, 1] = torch.logaddexp(r_new[t - 1, 0], r_new[t - 1, 1]) + xb[t]
+        # prefix score: the candidate's first frame is any t (after phi at t - 1, or t = 0)
+        starts = torch.cat([r_new[:1, 0], phi[:-1] + xc[1:]], dim=0)  # (T, N, C)
+        psi = torch.logsumexp(starts, dim=0)
+        whole = torch.logaddexp(r[-1, 0], r[-1, 1])[:, None].expand_as(psi)
+        psi = torch.where(cand == self.eos_id, whole, psi)
+        self._cand, self._r_new, self._psi_new = cand, r_new, psi
+        return psi - self.psi[:, None]
+
+    def advance(self, rows: Tensor, tokens: Tensor) -> None:
+        """The hypotheses go on as row ``rows[i]`` of the last :meth:`score` extended by
+        ``tokens[i]`` (one of that row's candidates)."""
+        assert self._cand is not None and self._r_new is not None and self._psi_new is not None
+        j = (self._cand[rows] == tokens[:, None]).int().argmax(dim=1)
+        self.r = self._r_new[:, :, rows, j]
+        self.psi = self._psi_new[rows, j]
+        self.last = tokens.clone()
+        self.x = self.x.index_select(1, rows)
+
+    def joint(self, lprobs: Tensor, weight: float, pre_beam: int) -> Tensor:
+        """Attention log-probs (N, V), filtered -> joint scores (N, V): the ``pre_beam``
+        best tokens of each row and eos, -inf elsewhere."""
+        k = min(pre_beam, lprobs.shape[1])
+        top = lprobs.topk(k, dim=1).indices
+        eos = torch.full((lprobs.shape[0], 1), self.eos_id, dtype=torch.long, device=lprobs.device)
+        cand = torch.cat([top, eos], dim=1)
+        ctc = self.score(cand)
+        att = lprobs.gather(1, cand)
+        # a banned token (-inf attention) stays banned, even at weight 1; so does one CTC cannot read
+        both = torch.where(torch.isfinite(att), (1.0 - weight) * att + weight * ctc, att)
+        return torch.full_like(lprobs, -math.inf).scatter_(1, cand, both)
 
 
 # --------------------------------------------------------------------------- rules
@@ -298,7 +412,12 @@ def _setup(models: Sequence[S2TModel], states: Sequence[EncoderStates], prefix, 
     ens = Ensemble(models, states)
     p = _as_prefix(prefix, batch, states[0][0].device)
     max_lens = max_lengths(states[0][1], opts, ens.max_target_positions - p.shape[1])
-    return ens, p, max_lens, _Rules(opts, models[0])
+    ctc = CTCPrefixScorer.for_models(models, states, ens.eos_id) if opts.ctc_weight > 0 else None
+    return ens, p, max_lens, _Rules(opts, models[0]), ctc
+
+
+def _pre_beam(opts: DecodingOptions) -> int:
+    return opts.ctc_pre_beam or max(int(1.5 * opts.beam_size), 4)
 
 
 def _hypothesis(tokens: list[int], log_prob: float, lenpen: float, reason: int) -> Hypothesis:
@@ -315,7 +434,7 @@ def greedy_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates
     model, each of batch B; prefix: (B, P) forced start tokens (the language tag).
     Returns per utterance a :class:`DecodingResult` with one hypothesis.
     """
-    ens, tokens, max_lens, rules = _setup(models, enc_states, prefix, opts)
+    ens, tokens, max_lens, rules, ctc = _setup(models, enc_states, prefix, opts)
     batch, plen = tokens.shape
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     rows = torch.arange(batch, device=tokens.device)  # the utterance of each live row
@@ -323,6 +442,8 @@ def greedy_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates
     for step in range(int(max_lens.max()) + 1 if batch else 0):
         lprobs = ens.step(tokens)
         reason = rules.apply(lprobs, tokens[:, plen:], step, max_lens[rows])
+        if ctc is not None:
+            lprobs = ctc.joint(lprobs, opts.ctc_weight, _pre_beam(opts))
         best, token = lprobs.max(dim=1)
         log_probs += best.double()
         ended = (token == rules.eos_id) | torch.isinf(best)
@@ -332,6 +453,8 @@ def greedy_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates
         if ended.all():
             break
         keep = (~ended).nonzero().flatten()
+        if ctc is not None:
+            ctc.advance(keep, token[keep])
         if len(keep) < len(rows):
             ens.reorder(keep)
             rows, tokens, token, log_probs = rows[keep], tokens[keep], token[keep], log_probs[keep]
@@ -349,13 +472,15 @@ def beam_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates],
     holding its ``opts.nbest`` best hypotheses, best first (fewer only if the search could
     finish fewer).
     """
-    ens, prefix_t, max_lens, rules = _setup(models, enc_states, prefix, opts)
+    ens, prefix_t, max_lens, rules, ctc = _setup(models, enc_states, prefix, opts)
     batch, plen = prefix_t.shape
     k, vocab, device = opts.beam_size, ens.vocab_size, prefix_t.device
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     if batch == 0:
         return []
     ens.reorder(torch.arange(batch, device=device).repeat_interleave(k))
+    if ctc is not None:
+        ctc.reorder(torch.arange(batch, device=device).repeat_interleave(k))
     tokens = prefix_t.repeat_interleave(k, dim=0)  # (B * K, P)
     # every beam starts as the same prefix: only the first may extend it at step 0
     scores = torch.full((batch, k), -math.inf, dtype=torch.float64, device=device)
@@ -368,6 +493,8 @@ def beam_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates],
         lprobs = ens.step(tokens)
         row_max = max_lens[sents].repeat_interleave(k)
         reason = rules.apply(lprobs, tokens[:, plen:], step, row_max)
+        if ctc is not None:
+            lprobs = ctc.joint(lprobs, opts.ctc_weight, _pre_beam(opts))
         cand = (scores[:, None] + lprobs.double()).view(live, k * vocab)
         cand_scores, cand_index = cand.topk(2 * k, dim=1)  # (live, 2K), best first
         cand_beam = torch.div(cand_index, vocab, rounding_mode="floor")
@@ -405,6 +532,8 @@ def beam_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates],
         keep = (~done).nonzero().flatten()
         rows = (keep[:, None] * k + next_beam[keep]).flatten()
         ens.reorder(rows)
+        if ctc is not None:
+            ctc.advance(rows, next_token[keep].flatten())
         tokens = torch.cat([tokens[rows], next_token[keep].reshape(-1, 1)], dim=1)
         scores = next_scores[keep].flatten()
         sents = sents[keep]

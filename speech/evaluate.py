@@ -84,7 +84,7 @@ from speech.dataset import batches_by_frames
 from speech.decode import DecodingOptions
 from speech.features import num_frames
 from speech.model import CONFIG_FILE, WEIGHTS_FILE
-from speech.translate import TOKENIZER_FILE, Translator, load_translator
+from speech.translate import TOKENIZER_FILE, Translator, load_translator, resolve_ctc_weight
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,9 @@ class EvalOptions:
     skip_bad: bool = False
     also_asr: bool = False
     runtime: str = "torch"
+    # joint CTC/attention weight of the English outputs (it replaces decoding.ctc_weight); None:
+    # speech.translate.DEFAULT_CTC_WEIGHT when every model has a CTC head, else 0
+    ctc_weight: float | None = None
 
     @property
     def out_dir(self) -> Path:
@@ -512,7 +515,9 @@ def report_markdown(report: dict) -> str:
     """``scores.md``: one row per pair, then the signatures and notes."""
     lines = [f"# MuST-C {report['split']}", "",
              f"models: {', '.join(report['models'])}; task {report['task']}; beam {report['beam']}; "
-             f"lenpen {report['lenpen']}; batch frames {report['batch_frames']}; workers {report['workers']}", "",
+             f"lenpen {report['lenpen']}; CTC weight (English outputs) "
+             f"{report.get('decoding', {}).get('ctc_weight', 0.0)}; batch frames {report['batch_frames']}; "
+             f"workers {report['workers']}", "",
              "| pair | BLEU | chrF | WER | utterances | skipped | audio (s) | wall (s) | RTF |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for pair, e in report["pairs"].items():
@@ -596,6 +601,8 @@ def evaluate_mustc(opts: EvalOptions, translator: Translator | None = None) -> d
         raise EvalError(f"batch_frames must be at least 1, got {opts.batch_frames}")
     if translator is None:
         translator = load_translator(opts.models, runtime=opts.runtime)
+    weight = resolve_ctc_weight(translator, opts.ctc_weight)
+    opts = dataclasses.replace(opts, decoding=dataclasses.replace(opts.decoding, ctc_weight=weight))
     plans = plan_pairs(opts, translator)
     rank, world, started = _dist()
     out = opts.out_dir

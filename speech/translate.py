@@ -59,6 +59,9 @@ BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 TASKS = ("st", "asr")
 RUNTIMES = ("torch", "onnx")
 FORMATS = ("text", "json", "srt")
+# joint CTC/attention weight of English outputs when every model has a CTC head (ESPnet's
+# usual ASR decoding weight; BENCHMARKS.md, issue 3, compares it with attention alone)
+DEFAULT_CTC_WEIGHT = 0.3
 
 
 class TranslateError(ValueError):
@@ -116,27 +119,59 @@ class Translator:
         frames = min(m.cfg.max_source_positions for m in self.models)
         return (frames - 1) * self.fbank.frame_shift_ms / 1000.0
 
+    @property
+    def has_ctc(self) -> bool:
+        """Every model has a CTC head in this runtime: joint CTC/attention transcription works."""
+        return all(getattr(m, "ctc_head", None) is not None for m in self.models)
+
+    def ctc_langs(self) -> set[str]:
+        """The languages the CTC head reads: English (the encoder's transcript)."""
+        return {"en"} if self.task == "st" else set(self.languages)
+
     def decode(self, feats: Sequence[torch.Tensor], langs: Sequence[str],
                opts: DecodingOptions = DecodingOptions()) -> list[list[DecodingResult]]:
         """Decode each features (frames, n_mels) into each language: results[utterance][language].
 
         The batch is encoded once and decoded once per language (a row per utterance and
-        language, each with its own language tag).
+        language, each with its own language tag). ``opts.ctc_weight`` > 0 applies joint
+        CTC/attention decoding to the transcription rows only (:meth:`ctc_langs`): the CTC
+        head reads English, so translations are decoded with attention alone.
         """
         self.check_languages(langs)
+        if opts.ctc_weight > 0 and not self.has_ctc:
+            raise TranslateError(f"{self.name}: ctc_weight {opts.ctc_weight} needs a CTC head on every model "
+                                 "(ONNX exports have none: use the torch runtime)")
         tags = tuple(self.tokenizer.lang_tag(lang) for lang in self.tokenizer.languages)
         opts = dataclasses.replace(opts, suppress_tokens=tuple(opts.suppress_tokens) + tags)
         device = _input_device(self.models[0])
         x, lens = pad_features(list(feats))
-        states = repeat_states(encode(self.models, x.to(device), lens.to(device)), len(langs))
-        prefix = [self.prefix(lang) for _ in feats for lang in langs]
-        hyps = search(self.models, states, prefix, opts)
-        n = len(langs)
-        return [hyps[i * n:(i + 1) * n] for i in range(len(feats))]
+        states = encode(self.models, x.to(device), lens.to(device))
+        out: list[list[DecodingResult | None]] = [[None] * len(langs) for _ in feats]
+        with_ctc = [j for j, lang in enumerate(langs) if opts.ctc_weight > 0 and lang in self.ctc_langs()]
+        groups = [(with_ctc, opts), ([j for j in range(len(langs)) if j not in with_ctc],
+                                     dataclasses.replace(opts, ctc_weight=0.0))]
+        for cols, group_opts in groups:
+            if not cols:
+                continue
+            prefix = [self.prefix(langs[j]) for _ in feats for j in cols]
+            hyps = search(self.models, repeat_states(states, len(cols)), prefix, group_opts)
+            for i in range(len(feats)):
+                for n, j in enumerate(cols):
+                    out[i][j] = hyps[i * len(cols) + n]
+        return out  # type: ignore[return-value]
 
     def text(self, result: DecodingResult) -> str:
         """The text of the best hypothesis."""
         return self.tokenizer.decode(result.tokens).strip()
+
+
+def resolve_ctc_weight(translator: Translator, requested: float | None) -> float:
+    """``requested``, or when None: :data:`DEFAULT_CTC_WEIGHT` if every model has a CTC head, else 0."""
+    if requested is not None:
+        if not 0.0 <= requested <= 1.0:
+            raise TranslateError(f"ctc_weight must be in [0, 1], got {requested}")
+        return requested
+    return DEFAULT_CTC_WEIGHT if translator.has_ctc else 0.0
 
 
 def _input_device(model: S2TModel | OnnxS2TModel) -> torch.device:

@@ -256,3 +256,104 @@ def test_bad_arguments():
     x, xl = features([20, 20])
     with pytest.raises(ValueError, match="prefix"):
         beam_search([model], encode([model], x, xl), [[DE]], DecodingOptions())
+
+
+# --------------------------------------------------------------------------- joint CTC/attention
+
+
+def brute_force_ctc(lprobs: torch.Tensor, blank: int = 0) -> dict[tuple[int, ...], float]:
+    """Every frame path of (T, V) log-probs, collapsed: label sequence -> probability."""
+    import itertools
+
+    probs: dict[tuple[int, ...], float] = {}
+    t, v = lprobs.shape
+    for path in itertools.product(range(v), repeat=t):
+        p = float(sum(lprobs[i, c] for i, c in enumerate(path)).exp())
+        labels = tuple(c for i, c in enumerate(path) if c != blank and (i == 0 or path[i - 1] != c))
+        probs[labels] = probs.get(labels, 0.0) + p
+    return probs
+
+
+def test_ctc_prefix_scores_match_a_brute_force_sum_over_paths():
+    import math
+
+    from speech.decode import CTCPrefixScorer
+
+    torch.manual_seed(0)
+    blank, eos, frames, vocab = 0, 3, 5, 4
+    x = torch.log_softmax(torch.randn(2, frames, vocab) * 2, dim=-1)
+    lens = torch.tensor([5, 3])  # the second row is padded after 3 frames
+    paths = [brute_force_ctc(x[0]), brute_force_ctc(x[1, :3])]
+
+    def prefix_p(row, g):
+        return sum(p for labels, p in paths[row].items() if labels[:len(g)] == tuple(g))
+
+    scorer = CTCPrefixScorer(x, lens, blank, eos)
+    first = scorer.score(torch.tensor([[1, 2, eos], [1, 2, eos]]))
+    for row in range(2):
+        assert first[row, 0].item() == pytest.approx(math.log(prefix_p(row, [1])), abs=1e-5)
+        assert first[row, 1].item() == pytest.approx(math.log(prefix_p(row, [2])), abs=1e-5)
+        assert first[row, 2].item() == pytest.approx(math.log(paths[row][()]), abs=1e-5)  # the empty output
+    # row 0 goes on with 1, row 1 with 2; then a repeat, another token, and eos
+    scorer.advance(torch.tensor([0, 1]), torch.tensor([1, 2]))
+    nxt = scorer.score(torch.tensor([[1, 2, eos], [2, 1, eos]]))
+    for row, g in ((0, [1]), (1, [2])):
+        base = math.log(prefix_p(row, g))
+        c1, c2 = (1, 2) if row == 0 else (2, 1)
+        assert nxt[row, 0].item() == pytest.approx(math.log(prefix_p(row, g + [c1])) - base, abs=1e-5)
+        assert nxt[row, 1].item() == pytest.approx(math.log(prefix_p(row, g + [c2])) - base, abs=1e-5)
+        assert nxt[row, 2].item() == pytest.approx(math.log(paths[row][tuple(g)]) - base, abs=1e-5)
+
+
+def ctc_log_prob(model, x, xl, tokens) -> float:
+    """log P_ctc(tokens | x) of one utterance, by torch's CTC loss."""
+    with torch.no_grad():
+        enc, enc_lens, _ = model.encode(x, xl)
+        lp = torch.log_softmax(model.ctc_head(enc).float(), dim=-1).transpose(0, 1)
+    if not tokens:
+        return float(lp[: int(enc_lens[0]), 0, model.cfg.blank_id].sum())
+    return -float(torch.nn.functional.ctc_loss(lp, torch.tensor([tokens]), enc_lens, torch.tensor([len(tokens)]),
+                                               blank=model.cfg.blank_id, reduction="sum"))
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_joint_ctc_scores_are_the_weighted_attention_and_ctc_log_probabilities(beam):
+    model = tiny_model(5)
+    lens = [70, 45, 58]
+    weight = 0.4
+    x, xl = features(lens, seed=2)
+    opts = DecodingOptions(beam_size=beam, max_len_b=8, length_penalty=0.0, ctc_weight=weight, ctc_pre_beam=VOCAB,
+                           repetition_guard=False)
+    results = beam_search([model], encode([model], x, xl), [[DE]] * 3, opts) if beam > 1 else \
+        greedy_search([model], encode([model], x, xl), [[DE]] * 3, opts)
+    for b, n in enumerate(lens):
+        hyp = results[b].best
+        xb, lb = x[b:b + 1, :n], xl[b:b + 1]
+        seq = torch.tensor([[DE, *hyp.tokens, EOS_ID]])
+        with torch.no_grad():
+            lprobs = torch.log_softmax(model(xb, lb, seq[:, :-1])["logits"].float(), dim=-1)
+        att = lprobs[0].gather(1, seq[0, 1:, None]).sum().item()
+        # the prefix scores telescope: their sum is the CTC probability of the whole output
+        want = (1 - weight) * att + weight * ctc_log_prob(model, xb, lb, hyp.tokens)
+        assert hyp.log_prob == pytest.approx(want, abs=1e-3)
+        assert hyp.stop == "eos" or len(hyp.tokens) == 8
+
+
+def test_joint_ctc_changes_the_output_and_needs_a_ctc_head():
+    model = tiny_model(5)
+    x, xl = features([70, 45, 58], seed=2)
+    states = encode([model], x, xl)
+    att = beam_search([model], states, [[DE]] * 3, DecodingOptions(beam_size=3, max_len_b=8))
+    joint = beam_search([model], states, [[DE]] * 3, DecodingOptions(beam_size=3, max_len_b=8, ctc_weight=0.9))
+    assert [r.tokens for r in att] != [r.tokens for r in joint]
+    # at weight 0.9 the outputs the CTC head finds probable win
+    def ctc_total(results):
+        return sum(ctc_log_prob(model, x[b:b + 1, :n], xl[b:b + 1], r.tokens)
+                   for b, (n, r) in enumerate(zip([70, 45, 58], results)))
+
+    assert ctc_total(joint) > ctc_total(att)
+    no_ctc = tiny_model(5, ctc=False)
+    with pytest.raises(ValueError, match="CTC head"):
+        beam_search([no_ctc], encode([no_ctc], x, xl), [[DE]] * 3, DecodingOptions(beam_size=3, ctc_weight=0.3))
+    with pytest.raises(ValueError, match="ctc_weight"):
+        DecodingOptions(ctc_weight=1.5)

@@ -166,3 +166,33 @@ def test_translate_files_per_file_and_language(model_dir, tmp_path):
     assert [[s.text for s in r.segments] for r in alone] == [[s.text for s in r.segments] for r in results]
     with pytest.raises(TranslateError, match="'es'"):
         translate_files(tr, [a], ["es"], opts)
+
+
+def test_joint_ctc_applies_to_the_english_rows_only(tmp_path):
+    from speech.decode import encode, search
+
+    tr = load_translator(make_model_dir(tmp_path / "st", langs=("de", "en"), n_mels=20, seed=3))
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(n, 20, generator=g) for n in (90, 60)]
+    plain = DecodingOptions(beam_size=3, max_len_b=8)
+    joint = DecodingOptions(beam_size=3, max_len_b=8, ctc_weight=0.5)
+    with_ctc = tr.decode(feats, ["de", "en"], joint)
+    without = tr.decode(feats, ["de", "en"], plain)
+    tags = tuple(tr.tokenizer.lang_tag(lang) for lang in tr.tokenizer.languages)
+    for i, f in enumerate(feats):
+        # German (a translation) is decoded with attention alone, English with CTC as well
+        assert with_ctc[i][0].tokens == without[i][0].tokens
+        states = encode(tr.models, f[None], torch.tensor([len(f)]))
+        want = search(tr.models, states, [tr.prefix("en")], DecodingOptions(
+            beam_size=3, max_len_b=8, ctc_weight=0.5, suppress_tokens=tags))[0]
+        assert with_ctc[i][1].tokens == want.tokens
+        assert with_ctc[i][1].log_prob == pytest.approx(want.log_prob, abs=1e-4)
+    assert [r[1].log_prob for r in with_ctc] != [r[1].log_prob for r in without]
+    assert translate.resolve_ctc_weight(tr, None) == translate.DEFAULT_CTC_WEIGHT
+    assert translate.resolve_ctc_weight(tr, 0.0) == 0.0
+    with pytest.raises(TranslateError, match=r"ctc_weight must be in \[0, 1\]"):
+        translate.resolve_ctc_weight(tr, 2.0)
+    tr.models[0].ctc_head = None  # as an ONNX export: no CTC head
+    assert translate.resolve_ctc_weight(tr, None) == 0.0
+    with pytest.raises(TranslateError, match="needs a CTC head"):
+        tr.decode(feats, ["en"], joint)
