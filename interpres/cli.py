@@ -195,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     esimul.add_argument("--home", type=Path, default=None, help="cache root (default: $INTERPRES_HOME)")
     esimul.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
+    avg = sub.add_parser(
+        "average", help="average checkpoints of a training run into a model directory",
+        description="fairseq's average_checkpoints: the last N checkpoints of RUN (up to an update with "
+                    "--upper-bound), or the --checkpoint folders given, averaged into the model directory "
+                    "OUT with the architecture and tokenizer of RUN/model (or --like). --last 1 makes one "
+                    "checkpoint a model directory of its own.")
+    avg.add_argument("run", type=Path, nargs="?", default=None, help="training run folder (holds checkpoints/)")
+    avg.add_argument("--last", type=_positive_int, default=5, help="how many of the newest checkpoints (default: 5)")
+    avg.add_argument("--upper-bound", type=int, default=None, metavar="UPDATE",
+                     help="only checkpoints at or before this update")
+    avg.add_argument("--checkpoint", type=Path, action="append", default=[], metavar="DIR",
+                     help="a checkpoint folder to average (repeat it; replaces --last)")
+    avg.add_argument("--like", type=Path, default=None, help="model directory to take the architecture from "
+                                                              "(default: RUN/model)")
+    avg.add_argument("--out", type=Path, required=True, help="model directory to write")
+    avg.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
     comp = sub.add_parser(
         "compress", help="distill -> prune -> re-distill -> quantize a model, with a Pareto report",
         description="Run a compression recipe (configs/compress/*.yaml; keys can be overridden with "
@@ -338,6 +355,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_average(args: argparse.Namespace) -> int:
+    from speech.average import average_into_model_dir, select_checkpoints
+    from speech.model import CheckpointError
+
+    if args.run is None and (not args.checkpoint or args.like is None):
+        raise CheckpointError("name a training run, or --checkpoint folders and --like DIR")
+    ckpts = args.checkpoint or select_checkpoints(args.run, args.last, args.upper_bound)
+    like = args.like or args.run / "model"
+    out = average_into_model_dir(ckpts, like, args.out)
+    print(f"averaged {', '.join(p.name for p in ckpts)} into {out}")
+    return 0
+
+
 def _cmd_eval_mustc(args: argparse.Namespace) -> int:
     from speech.decode import DecodingOptions
     from speech.evaluate import EvalOptions, evaluate_mustc, launch_workers, report_markdown
@@ -447,6 +477,7 @@ COMMANDS = {
     ("eval", "simul"): _cmd_eval_simul,
     ("simul", None): _cmd_simul,
     ("compress", None): _cmd_compress,
+    ("average", None): _cmd_average,
 }
 
 

@@ -36,6 +36,13 @@ def _scores_table(scores: list[dict[str, Any]]) -> list[str]:
             wer = s.get("wer", s.get("asr_wer"))
             lines.append(f"| {run.get('split', '?')} | {pair} | {bleu} | {chrf} | "
                          f"{'' if wer is None else f'{wer:.1f}'} | {s.get('n_utterances', '')} |")
+    means = []
+    for run in scores:
+        chrf = [s["chrf"] for s in run.get("pairs", {}).values() if s.get("chrf") is not None]
+        if chrf:
+            means.append(f"{run.get('split', '?')} {sum(chrf) / len(chrf):.1f} ({len(chrf)} languages)")
+    if means:
+        lines += ["", "Mean chrF: " + "; ".join(means) + "."]
     sigs = sorted({s.get("bleu_signature", "") for run in scores for s in run.get("pairs", {}).values()} - {""})
     if sigs:
         lines += ["", "sacrebleu signatures: " + "; ".join(f"`{x}`" for x in sigs)]
@@ -94,12 +101,15 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "",
     ]
     if scores:
-        lines += ["Test (`interpres eval mustc`, beam search):", "", *_scores_table(scores), ""]
+        dec = scores[0].get("decoding", {})
+        lines += [f"Test (`interpres eval mustc`, beam {scores[0].get('beam', '?')}, English outputs with joint "
+                  f"CTC/attention weight {dec.get('ctc_weight', 0.0)}):", "", *_scores_table(scores), ""]
     lines += [
         "## Limits",
         "- Synthetic voices and software-message text: expect much lower quality on real, spontaneous speech.",
-        "- A small model trained for about an hour on 2 CPU cores. It is undertrained: read the scores above "
-        "before trusting an output. It shows the pipeline works end to end and is the baseline to beat.",
+        f"- A small model trained for {conf.get('train_seconds', 0) / 60:.0f} minutes (after its ASR pretraining) "
+        "on 2 CPU cores. It is undertrained: read the scores above before trusting an output. It shows the "
+        "pipeline works end to end and is the baseline to beat.",
     ]
     return "\n".join(lines) + "\n"
 
