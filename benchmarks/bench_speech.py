@@ -1,6 +1,7 @@
 """Speed and memory of a speech model on 2 CPU cores: RTF at batch 1 and 16, training throughput.
 
     python benchmarks/bench_speech.py [--model DIR] [--corpus small] [--pair en-de] [--n 96] [--beam 5]
+    python benchmarks/bench_speech.py --pair en-asr [--ctc-weight 0.3]   # transcription, joint CTC
 
 Each measurement runs in a fresh process so its peak memory (max RSS) is its own:
 - decode: the first N utterances of tst-COMMON, features included, sorted by length
@@ -22,13 +23,13 @@ import time
 from pathlib import Path
 
 
-def _decode(model: str, corpus: str, pair: str, n: int, beam: int, batch: int) -> dict:
+def _decode(model: str, corpus: str, pair: str, n: int, beam: int, batch: int, ctc_weight: float | None) -> dict:
     import torch
 
     from speech.data.mustc import MustcSplit, load_segment
     from speech.decode import DecodingOptions
     from speech.train import corpus_root
-    from speech.translate import load_translator
+    from speech.translate import load_translator, resolve_ctc_weight
 
     tr = load_translator(model or None)
     split = MustcSplit(corpus_root(corpus), pair, "tst-COMMON")
@@ -37,7 +38,8 @@ def _decode(model: str, corpus: str, pair: str, n: int, beam: int, batch: int) -
     audio_s = sum(len(w) for w in waves) / 16000
     order = sorted(range(len(waves)), key=lambda i: len(waves[i]))
     lang = pair.split("-")[1]
-    opts = DecodingOptions(beam_size=beam)
+    lang = "en" if lang == "asr" else lang  # en-asr: transcription
+    opts = DecodingOptions(beam_size=beam, ctc_weight=resolve_ctc_weight(tr, ctc_weight) if lang == "en" else 0.0)
     runs = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -47,7 +49,8 @@ def _decode(model: str, corpus: str, pair: str, n: int, beam: int, batch: int) -
                 tr.decode(feats, [lang], opts)
         runs.append(time.perf_counter() - t0)
     wall = statistics.median(runs)
-    return {"mode": f"decode batch {batch}", "utterances": len(segs), "audio_s": round(audio_s, 1),
+    return {"mode": f"decode batch {batch}" + (f", CTC weight {opts.ctc_weight}" if lang == "en" else ""),
+            "utterances": len(segs), "audio_s": round(audio_s, 1),
             "wall_s": round(wall, 2), "rtf": round(wall / audio_s, 4),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
@@ -94,19 +97,22 @@ def main() -> None:
     ap.add_argument("--pair", default="en-de")
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--ctc-weight", type=float, default=None,
+                    help="joint CTC weight of transcription (en-asr); default: the CLI's")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, *rest = args.child.split(":")
         res = _train(args.model, args.corpus, args.pair) if kind == "train" else \
-            _decode(args.model, args.corpus, args.pair, args.n, args.beam, int(rest[0]))
+            _decode(args.model, args.corpus, args.pair, args.n, args.beam, int(rest[0]), args.ctc_weight)
         print(json.dumps(res))
         return
     results = []
     for child in ("decode:1", "decode:16", "train"):
         cmd = [sys.executable, __file__, "--model", args.model, "--corpus", args.corpus, "--pair", args.pair,
                "--n", str(args.n), "--beam", str(args.beam), "--child", child]
+        cmd += ["--ctc-weight", str(args.ctc_weight)] if args.ctc_weight is not None else []
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
     if args.out:

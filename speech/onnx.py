@@ -32,6 +32,9 @@ decoder step takes those rows of the encoder's cross-attention keys and values.
 An export folder holds the graphs and ``onnx.json`` (format, the ModelConfig, per-layer
 heads, the graph files and their input/output names, and the sha256 of the model
 directory it came from); it is written to a temporary folder and renamed into place.
+A model with a CTC head also leaves ``ctc_head.safetensors`` (one float32 Linear):
+:class:`OnnxS2TModel` runs it in torch on ``enc_out``, so joint CTC/attention
+transcription (:class:`speech.decode.CTCPrefixScorer`) works on this runtime too.
 """
 
 from __future__ import annotations
@@ -60,9 +63,10 @@ log = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"  # a model directory's own export, and the cache folder under $INTERPRES_HOME
 INDEX_FILE = "onnx.json"
-FORMAT = 1  # onnx.json's layout and the graphs' inputs and outputs; a change re-exports cached folders
+FORMAT = 2  # onnx.json's layout and the graphs' inputs and outputs; a change re-exports cached folders
 PRECISIONS = ("fp32", "int8")
 GRAPH_FILES = {"fp32": ("encoder.onnx", "decoder.onnx"), "int8": ("encoder.int8.onnx", "decoder.int8.onnx")}
+CTC_HEAD_FILE = "ctc_head.safetensors"
 
 
 class OnnxModelError(ValueError):
@@ -224,10 +228,15 @@ def export_s2t(model: S2TModel | str | Path, out_dir: str | Path, quantize: str 
             graphs["int8"] = {**dict(zip(("encoder", "decoder"), GRAPH_FILES["int8"])), "per_channel": per_channel,
                               "reduce_range": reduce_range, "op_types": list(op_types)}
         import onnxruntime
+        from safetensors.torch import save_file
 
         index = {"format": FORMAT, "source": source, "model": config_to_dict(model.cfg),
                  "decoder_layers": _decoder_layers(model), "graphs": graphs, "io": io,
                  "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}}
+        if model.ctc_head is not None:
+            save_file({k: v.detach().float().contiguous() for k, v in model.ctc_head.state_dict().items()},
+                      str(tmp / CTC_HEAD_FILE))
+            index["ctc_head"] = CTC_HEAD_FILE
         write_json_atomic(tmp / INDEX_FILE, index)
     log.info("exported %s", out_dir)
     return out_dir
@@ -422,6 +431,18 @@ class OnnxS2TModel:
         session = OrtSession(decoder_file, threads)
         session.check_names(*decoder_io(len(layers)))
         self.decoder = OnnxDecoder(session, layers, self.cfg.max_target_positions)
+        self.ctc_head: nn.Linear | None = None  # in torch, on enc_out: joint CTC/attention decoding
+        if index.get("ctc_head"):
+            from safetensors.torch import load_file
+
+            path = self.folder / index["ctc_head"]
+            try:
+                weights = load_file(str(path))
+                head = nn.Linear(weights["weight"].shape[1], weights["weight"].shape[0])
+                head.load_state_dict(weights)
+            except (OSError, KeyError, RuntimeError) as e:
+                raise OnnxModelError(f"{path}: not a CTC head ({e})") from e
+            self.ctc_head = head.eval().requires_grad_(False)
 
     def eval(self) -> "OnnxS2TModel":
         return self  # always in inference mode; for code that calls model.eval()

@@ -139,8 +139,7 @@ class Translator:
         """
         self.check_languages(langs)
         if opts.ctc_weight > 0 and not self.has_ctc:
-            raise TranslateError(f"{self.name}: ctc_weight {opts.ctc_weight} needs a CTC head on every model "
-                                 "(ONNX exports have none: use the torch runtime)")
+            raise TranslateError(f"{self.name}: ctc_weight {opts.ctc_weight} needs a CTC head on every model")
         tags = tuple(self.tokenizer.lang_tag(lang) for lang in self.tokenizer.languages)
         opts = dataclasses.replace(opts, suppress_tokens=tuple(opts.suppress_tokens) + tags)
         device = _input_device(self.models[0])

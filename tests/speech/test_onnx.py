@@ -49,8 +49,8 @@ def twin(tmp_path_factory, one_thread):
 
 def test_the_folder_describes_its_graphs(exported):
     model, folder = exported
-    assert sorted(p.name for p in folder.iterdir()) == ["decoder.int8.onnx", "decoder.onnx", "encoder.int8.onnx",
-                                                         "encoder.onnx", "onnx.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["ctc_head.safetensors", "decoder.int8.onnx", "decoder.onnx",
+                                                         "encoder.int8.onnx", "encoder.onnx", "onnx.json"]
     assert not list(folder.parent.glob(".*"))  # no temporary folder left
     index = json.loads((folder / "onnx.json").read_text())
     assert index["format"] == sonnx.FORMAT and index["model"]["vocab_size"] == VOCAB
@@ -111,8 +111,10 @@ def test_search_gives_the_same_tokens_as_torch(exported, twin, beam):
     onnx_model, onnx_twin = OnnxS2TModel(folder, precision="fp32"), OnnxS2TModel(twin[1], precision="fp32")
     x, lens = features([48, 31, 17, 6], seed=3)
     prefix = [[tag] for _ in range(4) for tag in (DE, FR)]
-    opts = DecodingOptions(beam_size=beam, max_len_b=25, nbest=beam)
-    for models, onnx_models in (([model], [onnx_model]), ([model, twin[0]], [onnx_model, onnx_twin])):
+    for models, onnx_models, ctc in (([model], [onnx_model], 0.0), ([model, twin[0]], [onnx_model, onnx_twin], 0.0),
+                                     ([model], [onnx_model], 0.4), ([model, twin[0]], [onnx_model, onnx_twin], 0.4)):
+        # ctc_weight 0.4: joint CTC/attention, the CTC head exported beside the graphs
+        opts = DecodingOptions(beam_size=beam, max_len_b=25, nbest=beam, ctc_weight=ctc)
         want = search(models, repeat_states(encode(models, x, lens), 2), prefix, opts)
         got = search(onnx_models, repeat_states(encode(onnx_models, x, lens), 2), prefix, opts)
         assert [[h.tokens for h in r.nbest] for r in got] == [[h.tokens for h in r.nbest] for r in want]
