@@ -218,7 +218,8 @@ class CTCPrefixScorer:
         past_end = torch.arange(t, device=lprobs.device)[None, :] >= lens[:, None]  # (N, T)
         x = lprobs.float().masked_fill(past_end[..., None], -math.inf)
         x[..., blank] = x[..., blank].masked_fill(past_end, 0.0)
-        self.x = x.transpose(0, 1).contiguous()  # (T, N, V)
+        self.x = x.transpose(0, 1).contiguous()  # (T, N0, V): never copied per row or step
+        self.src = torch.arange(n, device=x.device)  # the row of x each hypothesis reads
         # the empty prefix: no frame emits a token; the frames so far are all blank
         r_b = self.x[:, :, self.blank].cumsum(0)
         self.r = torch.stack([torch.full_like(r_b, -math.inf), r_b], dim=1)  # (T, 2, N)
@@ -243,7 +244,7 @@ class CTCPrefixScorer:
 
     def reorder(self, index: Tensor) -> None:
         """Keep rows ``index`` (N',) as they are (e.g. one row per beam at the start)."""
-        self.x = self.x.index_select(1, index)
+        self.src = self.src[index]
         self.r = self.r.index_select(2, index)
         self.psi, self.last = self.psi[index], self.last[index]
 
@@ -252,8 +253,8 @@ class CTCPrefixScorer:
         for eos log P_ctc(prefix) - log P_ctc(prefix...). Remembered for :meth:`advance`."""
         x, r = self.x, self.r
         frames = x.shape[0]
-        xc = x.gather(2, cand[None].expand(frames, -1, -1))  # (T, N, C)
-        xb = x[:, :, self.blank][..., None]  # (T, N, 1)
+        xc = x[:, self.src[:, None], cand]  # (T, N, C)
+        xb = x[:, self.src, self.blank][..., None]  # (T, N, 1)
         both = torch.logaddexp(r[:, 0], r[:, 1])[..., None].expand_as(xc)  # (T, N, C)
         # a repeated token needs a blank between: only the paths ending in blank continue
         phi = torch.where(cand[None] == self.last[None, :, None], r[:, 1][..., None], both)
@@ -278,7 +279,7 @@ class CTCPrefixScorer:
         self.r = self._r_new[:, :, rows, j]
         self.psi = self._psi_new[rows, j]
         self.last = tokens.clone()
-        self.x = self.x.index_select(1, rows)
+        self.src = self.src[rows]
 
     def joint(self, lprobs: Tensor, weight: float, pre_beam: int) -> Tensor:
         """Attention log-probs (N, V), filtered -> joint scores (N, V): the ``pre_beam``
