@@ -32,7 +32,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RUNTIME_HELP = ("torch (default), or onnx: int8 onnxruntime, exported once per model into "
                 "$INTERPRES_HOME/onnx/ (or the model's own onnx/ folder)")
 CTC_WEIGHT_HELP = ("joint CTC/attention decoding of English (transcription) outputs: the weight of the "
-                   "CTC prefix score, 0 for attention alone (default: 0.3 when the model has a CTC head, "
+                   "CTC prefix score, 0 for attention alone (default: 0.5 when the model has a CTC head, "
                    "else 0); translations always use attention alone")
 
 
