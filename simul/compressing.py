@@ -5,7 +5,9 @@
 - ``distill``: :func:`simul.train.train`, stage ``segments`` (the bundled model's last
   stage: segments cut by the boundary detector plus true sentences, general and domain)
   with ``init`` = the student and ``teacher`` / ``kd`` / ``seq_kd`` set;
-- ``quantize``: PyTorch dynamic int8 (or bf16), applied when the model is opened;
+- ``quantize``: PyTorch dynamic int8 (or bf16), applied when the model is opened, or an
+  ONNX export (``onnx-int8``: onnxruntime's dynamic int8, ``onnx-fp32``) that the
+  translator then runs (:class:`speech.onnx.OnnxS2TModel`, the ``text`` family);
 - measuring: the sentences of the first ``docs`` general test documents, translated as
   the segmentation policy translates a segment (beam 4, length penalty 0.5): BLEU is the
   headline; ``score`` also streams those documents through the segmentation policy with
@@ -33,7 +35,7 @@ from simul.train import SimulTrainConfig, make_batch, stage_pairs, to_examples, 
 from simul.translator import SRC_SPM, TGT_SPM, Translator
 
 REPO = Path(__file__).resolve().parent.parent  # configs/ sits beside the packages
-RUNTIMES = ("torch", "torch-int8", "torch-bf16")
+RUNTIMES = ("torch", "torch-int8", "torch-bf16", "onnx-int8", "onnx-fp32")
 
 
 class SimulFamily:
@@ -87,7 +89,13 @@ class SimulFamily:
         runtime = settings.get("runtime", "torch-int8")
         if runtime not in RUNTIMES:
             raise ConfigError(f"quantize: 'runtime' must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
-        return {"path": str(model_dir), "runtime": runtime}  # applied when the model is opened
+        if not runtime.startswith("onnx"):
+            return {"path": str(model_dir), "runtime": runtime}  # applied when the model is opened
+        from speech.onnx import export_once  # noqa: PLC0415
+
+        precision = "int8" if runtime == "onnx-int8" else "fp32"
+        files = export_once(model_dir, out, precision, per_channel=settings.get("per_channel", True))
+        return {"path": str(model_dir), "runtime": runtime, "onnx": str(out), "files": [str(f) for f in files]}
 
     # ------------------------------------------------------------------ measuring
 
@@ -100,6 +108,12 @@ class SimulFamily:
     def open(self, variant: dict[str, Any], threads: int) -> Translator:
         torch.set_num_threads(threads)
         runtime = variant["runtime"]
+        if runtime.startswith("onnx"):
+            from speech.onnx import OnnxS2TModel  # noqa: PLC0415
+
+            precision = "int8" if runtime == "onnx-int8" else "fp32"
+            return Translator(variant["path"], model=OnnxS2TModel(variant["onnx"], precision=precision,
+                                                                 threads=threads))
         tr = Translator(variant["path"])
         if runtime == "torch-int8":
             from compress.quantize import quantize_torch_int8  # noqa: PLC0415

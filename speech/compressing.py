@@ -108,18 +108,11 @@ class SpeechFamily:
             raise ConfigError(f"quantize: 'runtime' must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
         if not runtime.startswith("onnx"):
             return {"path": str(model_dir), "runtime": runtime}  # applied when the model is opened
-        from speech.onnx import export_s2t, graph_files, read_index  # noqa: PLC0415
+        from speech.onnx import export_once  # noqa: PLC0415
 
         precision = "int8" if runtime == "onnx-int8" else "fp32"
-        try:
-            done = precision in read_index(out)["graphs"]
-        except (ValueError, OSError):
-            done = False
-        if not done:
-            export_s2t(Path(model_dir), out, quantize="int8" if precision == "int8" else None,
-                       per_channel=settings.get("per_channel", True))
-        files = [str(f) for f in graph_files(out, precision)]
-        return {"path": str(model_dir), "runtime": runtime, "onnx": str(out), "files": files}
+        files = export_once(model_dir, out, precision, per_channel=settings.get("per_channel", True))
+        return {"path": str(model_dir), "runtime": runtime, "onnx": str(out), "files": [str(f) for f in files]}
 
     # ------------------------------------------------------------------ measuring
 

@@ -1,13 +1,20 @@
-"""S2T models on ONNX Runtime: two graphs with a KV cache, and a model object the search runs.
+"""Encoder-decoder models on ONNX Runtime: two graphs with a KV cache, and a model object
+the search runs.
 
     export_s2t("models/st_small", "out/onnx")                # encoder.onnx, decoder.onnx, *.int8.onnx, onnx.json
     model = OnnxS2TModel("out/onnx", precision="int8")
     results = search([model], encode([model], feats, lens), prefix, opts)   # speech.decode, unchanged
 
-The two graphs (``B`` rows, ``T`` frames, ``S`` encoder frames, ``P`` cached tokens,
-``N`` new tokens; every one of these axes is dynamic):
+Two families export alike: speech models (:class:`speech.model.S2TModel`, the ``s2t``
+family) and text models (:class:`speech.text_model.MTModel`, the ``text`` family: the
+simultaneous translator, the ST decoder's text pretraining). They differ only in the
+encoder's input; ``onnx.json`` says which (``family``; an index without it is ``s2t``).
 
-- ``encoder.onnx``: ``features`` (B, T, n_mels) float32, ``feat_lens`` (B,) int64 ->
+The two graphs (``B`` rows, ``T`` frames or source tokens, ``S`` encoder positions, ``P``
+cached tokens, ``N`` new tokens; every one of these axes is dynamic):
+
+- ``encoder.onnx``: ``features`` (B, T, n_mels) float32, ``feat_lens`` (B,) int64 (text:
+  ``src_tokens`` (B, T) int64, ``src_lens`` (B,) int64) ->
   ``enc_out`` (B, S, D), ``enc_lens`` (B,) int64, ``enc_mask`` (B, S) bool True at
   padding, and for every decoder layer ``i`` its cross-attention keys and values
   ``cross_k_i``, ``cross_v_i`` (B, H_i, S, head_dim_i): the decoder never recomputes them.
@@ -56,8 +63,9 @@ from compress.quantize import DEFAULT_ONNX_OPS, quantize_onnx_int8
 from compress.runtime import OrtSession
 from speech.config import config_to_dict
 from speech.data.cache import atomic_dir, interpres_home, write_json_atomic
-from speech.model import (CONFIG_FILE, WEIGHTS_FILE, LayerCache, S2TModel, load_model_dir, model_config_from_dict,
-                          sinusoids)
+from speech.model import (CONFIG_FILE, WEIGHTS_FILE, LayerCache, ModelConfig, S2TModel, load_model_dir,
+                          model_config_from_dict, sinusoids)
+from speech.text_model import MTConfig, MTModel
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,9 @@ FORMAT = 2  # onnx.json's layout and the graphs' inputs and outputs; a change re
 PRECISIONS = ("fp32", "int8")
 GRAPH_FILES = {"fp32": ("encoder.onnx", "decoder.onnx"), "int8": ("encoder.int8.onnx", "decoder.int8.onnx")}
 CTC_HEAD_FILE = "ctc_head.safetensors"
+# per family: its model and config classes and the encoder graph's two inputs
+FAMILIES = {"s2t": (S2TModel, ModelConfig, ("features", "feat_lens")),
+            "text": (MTModel, MTConfig, ("src_tokens", "src_lens"))}
 
 
 class OnnxModelError(ValueError):
@@ -87,8 +98,15 @@ def _names(prefix: str, n: int) -> list[str]:
     return [f"{prefix}_{kv}_{i}" for i in range(n) for kv in ("k", "v")]
 
 
-def encoder_io(n_layers: int) -> tuple[list[str], list[str]]:
-    return ["features", "feat_lens"], ["enc_out", "enc_lens", "enc_mask", *_names("cross", n_layers)]
+def family_of(model: nn.Module) -> str:
+    for name, (cls, _, _) in FAMILIES.items():
+        if isinstance(model, cls):
+            return name
+    raise TypeError(f"cannot export a {type(model).__name__}: known families are {', '.join(FAMILIES)}")
+
+
+def encoder_io(n_layers: int, family: str = "s2t") -> tuple[list[str], list[str]]:
+    return list(FAMILIES[family][2]), ["enc_out", "enc_lens", "enc_mask", *_names("cross", n_layers)]
 
 
 def decoder_io(n_layers: int) -> tuple[list[str], list[str]]:
@@ -97,15 +115,16 @@ def decoder_io(n_layers: int) -> tuple[list[str], list[str]]:
 
 
 class EncoderGraph(nn.Module):
-    """features (B, T, n_mels), feat_lens (B,) -> enc_out, enc_lens, enc_mask, then
-    cross_k_i, cross_v_i (B, H_i, S, head_dim_i) for every decoder layer i."""
+    """features (B, T, n_mels) or src_tokens (B, T), and their lengths (B,) -> enc_out,
+    enc_lens, enc_mask, then cross_k_i, cross_v_i (B, H_i, S, head_dim_i) for every decoder
+    layer i."""
 
-    def __init__(self, model: S2TModel):
+    def __init__(self, model: S2TModel | MTModel):
         super().__init__()
         self.model = model
 
-    def forward(self, features: Tensor, feat_lens: Tensor) -> tuple[Tensor, ...]:
-        enc_out, enc_lens, enc_mask = self.model.encode(features, feat_lens)
+    def forward(self, source: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
+        enc_out, enc_lens, enc_mask = self.model.encode(source, lengths)
         cross = [t for layer in self.model.decoder.layers for t in layer.encoder_attn.keys_values(enc_out)]
         return (enc_out, enc_lens, enc_mask, *cross)
 
@@ -119,7 +138,7 @@ class DecoderStepGraph(nn.Module):
     The arithmetic is TextDecoder.forward's with a cache; the layers are the model's own.
     """
 
-    def __init__(self, model: S2TModel):
+    def __init__(self, model: S2TModel | MTModel):
         super().__init__()
         self.decoder = model.decoder
         # A copy of the output projection as a constant (D, V) matrix: tied to the embedding,
@@ -146,12 +165,15 @@ class DecoderStepGraph(nn.Module):
         return (logits, *present)
 
 
-def _example_inputs(model: S2TModel, batch: int = 2, frames: int = 37, past: int = 3, new: int = 2):
+def _example_inputs(model: S2TModel | MTModel, batch: int = 2, frames: int = 37, past: int = 3, new: int = 2):
     """Inputs that trace both graphs: every dynamic axis at least 2 long (the tracer
     specialises 0 and 1)."""
     g = torch.Generator().manual_seed(0)
     cfg = model.cfg
-    feats = torch.randn(batch, frames, cfg.n_mels, generator=g)
+    if family_of(model) == "text":
+        feats = torch.randint(4, cfg.src_vocab_size, (batch, frames), generator=g)
+    else:
+        feats = torch.randn(batch, frames, cfg.n_mels, generator=g)
     lens = torch.tensor([frames] + [frames - 5] * (batch - 1), dtype=torch.long)
     with torch.no_grad():
         enc = EncoderGraph(model)(feats, lens)
@@ -163,13 +185,13 @@ def _example_inputs(model: S2TModel, batch: int = 2, frames: int = 37, past: int
     return (feats, lens), (tokens, enc_mask, cross, past_kv)
 
 
-def export_graphs(model: S2TModel, folder: Path) -> dict[str, Any]:
+def export_graphs(model: S2TModel | MTModel, folder: Path) -> dict[str, Any]:
     """Write ``encoder.onnx`` and ``decoder.onnx`` (float32, verified against torch) into ``folder``."""
     model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype and mode
     n = len(model.decoder.layers)
     dyn = torch.export.Dim.DYNAMIC
     enc_args, dec_args = _example_inputs(model)
-    enc_in, enc_out = encoder_io(n)
+    enc_in, enc_out = encoder_io(n, family_of(model))
     # Dim.DYNAMIC, not named Dims: the subsampled length (T - 1) // 4 + 1 makes the tracer
     # add guards that named ranges cannot express
     export_onnx(EncoderGraph(model), enc_args, folder / GRAPH_FILES["fp32"][0], input_names=enc_in,
@@ -197,10 +219,21 @@ def model_dir_hash(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def export_s2t(model: S2TModel | str | Path, out_dir: str | Path, quantize: str | None = "int8",
+def load_any_model_dir(path: str | Path) -> nn.Module:
+    """A model directory of either family: a text model's config has ``src_vocab_size``."""
+    try:
+        conf = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        conf = {}  # load_model_dir names what is wrong
+    text = isinstance(conf, dict) and isinstance(conf.get("model"), dict) and "src_vocab_size" in conf["model"]
+    model_cls, config_cls, _ = FAMILIES["text" if text else "s2t"]
+    return load_model_dir(path, config_cls=config_cls, model_cls=model_cls)[0]
+
+
+def export_s2t(model: S2TModel | MTModel | str | Path, out_dir: str | Path, quantize: str | None = "int8",
                per_channel: bool = True, reduce_range: bool = True,
                op_types: Sequence[str] = DEFAULT_ONNX_OPS) -> Path:
-    """Export an S2TModel (or a model directory) into the folder ``out_dir``; return it.
+    """Export an S2TModel or MTModel (or a model directory) into the folder ``out_dir``; return it.
 
     Writes ``encoder.onnx`` and ``decoder.onnx`` in float32, each checked against torch,
     and with ``quantize="int8"`` also ``encoder.int8.onnx`` and ``decoder.int8.onnx``
@@ -216,7 +249,7 @@ def export_s2t(model: S2TModel | str | Path, out_dir: str | Path, quantize: str 
     source: dict[str, Any] = {}
     if not isinstance(model, nn.Module):
         source = {"model_dir": str(Path(model).resolve()), "sha256": model_dir_hash(model)}
-        model, _ = load_model_dir(model)
+        model = load_any_model_dir(model)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         io = export_graphs(model, tmp)
@@ -230,10 +263,10 @@ def export_s2t(model: S2TModel | str | Path, out_dir: str | Path, quantize: str 
         import onnxruntime
         from safetensors.torch import save_file
 
-        index = {"format": FORMAT, "source": source, "model": config_to_dict(model.cfg),
+        index = {"format": FORMAT, "family": family_of(model), "source": source, "model": config_to_dict(model.cfg),
                  "decoder_layers": _decoder_layers(model), "graphs": graphs, "io": io,
                  "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}}
-        if model.ctc_head is not None:
+        if getattr(model, "ctc_head", None) is not None:
             save_file({k: v.detach().float().contiguous() for k, v in model.ctc_head.state_dict().items()},
                       str(tmp / CTC_HEAD_FILE))
             index["ctc_head"] = CTC_HEAD_FILE
@@ -275,6 +308,20 @@ def onnx_export_for(model_dir: str | Path, precision: str = "int8") -> Path:
         log.info("exporting %s to ONNX in %s (once)", model_dir, folder)
         export_s2t(model_dir, folder, quantize="int8")
     return folder
+
+
+def export_once(model_dir: str | Path, out: str | Path, precision: str = "int8", per_channel: bool = True
+                ) -> list[Path]:
+    """Export ``model_dir`` into ``out`` unless ``out`` already holds its ``precision`` graphs
+    (a resumed compression run); return those graph files."""
+    out = Path(out)
+    try:
+        done = precision in read_index(out)["graphs"]
+    except (ValueError, OSError):
+        done = False
+    if not done:
+        export_s2t(Path(model_dir), out, quantize="int8" if precision == "int8" else None, per_channel=per_channel)
+    return graph_files(out, precision)
 
 
 def read_index(folder: str | Path) -> dict[str, Any]:
@@ -415,7 +462,8 @@ class OnnxDecoder:
 
 
 class OnnxS2TModel:
-    """An exported S2T model on onnxruntime with the decoding interface of S2TModel."""
+    """An exported model on onnxruntime with the decoding interface of S2TModel (and of
+    MTModel, for the ``text`` family)."""
 
     def __init__(self, folder: str | Path, precision: str = "int8", threads: int | None = None):
         if precision not in PRECISIONS:
@@ -424,10 +472,14 @@ class OnnxS2TModel:
         index = read_index(self.folder)
         encoder_file, decoder_file = graph_files(self.folder, precision)
         self.precision = precision
-        self.cfg = model_config_from_dict(index["model"], str(self.folder / INDEX_FILE))
+        self.family = index.get("family", "s2t")
+        if self.family not in FAMILIES:
+            raise OnnxModelError(f"{self.folder / INDEX_FILE}: unknown family {self.family!r} "
+                                 f"(known: {', '.join(FAMILIES)})")
+        self.cfg = model_config_from_dict(index["model"], str(self.folder / INDEX_FILE), FAMILIES[self.family][1])
         layers = index["decoder_layers"]
         self.encoder = OrtSession(encoder_file, threads)
-        self.encoder.check_names(*encoder_io(len(layers)))
+        self.encoder.check_names(*encoder_io(len(layers), self.family))
         session = OrtSession(decoder_file, threads)
         session.check_names(*decoder_io(len(layers)))
         self.decoder = OnnxDecoder(session, layers, self.cfg.max_target_positions)
@@ -448,13 +500,16 @@ class OnnxS2TModel:
         return self  # always in inference mode; for code that calls model.eval()
 
     def encode(self, features: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """features (B, T, n_mels), feat_lens (B,) -> enc_out (B, S, D) as an EncoderOutput,
-        enc_lens (B,), enc_mask (B, S) bool True at padding"""
+        """features (B, T, n_mels) (text: source tokens (B, T)), feat_lens (B,) -> enc_out
+        (B, S, D) as an EncoderOutput, enc_lens (B,), enc_mask (B, S) bool True at padding"""
         if features.shape[1] > self.cfg.max_source_positions:
-            raise ValueError(f"input frames: {features.shape[1]} is longer than the model's limit of "
+            what = "source tokens" if self.family == "text" else "input frames"
+            raise ValueError(f"{what}: {features.shape[1]} is longer than the model's limit of "
                              f"{self.cfg.max_source_positions}")
-        feeds = {"features": features.detach().to(torch.float32).contiguous().numpy(),
-                 "feat_lens": feat_lens.detach().to(torch.long).contiguous().numpy()}
+        source_name, lens_name = FAMILIES[self.family][2]
+        dtype = torch.long if self.family == "text" else torch.float32
+        feeds = {source_name: features.detach().to(dtype).contiguous().numpy(),
+                 lens_name: feat_lens.detach().to(torch.long).contiguous().numpy()}
         enc_out, enc_lens, enc_mask, *cross = self.encoder.run(feeds)
         rows = torch.arange(enc_out.shape[0])
         return (EncoderOutput.wrap(torch.from_numpy(enc_out), cross, rows), torch.from_numpy(enc_lens),

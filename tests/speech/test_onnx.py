@@ -241,3 +241,35 @@ def test_eval_mustc_runtime_onnx(model_dir, home, tmp_path, capsys, caplog):
         assert main([*args, "--runtime", "torch"]) == 0
     assert "made with other settings (runtime differ)" in caplog.text
     assert len((out / "en-de" / f"{SPLIT}.hyp.de").read_text().splitlines()) == len(hyps.splitlines())
+
+
+def test_text_models_export_alike(tmp_path, one_thread):
+    """The text family (speech.text_model.MTModel: the simultaneous translator, the ST
+    decoder's pretraining): token ids in, the same graphs and search out."""
+    from speech.model import save_model_dir
+    from speech.text_model import MTConfig, MTModel
+
+    torch.manual_seed(0)
+    cfg = MTConfig(src_vocab_size=40, vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2, heads=4,
+                   ffn_dim=128, share_decoder_input_output_embed=False)
+    model = MTModel(cfg).eval()
+    save_model_dir(model, cfg, tmp_path / "mt")
+    folder = export_s2t(tmp_path / "mt", tmp_path / "onnx", quantize="int8")  # a model directory of this family
+    index = json.loads((folder / "onnx.json").read_text())
+    assert index["family"] == "text" and index["io"]["encoder"]["inputs"] == ["src_tokens", "src_lens"]
+    assert "ctc_head" not in index
+    g = torch.Generator().manual_seed(4)
+    src = torch.randint(4, 40, (3, 13), generator=g)
+    lens = torch.tensor([13, 9, 4])
+    src[1, 9:], src[2, 4:] = 0, 0
+    onnx_model = OnnxS2TModel(folder, precision="fp32")
+    assert onnx_model.family == "text" and onnx_model.cfg == cfg
+    for beam in (1, 3):
+        opts = DecodingOptions(beam_size=beam, max_len_b=20)
+        want = search([model], encode([model], src, lens), [[1]] * 3, opts)
+        got = search([onnx_model], encode([onnx_model], src, lens), [[1]] * 3, opts)
+        assert [r.tokens for r in got] == [r.tokens for r in want]
+        assert any(len(r.tokens) > 3 for r in want)
+    int8 = OnnxS2TModel(folder, precision="int8")
+    got = search([int8], encode([int8], src, lens), [[1]] * 3, DecodingOptions(beam_size=1, max_len_b=20))
+    assert sum(g.tokens[:1] == w.tokens[:1] for g, w in zip(got, want)) >= 2  # int8 mostly agrees
