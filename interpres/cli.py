@@ -8,6 +8,8 @@
                          [--runtime torch|onnx]
     interpres eval mustc --root DIR --pairs en-de,en-fr [--split tst-COMMON] [--model DIR ...] [--workers N]
                          [--runtime torch|onnx]
+    interpres train asr|st|mt [YAML] [key=value ...]
+    interpres average RUN --last N --out DIR
     interpres data simul  [--config YAML] [key=value ...]
     interpres train simul [YAML] [key=value ...]
     interpres simul [FILE] [--realtime CHARS_PER_SEC] [--format text|jsonl] [--model DIR]
@@ -124,12 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train an ASR or ST model from a YAML recipe (resumable; torchrun for DDP)",
         description="Train from a recipe: 'asr' pretrains on English speech, 'st' trains the "
                     "multilingual translator (init_encoder=DIR starts its encoder from an ASR "
-                    "model). Running the same command again resumes from the last checkpoint. "
+                    "model, init_decoder=DIR its decoder and vocabulary from a text model), 'mt' "
+                    "pretrains that decoder on the text corpus (en->xx). Running the same command again resumes from the last checkpoint. "
                     "Under torchrun it trains data-parallel (gloo on CPU).",
         epilog=_fields_help(TrainConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("task", choices=["asr", "st", "simul"],
-                       help="what to train (simul: a stage of the zh->en simultaneous translator, "
-                            "see simul.train.SimulTrainConfig)")
+    train.add_argument("task", choices=["asr", "st", "mt", "simul"],
+                       help="what to train (mt: the text pretraining of the ST decoder, see "
+                            "speech.text_pretrain.TextPretrainConfig; simul: a stage of the zh->en "
+                            "simultaneous translator, see simul.train.SimulTrainConfig)")
     train.add_argument("config", nargs="?", default=None,
                        help="YAML recipe (default: configs/speech/TASK_small.yaml, configs/simul/pretrain.yaml)")
     _add_common(train)
@@ -346,6 +350,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.config = None
     if args.task == "simul":
         return _cmd_train_simul(args, overrides)
+    if args.task == "mt":
+        from speech import text_pretrain
+
+        path = Path(args.config) if args.config else CONFIG_DIR / "speech" / "mt_small.yaml"
+        print(f"model directory: {text_pretrain.train(load_config(text_pretrain.TextPretrainConfig, path, overrides))}")
+        return 0
     path = Path(args.config) if args.config else CONFIG_DIR / "speech" / f"{args.task}_small.yaml"
     cfg = load_config(TrainConfig, path, overrides)
     if cfg.task != args.task:

@@ -67,6 +67,8 @@ class TrainConfig(LoopConfig):
     model_overrides: dict[str, Any] = field(default_factory=dict)
     vocab_size: int = 2000
     init_encoder: str | None = None  # model directory whose encoder starts this one (ASR pretraining)
+    # text model directory (interpres train mt) whose decoder and spm.model start this one
+    init_decoder: str | None = None
     init: str | None = None  # model directory to start from whole: weights, spm.model, architecture (a student)
     # distillation (compress/): teachers' model directories (several = an ensemble), word-level KD
     # settings (kd.alpha 0 = none), and sequence-level KD (train on the teachers' beam outputs)
@@ -92,8 +94,8 @@ class TrainConfig(LoopConfig):
             raise ConfigError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.max_frames < 1:
             raise ConfigError("max_frames must be at least 1")
-        if self.init and self.init_encoder:
-            raise ConfigError("init and init_encoder exclude each other: init already sets the encoder")
+        if self.init and (self.init_encoder or self.init_decoder):
+            raise ConfigError("init excludes init_encoder and init_decoder: init already sets the whole model")
         if self.seq_kd and not self.teacher:
             raise ConfigError("seq_kd needs teacher: the model directories whose outputs are learned")
 
@@ -215,12 +217,28 @@ def make_batch(data: LangData, idx: list[int], augment: SpecAugmentConfig | None
 # ----------------------------------------------------------------------------- model
 
 
+def init_decoder_from(model: S2TModel, path: str) -> int:
+    """Copy the decoder of the text model directory ``path`` (``interpres train mt``) into ``model``."""
+    from speech.text_pretrain import decoder_state  # noqa: PLC0415
+
+    src_state, _ = decoder_state(path)
+    own = model.state_dict()
+    bad = [k for k, v in src_state.items() if k not in own or own[k].shape != v.shape]
+    bad += [k for k in own if k.startswith("decoder.") and k not in src_state]  # a layer it lacks
+    if bad:
+        raise ConfigError(f"init_decoder: {path} has a decoder of another shape ({bad[0]}); "
+                          f"pretrain it ('interpres train mt') with this run's model preset")
+    model.load_state_dict(src_state, strict=False)
+    return len(src_state)
+
+
 def init_encoder_from(model: S2TModel, path: str) -> int:
     """Copy the encoder weights of the model directory ``path`` into ``model``."""
     src, _ = load_model_dir(path)
     src_state = {k: v for k, v in src.state_dict().items() if k.startswith("encoder.")}
     own = model.state_dict()
     bad = [k for k, v in src_state.items() if k not in own or own[k].shape != v.shape]
+    bad += [k for k in own if k.startswith("encoder.") and k not in src_state]  # a layer it lacks
     if bad:
         raise ConfigError(f"init_encoder: {path} has an encoder of another shape ({bad[0]}); "
                           f"train the ASR model with the same model preset")
@@ -346,9 +364,18 @@ def train(cfg: TrainConfig) -> Path:
     # 1. data and 2. tokenizer (rank 0 trains it; the others wait and read it)
     train_texts = read_texts(cfg, "train")
     spm_path = out / "spm.model"
-    if rank == 0 and cfg.init and not spm_path.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(cfg.init) / "spm.model", spm_path)  # a student keeps its vocabulary
+    vocab_from = cfg.init or cfg.init_decoder
+    given_spm = Path(vocab_from) / "spm.model" if vocab_from else None
+    if rank == 0 and given_spm is not None:
+        # a student keeps its vocabulary; a pretrained decoder brings the one it was trained with
+        if not given_spm.exists():
+            raise ConfigError(f"{given_spm.parent}: no spm.model; init and init_decoder name model directories")
+        if not spm_path.exists():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(given_spm, spm_path)
+        elif spm_path.read_bytes() != given_spm.read_bytes():
+            raise ConfigError(f"{spm_path} differs from {given_spm}: this run was started with another "
+                              f"vocabulary; use a new 'out' folder")
     if rank == 0 and not spm_path.exists():
         by_lang = {lang: [t for _, _, t, _ in rows] for lang, rows in train_texts.items()}
         by_lang.setdefault("en", [])
@@ -384,6 +411,9 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.init_encoder:
         n = init_encoder_from(model, cfg.init_encoder)
         log.info("encoder initialized from %s (%d tensors)", cfg.init_encoder, n)
+    if cfg.init_decoder:
+        n = init_decoder_from(model, cfg.init_decoder)
+        log.info("decoder initialized from %s (%d tensors)", cfg.init_decoder, n)
     log.info("model %s: %.2fM parameters", cfg.model, param_count(model) / 1e6)
 
     # 4. and 5.: the shared loop, checkpoints and averaging

@@ -75,6 +75,27 @@ def test_asr_then_st_from_the_asr_encoder(home, tmp_path):
     assert {"bleu_de", "bleu_fr", "wer_en"} <= set(conf["dev_scores"])
 
 
+def test_st_starts_from_a_text_pretrained_decoder(home, tmp_path):
+    mt_args = ["train", "mt", "corpus=text", "langs=[de,fr]", "model=tiny", "encoder_layers=1", "vocab_size=200",
+               "max_updates=20", "warmup_updates=5", "save_interval_updates=10", "validate_interval_updates=10",
+               "average_last=1", "dev_bleu_max=2", "threads=1"]
+    r = run_cli(home, *mt_args, f"out={tmp_path / 'mt'}")
+    assert r.returncode == 0, r.stderr
+    mt = tmp_path / "mt" / "model"
+    st_dir = train(cfg_for(home, "st", tmp_path / "st", f"init_decoder={mt}", "max_updates=2", "average_last=1"))
+    # the decoder's vocabulary comes with it, byte for byte
+    assert (st_dir / "spm.model").read_bytes() == (mt / "spm.model").read_bytes()
+    _, conf = load_model_dir(st_dir)
+    assert conf["recipe"]["init_decoder"] == str(mt) and conf["languages"] == ["de", "fr", "en"]
+    # a run begun with one vocabulary refuses a decoder trained with another
+    r = run_cli(home, *mt_args, f"out={tmp_path / 'mt2'}", "vocab_size=150", "max_updates=1")
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(ConfigError, match="differs from"):
+        train(cfg_for(home, "st", tmp_path / "st", f"init_decoder={tmp_path / 'mt2' / 'model'}", "max_updates=4"))
+    with pytest.raises(ConfigError, match="init excludes"):
+        cfg_for(home, "st", tmp_path / "x", f"init_decoder={mt}", f"init={st_dir}")
+
+
 def test_killed_run_resumes_to_the_same_weights(home, tmp_path):
     args = ["train", "st", str(TINY / "st_tiny.yaml"), "corpus=t", "threads=1", "max_updates=12",
             "save_interval_updates=4", "validate_interval_updates=6", "average_last=1"]
