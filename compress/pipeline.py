@@ -166,10 +166,16 @@ def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
 
     if cfg.quantize is not None:
         log.info("stage 4/4: quantize (%s)", cfg.quantize)
-        base = family.quantize(teachers[0], out / "4-quantize" / "teacher", cfg.quantize)
-        variants.append({"name": "teacher int8", **base, "stage": "quantize"})
-        final = family.quantize(redistilled, out / "4-quantize" / "student", cfg.quantize)
-        variants.append({"name": "student int8", **final, "stage": "quantize"})
+        # runtime: one ("teacher int8", "student int8"), or a list measured side by side
+        # ("teacher torch-int8", "student torch-int8", "teacher onnx-int8", ...)
+        runtimes = cfg.quantize.get("runtime")
+        several = isinstance(runtimes, list)
+        for runtime in runtimes if several else [runtimes]:
+            settings = {**cfg.quantize, "runtime": runtime} if several else cfg.quantize
+            for name, source in (("teacher", teachers[0]), ("student", redistilled)):
+                folder = out / "4-quantize" / (f"{name}-{runtime}" if several else name)
+                label = f"{name} {runtime}" if several else f"{name} int8"
+                variants.append({"name": label, **family.quantize(source, folder, settings), "stage": "quantize"})
 
     for v in variants:
         v["params"] = _params(family, v)

@@ -29,7 +29,7 @@ def recipe(tiny_simul, out):
                "calibration_batches": 2},
         redistill=train,
         studies={"truncate-50": {"kd": {"truncate": 0.5}, "max_updates": 10}},
-        quantize={"runtime": "torch-int8"},
+        quantize={"runtime": ["torch-int8", "onnx-int8"]},  # both, side by side
         report={"threads": 1, "batch": 4},
     )
 
@@ -39,8 +39,8 @@ def test_pipeline_end_to_end_and_resume(tiny_simul, tmp_path, one_thread):
     cfg = recipe(tiny_simul, tmp_path / "run")
     report = run_pipeline(cfg)
     names = [r["name"] for r in report["rows"]]
-    assert names == ["teacher", "distilled", "pruned", "re-distilled", "study truncate-50", "teacher int8",
-                     "student int8"]
+    assert names == ["teacher", "distilled", "pruned", "re-distilled", "study truncate-50", "teacher torch-int8",
+                     "student torch-int8", "teacher onnx-int8", "student onnx-int8"]
     rows = {r["name"]: r for r in report["rows"]}
     teacher, _ = load_mt_model(tiny_simul.model)
     pruned, conf = load_mt_model(tmp_path / "run/2-prune/model")  # loads from its own config
@@ -65,7 +65,8 @@ def test_pipeline_end_to_end_and_resume(tiny_simul, tmp_path, one_thread):
     out = tmp_path / "run/report"
     assert (out / "pareto.png").stat().st_size > 5000
     md = (out / "report.md").read_text()
-    assert "| student int8 | torch-int8 |" in md and "BLEU kept" in md
+    assert "| student torch-int8 | torch-int8 |" in md and "| student onnx-int8 | onnx-int8 |" in md
+    assert "BLEU kept" in md
     assert json.loads((out / "report.json").read_text())["quality"] == "BLEU"
 
     # a second run trains nothing and measures nothing again
