@@ -78,12 +78,14 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "interpres data text                              # gettext catalogs + English sentences",
         "interpres data speech --size small               # espeak-ng / flite / festival speech, MuST-C layout",
         "interpres train asr configs/speech/asr_small.yaml  # ASR pretraining",
-        "interpres train st configs/speech/st_small.yaml    # ST, encoder from the ASR model",
+        "interpres train mt configs/speech/mt_small.yaml    # text pretraining of the decoder (en->xx)",
+        "interpres train st configs/speech/st_small.yaml    # ST: encoder from ASR, decoder from the text model",
         "```",
         f"- training: {conf.get('updates', '?')} updates in {conf.get('train_seconds', 0) / 60:.1f} min, "
         f"{conf.get('processes', 1)} process(es) x {conf.get('threads', '?')} CPU threads; average of "
         f"{', '.join(conf.get('averaged', []))}",
-        f"- encoder initialized from: `{recipe.get('init_encoder')}`",
+        f"- encoder initialized from: `{recipe.get('init_encoder')}`; decoder and vocabulary from: "
+        f"`{recipe.get('init_decoder')}`",
         f"- key settings: lr {recipe.get('lr')}, warmup {recipe.get('warmup_updates')}, max_frames "
         f"{recipe.get('max_frames')}, label smoothing {recipe.get('label_smoothing')}, CTC weight "
         f"{recipe.get('ctc_weight')}, SpecAugment {recipe.get('specaugment')}, language temperature "
@@ -94,6 +96,8 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "messages from Debian and Python packages' gettext catalogs (short interface strings, about 5 words), "
         "spoken by 14 synthetic voices; tst-VOICE holds the tst-COMMON sentences spoken by 4 voices no "
         "training split has.",
+        "- the decoder's text pretraining: the train split of the same text corpus (19k-39k pairs per "
+        "language); no test or dev sentence is in it.",
         "- the translations carry the licenses of the packages they come from (mostly GPL/LGPL).",
         "",
         "## Scores",
@@ -107,7 +111,8 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
     lines += [
         "## Limits",
         "- Synthetic voices and software-message text: expect much lower quality on real, spontaneous speech.",
-        f"- A small model trained for {conf.get('train_seconds', 0) / 60:.0f} minutes (after its ASR pretraining) "
+        f"- A small model trained for {conf.get('train_seconds', 0) / 60:.0f} minutes (after its ASR and text "
+        "pretraining) "
         "on 2 CPU cores. It is undertrained: read the scores above before trusting an output. It shows the "
         "pipeline works end to end and is the baseline to beat.",
     ]

@@ -278,7 +278,7 @@ def decoder_state(path: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     path = Path(path)
     spm = path / "spm.model"
     if not spm.exists():
-        raise ConfigError(f"init_decoder: {path} has no spm.model; it must be a model directory of 'interpres train mt'")
+        raise ConfigError(f"init_decoder: {path} has no spm.model; name a model directory of 'interpres train mt'")
     model, _ = load_mt_model(path)
     state = {k: v for k, v in model.state_dict().items() if k.startswith("decoder.")}
     return state, spm
