@@ -69,7 +69,8 @@ class SpeechFamily:
         for key in overrides:
             if key not in fields:
                 raise ConfigError(f"distill: unknown TrainConfig key '{key}'")
-        data = dataclasses.asdict(cfg) | {"init_encoder": None, "out": str(out), "corpus": self.corpus} | overrides
+        fresh = {"init_encoder": None, "init_decoder": None, "out": str(out), "corpus": self.corpus}  # init sets all
+        data = dataclasses.asdict(cfg) | fresh | overrides
         data["kd"] = overrides.get("kd", {})
         return _build(TrainConfig, data, "distill settings")
 

@@ -167,5 +167,5 @@ def test_distillation_word_and_sequence_level(home, tmp_path):
     assert all(isinstance(json.loads(x)["tokens"], list) for x in lines[1:])
     with pytest.raises(ConfigError, match="seq_kd needs teacher"):
         cfg_for(home, "st", tmp_path / "x", "seq_kd=true")
-    with pytest.raises(ConfigError, match="init and init_encoder"):
+    with pytest.raises(ConfigError, match="init excludes init_encoder"):
         cfg_for(home, "st", tmp_path / "x", f"init={teacher_dir}", f"init_encoder={teacher_dir}")
