@@ -54,7 +54,7 @@ test: install
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-# The bundled default's whole recipe (about 100 minutes on 2 cores); every step resumes
+# The bundled default's whole recipe (about 2 hours on 2 cores); every step resumes
 # where it stopped. Then both test sets (a few minutes), and the bundle with its model card.
 SPEECH_SMALL = $${INTERPRES_HOME:-$$HOME/.cache/interpres}/speech/small
 ST_PAIRS = en-de,en-es,en-fr,en-it,en-nl,en-pt,en-ro,en-ru,en-ja,en-zh,en-asr
@@ -62,6 +62,7 @@ default-model: install
 	$(VENV)/bin/interpres data text
 	$(VENV)/bin/interpres data speech --size small
 	$(VENV)/bin/interpres train asr configs/speech/asr_small.yaml
+	$(VENV)/bin/interpres train mt configs/speech/mt_small.yaml
 	$(VENV)/bin/interpres train st configs/speech/st_small.yaml
 	for split in tst-COMMON tst-VOICE; do \
 	  $(VENV)/bin/interpres eval mustc --root $(SPEECH_SMALL) --pairs $(ST_PAIRS) --split $$split \
