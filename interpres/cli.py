@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="audio files (any format libsndfile reads)")
     _add_decoding_args(transcribe)
 
+    from speech.text_pretrain import TextPretrainConfig
     from speech.train import TrainConfig
 
     train = sub.add_parser(
@@ -127,9 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train from a recipe: 'asr' pretrains on English speech, 'st' trains the "
                     "multilingual translator (init_encoder=DIR starts its encoder from an ASR "
                     "model, init_decoder=DIR its decoder and vocabulary from a text model), 'mt' "
-                    "pretrains that decoder on the text corpus (en->xx). Running the same command again resumes from the last checkpoint. "
-                    "Under torchrun it trains data-parallel (gloo on CPU).",
-        epilog=_fields_help(TrainConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "pretrains that decoder on the text corpus (en->xx). Running the same command "
+                    "again resumes from the last checkpoint. Under torchrun it trains "
+                    "data-parallel (gloo on CPU).",
+        epilog=f"asr, st: {_fields_help(TrainConfig)}\n\nmt: {_fields_help(TextPretrainConfig)}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("task", choices=["asr", "st", "mt", "simul"],
                        help="what to train (mt: the text pretraining of the ST decoder, see "
                             "speech.text_pretrain.TextPretrainConfig; simul: a stage of the zh->en "
