@@ -48,6 +48,7 @@ from speech.tokenizer import Tokenizer, train_tokenizer
 from simul.agents import SEGMENT_LENPEN
 from simul.data import Document, StreamCorpusConfig, build_stream_corpus, load_split
 from simul.model import MTConfig, MTModel, preset
+from speech.text_model import text_batch
 from simul.translator import SRC_SPM, TGT_SPM, Translator
 
 log = logging.getLogger(__name__)
@@ -174,18 +175,7 @@ def to_examples(pairs: list[tuple[str, str]], src_tok: Tokenizer, tgt_tok: Token
 
 
 def make_batch(ex: Examples, idx: list[int]) -> dict[str, torch.Tensor]:
-    s_len = max(len(ex.src[i]) for i in idx)
-    u = max(len(ex.tgt[i]) for i in idx) - 1
-    src = torch.full((len(idx), s_len), PAD_ID, dtype=torch.long)
-    prev = torch.full((len(idx), u), PAD_ID, dtype=torch.long)
-    tgt = torch.full((len(idx), u), PAD_ID, dtype=torch.long)
-    for b, i in enumerate(idx):
-        src[b, : len(ex.src[i])] = torch.tensor(ex.src[i])
-        t = ex.tgt[i]
-        prev[b, : len(t) - 1] = torch.tensor(t[:-1])
-        tgt[b, : len(t) - 1] = torch.tensor(t[1:])
-    lens = torch.tensor([len(ex.src[i]) for i in idx], dtype=torch.long)
-    return {"src": src, "src_lens": lens, "prev": prev, "target": tgt}
+    return text_batch([ex.src[i] for i in idx], [ex.tgt[i] for i in idx])
 
 
 def source_limit(u: int, k: int) -> torch.Tensor:

@@ -123,6 +123,23 @@ class MTModel(nn.Module):
         return {"logits": self.decoder(prev_tokens, enc_out, enc_mask, source_limit=source_limit)}
 
 
+def text_batch(sources: list[list[int]], targets: list[list[int]]) -> dict[str, Tensor]:
+    """Padded training tensors for :class:`MTModel`: ``src`` (B, S), ``src_lens`` (B,), and
+    from each target sequence ``[start, pieces..., eos]`` the decoder input ``prev`` (all
+    but the last) and ``target`` (all but the first), each (B, U), padded with PAD_ID."""
+    s_len = max(len(x) for x in sources)
+    u = max(len(t) for t in targets) - 1
+    src = torch.full((len(sources), s_len), PAD_ID, dtype=torch.long)
+    prev = torch.full((len(sources), u), PAD_ID, dtype=torch.long)
+    tgt = torch.full((len(sources), u), PAD_ID, dtype=torch.long)
+    for b, (x, t) in enumerate(zip(sources, targets)):
+        src[b, : len(x)] = torch.tensor(x)
+        prev[b, : len(t) - 1] = torch.tensor(t[:-1])
+        tgt[b, : len(t) - 1] = torch.tensor(t[1:])
+    lens = torch.tensor([len(x) for x in sources], dtype=torch.long)
+    return {"src": src, "src_lens": lens, "prev": prev, "target": tgt}
+
+
 def load_mt_model(path: str | Path, dtype: torch.dtype | None = None) -> tuple[MTModel, dict[str, Any]]:
     """A model directory of this family -> (model in eval mode, config.json)."""
     return load_model_dir(path, dtype=dtype, config_cls=MTConfig, model_cls=MTModel)

@@ -43,7 +43,7 @@ from speech.evaluate import score_hypotheses
 from speech.loop import LoopConfig, barrier, run, start_run
 from speech.model import EOS_ID, PAD_ID, label_smoothed_nll_loss, param_count, save_model_dir
 from speech.model import preset as speech_preset
-from speech.text_model import MTConfig, MTModel
+from speech.text_model import MTConfig, MTModel, text_batch
 from speech.tokenizer import Tokenizer, train_st_tokenizer
 
 log = logging.getLogger(__name__)
@@ -141,18 +141,7 @@ def to_lang_pairs(lang: str, rows: list[tuple[str, str]], tok: Tokenizer) -> Lan
 
 
 def make_batch(ex: LangPairs, idx: list[int]) -> dict[str, torch.Tensor]:
-    s_len = max(len(ex.src[i]) for i in idx)
-    u = max(len(ex.tgt[i]) for i in idx) - 1
-    src = torch.full((len(idx), s_len), PAD_ID, dtype=torch.long)
-    prev = torch.full((len(idx), u), PAD_ID, dtype=torch.long)
-    tgt = torch.full((len(idx), u), PAD_ID, dtype=torch.long)
-    for b, i in enumerate(idx):
-        src[b, : len(ex.src[i])] = torch.tensor(ex.src[i])
-        t = ex.tgt[i]
-        prev[b, : len(t) - 1] = torch.tensor(t[:-1])
-        tgt[b, : len(t) - 1] = torch.tensor(t[1:])
-    lens = torch.tensor([len(ex.src[i]) for i in idx], dtype=torch.long)
-    return {"src": src, "src_lens": lens, "prev": prev, "target": tgt}
+    return text_batch([ex.src[i] for i in idx], [ex.tgt[i] for i in idx])
 
 
 def text_model_config(cfg: TextPretrainConfig, vocab_size: int) -> MTConfig:

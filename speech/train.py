@@ -217,33 +217,30 @@ def make_batch(data: LangData, idx: list[int], augment: SpecAugmentConfig | None
 # ----------------------------------------------------------------------------- model
 
 
+def _load_part(model: S2TModel, src_state: dict[str, torch.Tensor], part: str, path: str, hint: str) -> int:
+    """Copy the ``part.*`` tensors ``src_state`` into ``model``: every one, of the same shape."""
+    own = model.state_dict()
+    bad = [k for k, v in src_state.items() if k not in own or own[k].shape != v.shape]
+    bad += [k for k in own if k.startswith(f"{part}.") and k not in src_state]  # a layer it lacks
+    if bad:
+        raise ConfigError(f"init_{part}: {path}: {part} of another shape ({bad[0]}); {hint}")
+    model.load_state_dict(src_state, strict=False)
+    return len(src_state)
+
+
 def init_decoder_from(model: S2TModel, path: str) -> int:
     """Copy the decoder of the text model directory ``path`` (``interpres train mt``) into ``model``."""
     from speech.text_pretrain import decoder_state  # noqa: PLC0415
 
-    src_state, _ = decoder_state(path)
-    own = model.state_dict()
-    bad = [k for k, v in src_state.items() if k not in own or own[k].shape != v.shape]
-    bad += [k for k in own if k.startswith("decoder.") and k not in src_state]  # a layer it lacks
-    if bad:
-        raise ConfigError(f"init_decoder: {path} has a decoder of another shape ({bad[0]}); "
-                          f"pretrain it ('interpres train mt') with this run's model preset")
-    model.load_state_dict(src_state, strict=False)
-    return len(src_state)
+    return _load_part(model, decoder_state(path)[0], "decoder", path,
+                      "pretrain it ('interpres train mt') with this run's model preset")
 
 
 def init_encoder_from(model: S2TModel, path: str) -> int:
     """Copy the encoder weights of the model directory ``path`` into ``model``."""
     src, _ = load_model_dir(path)
     src_state = {k: v for k, v in src.state_dict().items() if k.startswith("encoder.")}
-    own = model.state_dict()
-    bad = [k for k, v in src_state.items() if k not in own or own[k].shape != v.shape]
-    bad += [k for k in own if k.startswith("encoder.") and k not in src_state]  # a layer it lacks
-    if bad:
-        raise ConfigError(f"init_encoder: {path} has an encoder of another shape ({bad[0]}); "
-                          f"train the ASR model with the same model preset")
-    model.load_state_dict(src_state, strict=False)
-    return len(src_state)
+    return _load_part(model, src_state, "encoder", path, "train the ASR model with the same model preset")
 
 
 # ----------------------------------------------------------------------------- evaluation
