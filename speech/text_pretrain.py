@@ -72,6 +72,13 @@ class TextPretrainConfig(LoopConfig):
     label_smoothing: float = 0.1
     lang_temperature: float = 3.0
     dev_bleu_max: int = 100  # dev sentences per language translated greedily at the end
+    # English denoising: this share of the batches turns a noised English sentence back
+    # into itself under <lang:en>, so the decoder also learns the English it writes when
+    # the speech translator transcribes. The noise (Lample et al., 2018): each piece is
+    # dropped with probability denoise_drop, then pieces move at most denoise_shuffle places.
+    denoise_share: float = 0.0
+    denoise_drop: float = 0.1
+    denoise_shuffle: int = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +90,12 @@ class TextPretrainConfig(LoopConfig):
             raise ConfigError(f"encoder_layers must be at least 1, got {self.encoder_layers}")
         if self.max_tokens < 1:
             raise ConfigError("max_tokens must be at least 1")
+        if not 0.0 <= self.denoise_share < 1.0:
+            raise ConfigError(f"denoise_share must be in [0, 1), got {self.denoise_share}")
+        if not 0.0 <= self.denoise_drop < 1.0:
+            raise ConfigError(f"denoise_drop must be in [0, 1), got {self.denoise_drop}")
+        if self.denoise_shuffle < 0:
+            raise ConfigError(f"denoise_shuffle must be at least 0, got {self.denoise_shuffle}")
 
 
 def text_root(corpus: str) -> Path:
@@ -140,8 +153,40 @@ def to_lang_pairs(lang: str, rows: list[tuple[str, str]], tok: Tokenizer) -> Lan
     return ex
 
 
-def make_batch(ex: LangPairs, idx: list[int]) -> dict[str, torch.Tensor]:
-    return text_batch([ex.src[i] for i in idx], [ex.tgt[i] for i in idx])
+def to_denoising(sentences: list[str], tok: Tokenizer) -> LangPairs:
+    """English sentences as their own targets under ``<lang:en>`` (the source is noised per batch)."""
+    ex = LangPairs("en", [], [], [], [])
+    for en in sentences:
+        s = tok.encode(en)
+        if s:
+            ex.src.append(s + [EOS_ID])
+            ex.tgt.append(tok.prefix("en") + s + [EOS_ID])
+            ex.srcs.append(en)
+            ex.refs.append(en)
+    return ex
+
+
+def add_noise(src: list[int], drop: float, shuffle: int, gen: torch.Generator) -> list[int]:
+    """Drop pieces with probability ``drop`` (keeping at least one), then shuffle locally:
+    each piece moves at most ``shuffle`` places. The final eos stays where it is."""
+    pieces = src[:-1]
+    if drop > 0 and len(pieces) > 1:
+        keep = torch.rand(len(pieces), generator=gen) >= drop
+        if not bool(keep.any()):
+            keep[int(torch.randint(len(pieces), (1,), generator=gen))] = True
+        pieces = [p for p, k in zip(pieces, keep.tolist()) if k]
+    if shuffle > 0 and len(pieces) > 1:
+        keys = torch.arange(len(pieces), dtype=torch.float) + torch.rand(len(pieces), generator=gen) * (shuffle + 1)
+        pieces = [pieces[i] for i in torch.argsort(keys, stable=True).tolist()]
+    return pieces + src[-1:]
+
+
+def make_batch(ex: LangPairs, idx: list[int], noise: tuple[float, int, torch.Generator] | None = None
+               ) -> dict[str, torch.Tensor]:
+    src = [ex.src[i] for i in idx]
+    if noise is not None:
+        src = [add_noise(s, *noise) for s in src]
+    return text_batch(src, [ex.tgt[i] for i in idx])
 
 
 def text_model_config(cfg: TextPretrainConfig, vocab_size: int) -> MTConfig:
@@ -162,19 +207,28 @@ class TextPretrainRecipe:
     name = "mt"
 
     def __init__(self, cfg: TextPretrainConfig, tok: Tokenizer, data: dict[str, LangPairs],
-                 dev: dict[str, LangPairs], mcfg: MTConfig, recipe: dict, world: int):
+                 dev: dict[str, LangPairs], mcfg: MTConfig, recipe: dict, world: int,
+                 denoise: LangPairs | None = None):
         self.cfg, self.tok, self.data, self.dev, self.mcfg, self.recipe, self.world = (
             cfg, tok, data, dev, mcfg, recipe, world)
+        self.denoise = denoise
 
     def epoch_batches(self, epoch: int) -> list[tuple[str, list[int]]]:
         cfg = self.cfg
         per_lang = {lang: batches_by_frames(d.lengths, cfg.max_tokens, cfg.max_items, seed=cfg.seed, epoch=epoch)
                     for lang, d in self.data.items()}
         weights = language_weights({lang: len(d.src) for lang, d in self.data.items()}, cfg.lang_temperature)
+        if self.denoise is not None:  # "en" is never a target language here (see the config's check)
+            per_lang["en"] = batches_by_frames(self.denoise.lengths, cfg.max_tokens, cfg.max_items,
+                                               seed=cfg.seed, epoch=epoch)
+            weights = {lang: w * (1.0 - cfg.denoise_share) for lang, w in weights.items()}
+            weights["en"] = cfg.denoise_share
         return list(interleave_by_weight(per_lang, weights, cfg.seed, epoch))
 
     def make_batch(self, key: tuple[str, list[int]], gen: torch.Generator) -> dict[str, torch.Tensor]:
         lang, idx = key
+        if lang == "en" and self.denoise is not None:
+            return make_batch(self.denoise, idx, (self.cfg.denoise_drop, self.cfg.denoise_shuffle, gen))
         return make_batch(self.data[lang], idx)
 
     def backward(self, module: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -251,13 +305,18 @@ def train(cfg: TextPretrainConfig) -> Path:
     data = {lang: to_lang_pairs(lang, rows, tok) for lang, rows in train_rows.items()}
     dev = {lang: to_lang_pairs(lang, rows, tok) for lang, rows in dev_rows.items()}
     log.info("train pairs: %s", {lang: len(d.src) for lang, d in data.items()})
+    denoise = None
+    if cfg.denoise_share > 0:  # the English sides, each once: the tokenizer saw them all
+        denoise = to_denoising(list(dict.fromkeys(en for rows in train_rows.values() for en, _ in rows)), tok)
+        log.info("English denoising: %d sentences, %.0f%% of the batches", len(denoise.src),
+                 100 * cfg.denoise_share)
     try:
         mcfg = text_model_config(cfg, tok.vocab_size)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model_overrides: {e}") from e
     model = MTModel(mcfg)
     log.info("text model (speech preset %s's decoder): %.2fM parameters", cfg.model, param_count(model) / 1e6)
-    return run(TextPretrainRecipe(cfg, tok, data, dev, mcfg, recipe, world), model, cfg, rank, world)
+    return run(TextPretrainRecipe(cfg, tok, data, dev, mcfg, recipe, world, denoise), model, cfg, rank, world)
 
 
 def decoder_state(path: str | Path) -> tuple[dict[str, torch.Tensor], Path]:

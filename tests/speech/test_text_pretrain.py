@@ -10,7 +10,8 @@ from speech.decode import DecodingOptions, greedy_search
 from speech.loop import list_checkpoints
 from speech.model import S2TModel, preset
 from speech.text_model import load_mt_model
-from speech.text_pretrain import TextPretrainConfig, make_batch, read_pairs, to_lang_pairs, train
+from speech.text_pretrain import (TextPretrainConfig, add_noise, make_batch, read_pairs, to_denoising, to_lang_pairs,
+                                  train)
 from speech.tokenizer import Tokenizer
 from speech.train import init_decoder_from
 
@@ -31,7 +32,7 @@ def pretrained(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     home = write_text_corpus(tmp_path_factory.mktemp("home"))
-    final = train(config(home, home / "mt"))
+    final = train(config(home, home / "mt", denoise_share=0.2, max_updates=250))
     torch.set_num_threads(n)
     return home, final
 
@@ -58,6 +59,42 @@ def test_it_learns_the_training_pairs(pretrained):
     assert right >= 0.75 * 2 * len(PAIRS["train"])
 
 
+def test_it_learns_to_write_english_under_the_en_tag(pretrained):
+    """The denoising batches taught <lang:en>: a clean English source comes back as itself."""
+    home, final = pretrained
+    model, _ = load_mt_model(final)
+    tok = Tokenizer(final / "spm.model")
+    english = list(dict.fromkeys(row[0] for row in PAIRS["train"]))
+    ex = to_denoising(english, tok)
+    assert all(t[0] == tok.lang_tag("en") and t[1:] == s for s, t in zip(ex.src, ex.tgt))
+    b = make_batch(ex, list(range(len(ex.src))))
+    hyps = greedy_search([model], [model.encode(b["src"], b["src_lens"])], [tok.prefix("en")] * len(ex.src),
+                         DecodingOptions(beam_size=1))
+    right = sum(tok.decode(h.tokens) == ref for h, ref in zip(hyps, english))
+    assert right >= 0.5 * len(english)
+    # and the translation directions still translate rather than copy the English
+    de = to_lang_pairs("de", read_pairs(config(home, home / "mt"), "train")["de"], tok)
+    b = make_batch(de, list(range(len(de.src))))
+    hyps = greedy_search([model], [model.encode(b["src"], b["src_lens"])], [tok.prefix("de")] * len(de.src),
+                         DecodingOptions(beam_size=1))
+    assert sum(tok.decode(h.tokens) == en for h, en in zip(hyps, de.srcs)) < 0.25 * len(de.src)
+
+
+def test_the_noise_drops_and_moves_pieces_only_a_little():
+    src = list(range(10, 60)) + [2]  # 50 pieces + eos
+    gen = torch.Generator().manual_seed(0)
+    out = add_noise(src, 0.1, 3, gen)
+    assert out[-1] == 2 and len(set(out)) == len(out) and set(out) <= set(src)
+    assert 30 <= len(out) - 1 < 50  # about 10% dropped
+    kept = sorted(out[:-1])
+    assert all(abs(out.index(p) - kept.index(p)) <= 3 for p in kept)  # displacement bounded by k
+    assert out != src
+    # the same generator state gives the same noise (exact resume); nothing dropped, nothing moved
+    assert add_noise(src, 0.1, 3, torch.Generator().manual_seed(0)) == out
+    assert add_noise(src, 0.0, 0, gen) == src
+    assert add_noise([7, 2], 0.99, 3, gen) == [7, 2]  # at least one piece is kept
+
+
 def test_the_decoder_has_the_speech_presets_shape(pretrained):
     _, final = pretrained
     tok = Tokenizer(final / "spm.model")
@@ -80,6 +117,8 @@ def test_the_decoder_has_the_speech_presets_shape(pretrained):
 def test_bad_recipes_and_corpora_are_named(text_home, tmp_path):
     with pytest.raises(ConfigError, match="source language"):
         config(text_home, tmp_path / "x", langs=["de", "en"])
+    with pytest.raises(ConfigError, match="denoise_share"):
+        config(text_home, tmp_path / "x", denoise_share=1.0)
     with pytest.raises(ConfigError, match="en-it"):
         read_pairs(config(text_home, tmp_path / "x", langs=["de", "it"]), "train")
     bad = text_home / "text" / "en-fr" / "train.tsv"
