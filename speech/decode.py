@@ -171,6 +171,9 @@ class Ensemble:
         self.enc_out = [s[0] for s in states]
         self.enc_mask = [s[2] for s in states]
         self.caches: list[DecoderCache] = [m.decoder.new_cache() for m in models]
+        # the encoder row of each decoder row: beams of one utterance share it, and a reorder
+        # that keeps every row's source (beams swapping places) copies no encoder state
+        self.source_rows = torch.arange(self.enc_out[0].shape[0], device=self.enc_out[0].device)
         self.vocab_size = vocab.pop()
         self.eos_id = models[0].cfg.eos_id
         self.max_target_positions = min(m.cfg.max_target_positions for m in models)
@@ -189,10 +192,14 @@ class Ensemble:
 
     def reorder(self, index: Tensor) -> None:
         """Keep rows ``index`` (N',) in this order: surviving beams, unfinished utterances."""
+        source_rows = self.source_rows.index_select(0, index)
+        same = torch.equal(source_rows, self.source_rows)
+        self.source_rows = source_rows
         for i, cache in enumerate(self.caches):
-            cache.reorder(index)
-            self.enc_out[i] = self.enc_out[i].index_select(0, index)
-            self.enc_mask[i] = self.enc_mask[i].index_select(0, index)
+            cache.reorder(index, cross=not same)
+            if not same:
+                self.enc_out[i] = self.enc_out[i].index_select(0, index)
+                self.enc_mask[i] = self.enc_mask[i].index_select(0, index)
 
 
 # --------------------------------------------------------------------------- joint CTC

@@ -351,10 +351,13 @@ class DecoderCache:
         k = self.layers[0].self_k if self.layers else None
         return 0 if k is None else k.shape[2]
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (B',) in this order, e.g. the surviving beams."""
+    def reorder(self, index: Tensor, cross: bool = True) -> None:
+        """Keep batch rows ``index`` (B',) in this order, e.g. the surviving beams.
+        ``cross=False`` leaves the cross-attention keys and values as they are: the caller
+        knows row i and row ``index[i]`` attend to the same source (beams of one utterance)."""
+        names = ("self_k", "self_v", "cross_k", "cross_v") if cross else ("self_k", "self_v")
         for layer in self.layers:
-            for name in ("self_k", "self_v", "cross_k", "cross_v"):
+            for name in names:
                 t = getattr(layer, name)
                 if t is not None:
                     setattr(layer, name, t.index_select(0, index))

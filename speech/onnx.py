@@ -405,11 +405,13 @@ class OnnxCache:
     def __len__(self) -> int:
         return 0 if self.past is None else self.past[0].shape[2]
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep rows ``index`` (B',) in this order."""
+    def reorder(self, index: Tensor, cross: bool = True) -> None:
+        """Keep rows ``index`` (B',) in this order; ``cross=False``: the cross-attention keys
+        and values stay (row i and row ``index[i]`` attend to the same source)."""
         if self.cross is not None:
             rows = index.cpu().numpy()
-            self.cross = [np.take(a, rows, axis=0) for a in self.cross]
+            if cross:
+                self.cross = [np.take(a, rows, axis=0) for a in self.cross]
             self.past = [np.take(a, rows, axis=0) for a in self.past]
 
 

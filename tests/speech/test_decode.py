@@ -163,6 +163,31 @@ def test_ensemble_averages_probabilities():
     assert torch.allclose(got, torch.log((probs[0] + probs[1]) / 2), atol=1e-5)
 
 
+def test_beams_swapping_places_copy_no_encoder_state():
+    model = tiny_model(8)
+    x, xl = features([30, 20])
+    ens = Ensemble([model], encode([model], x, xl))
+    ens.reorder(torch.tensor([0, 0, 1, 1]))  # two beams per utterance
+    tokens = torch.tensor([[DE], [DE], [FR], [FR]])
+    ens.step(tokens)
+    enc_out, cross = ens.enc_out[0], ens.caches[0].layers[0].cross_k
+    order = torch.tensor([1, 1, 3, 2])  # each row keeps its utterance
+    tokens = torch.cat([tokens[order], torch.tensor([[5], [6], [7], [8]])], dim=1)
+    ens.reorder(order)
+    got = ens.step(tokens)
+    assert ens.enc_out[0] is enc_out and ens.caches[0].layers[0].cross_k is cross
+    rows = torch.tensor([0, 0, 1, 1])
+    with torch.no_grad():  # the same as the whole prefix decoded without a cache
+        want = torch.log_softmax(model(x[rows], xl[rows], tokens)["logits"][:, -1], dim=-1)
+    assert torch.allclose(got, want, atol=1e-5)
+    ens.reorder(torch.tensor([3, 2]))  # the first utterance is done: now the rows are copied
+    assert ens.enc_out[0].shape[0] == 2 and ens.caches[0].layers[0].cross_k.shape[0] == 2
+    tokens = torch.cat([tokens[[3, 2]], torch.tensor([[9], [10]])], dim=1)
+    with torch.no_grad():
+        want = torch.log_softmax(model(x[[1, 1]], xl[[1, 1]], tokens)["logits"][:, -1], dim=-1)
+    assert torch.allclose(ens.step(tokens), want, atol=1e-5)
+
+
 def test_max_length_holds_per_utterance():
     model = tiny_model(8)
     lens = [80, 20]  # 20 and 5 frames after subsampling
