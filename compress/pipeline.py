@@ -67,7 +67,9 @@ class Family(Protocol):
         """The test items every variant is measured on (the same for all)."""
 
     def open(self, variant: dict[str, Any], threads: int) -> Any:
-        """A runner for a variant dict ``{"path", "runtime"}`` using ``threads`` threads."""
+        """A runner for a variant dict ``{"path", "runtime"}`` using ``threads`` threads; a
+        ``decode`` key (from the config's ``decodings``) changes how it decodes, and a family
+        that cannot do what it asks raises CompressError naming the variant."""
 
     def infer(self, runner: Any, items: list[Any]) -> list[Any]:
         """Outputs for a batch of items."""
@@ -103,11 +105,20 @@ class CompressConfig:
     # variants of the re-distillation with other KD settings, measured beside the main line
     # (selective KD: e.g. {"truncate-75": {"kd": {"truncate": 0.75}}})
     studies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the quantized student measured again with other decoding settings, each its own variant
+    # ("student int8 greedy"); the family's open() reads them from the variant's "decode"
+    # (speech: {greedy: {beam: 1}}, the decoding a sequence-level KD student is made for)
+    decodings: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)  # settings for test_items and timing
 
     def __post_init__(self) -> None:
         if not self.teacher:
             raise CompressError("teacher: at least one model directory is needed")
+        for name, decode in self.decodings.items():
+            if not isinstance(decode, dict) or not decode:
+                raise CompressError(f"decodings.{name}: give the decoding settings as a mapping, e.g. {{beam: 1}}")
+        if self.decodings and self.quantize is None:
+            raise CompressError("decodings: they apply to the quantized student; the config has no quantize stage")
         if self.prune is not None:
             try:
                 PruneConfig(**self.prune)
@@ -176,6 +187,9 @@ def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
                 folder = out / "4-quantize" / (f"{name}-{runtime}" if several else name)
                 label = f"{name} {runtime}" if several else f"{name} int8"
                 variants.append({"name": label, **family.quantize(source, folder, settings), "stage": "quantize"})
+                if name == "student":
+                    for dname, decode in cfg.decodings.items():
+                        variants.append({**variants[-1], "name": f"{label} {dname}", "decode": dict(decode)})
 
     for v in variants:
         v["params"] = _params(family, v)

@@ -138,7 +138,7 @@ def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dic
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for v in variants:
-        key = {"variant": {k: v[k] for k in ("name", "path", "runtime") if k in v}, "files": _stamp(v),
+        key = {"variant": {k: v[k] for k in ("name", "path", "runtime", "decode") if k in v}, "files": _stamp(v),
                "settings": cfg.report, "family": cfg.family, "options": cfg.options}
         fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = out / f"measure-{v['name'].replace(' ', '_')}.json"
@@ -168,6 +168,12 @@ def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dic
 # --------------------------------------------------------------------------- the report
 
 
+def _runtime(variant: dict[str, Any]) -> str:
+    """The runtime column: the runtime, and the decoding settings a variant changes."""
+    decode = variant.get("decode") or {}
+    return ", ".join([variant["runtime"]] + [f"{k} {v}" for k, v in decode.items()])
+
+
 def _rows(results: list[dict[str, Any]], quality: str) -> list[dict[str, Any]]:
     ref = results[0]
     q0 = ref["scores"][quality]
@@ -175,7 +181,7 @@ def _rows(results: list[dict[str, Any]], quality: str) -> list[dict[str, Any]]:
     for r in results:
         q = r["scores"][quality]
         rows.append({
-            "name": r["variant"]["name"], "runtime": r["variant"]["runtime"], "params": r["variant"].get("params"),
+            "name": r["variant"]["name"], "runtime": _runtime(r["variant"]), "params": r["variant"].get("params"),
             "file_mb": r["file_bytes"] / 1e6 if r.get("file_bytes") else None,
             "p50": r["latency_p50_ms"], "p95": r["latency_p95_ms"], "throughput": r["throughput"],
             "peak_mb": r["peak_rss_mb"], "model_mb": r["model_rss_mb"], "quality": q, "retained": 100.0 * q / q0 if q0 else float("nan"),

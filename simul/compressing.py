@@ -25,6 +25,7 @@ import sacrebleu
 import torch
 from torch import Tensor, nn
 
+from compress.pipeline import CompressError
 from speech.config import ConfigError, _build, load_config
 from speech.model import PAD_ID, label_smoothed_nll_loss, save_resized_model_dir
 from simul.agents import SEGMENT_BEAM, SEGMENT_LENPEN, Segmentation, run_stream
@@ -106,6 +107,9 @@ class SimulFamily:
         return [(zh, en) for d in self._docs() for zh, en in zip(d.zh, d.en)]
 
     def open(self, variant: dict[str, Any], threads: int) -> Translator:
+        if variant.get("decode"):
+            raise CompressError(f"{variant['name']}: the simultaneous family decodes as its policy does "
+                                f"(beam {SEGMENT_BEAM}); it takes no decodings")
         torch.set_num_threads(threads)
         runtime = variant["runtime"]
         if runtime.startswith("onnx"):

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from compress.pipeline import CompressError
 from speech.config import ConfigError, _build, load_config
 from speech.data.mustc import MustcSplit
 from speech.dataset import SplitFeatures, pad_features
@@ -41,6 +43,14 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent  # configs/ sits beside the packages
 RUNTIMES = ("torch", "torch-int8", "torch-bf16", "onnx", "onnx-int8")
+
+
+@dataclass
+class Runner:
+    """A variant opened for measuring: its translator and the beam it decodes with."""
+
+    translator: Translator
+    beam: int
 
 
 class SpeechFamily:
@@ -132,28 +142,32 @@ class SpeechFamily:
                 items.append({"feats": feats.get(i), "lang": lang, "ref": ref, "pair": pair})
         return items
 
-    def open(self, variant: dict[str, Any], threads: int) -> Translator:
+    def open(self, variant: dict[str, Any], threads: int) -> Runner:
         runtime = variant["runtime"]
+        decode = dict(variant.get("decode") or {})
+        beam = decode.pop("beam", self.beam)
+        if decode or not isinstance(beam, int) or beam < 1:
+            raise CompressError(f"{variant.get('name', variant['path'])}: decoding settings {variant['decode']} "
+                                f"(the speech family takes beam: a positive integer)")
         torch.set_num_threads(threads)
+        tr = load_translator(variant["path"])
         if runtime.startswith("onnx"):
             from speech.onnx import OnnxS2TModel  # noqa: PLC0415
 
-            tr = load_translator(variant["path"])
             precision = "int8" if runtime == "onnx-int8" else "fp32"
             tr.models = [OnnxS2TModel(variant["onnx"], precision=precision, threads=threads)]
-            return tr
-        tr = load_translator(variant["path"])
-        if runtime == "torch-int8":
+        elif runtime == "torch-int8":
             from compress.quantize import quantize_torch_int8  # noqa: PLC0415
 
             tr.models = [quantize_torch_int8(m) for m in tr.models]
         elif runtime == "torch-bf16":
             tr.models = [m.to(torch.bfloat16) for m in tr.models]
-        return tr
+        return Runner(tr, beam)
 
-    def infer(self, tr: Translator, items: list[dict[str, Any]]) -> list[str]:
+    def infer(self, runner: Runner, items: list[dict[str, Any]]) -> list[str]:
+        tr = runner.translator
         tags = tuple(tr.tokenizer.lang_tag(lang) for lang in tr.tokenizer.languages)
-        opts = DecodingOptions(beam_size=self.beam, suppress_tokens=tags)
+        opts = DecodingOptions(beam_size=runner.beam, suppress_tokens=tags)
         x, lens = pad_features([it["feats"] for it in items])
         if isinstance(tr.models[0], nn.Module):  # bf16 models take bf16 features
             x = x.to(tr.models[0].encoder.subsample.conv_layers[0].weight.dtype)
@@ -161,7 +175,7 @@ class SpeechFamily:
         prefix = [tr.prefix(it["lang"]) for it in items]
         return [tr.text(r) for r in search(tr.models, states, prefix, opts)]
 
-    def score(self, tr: Translator, items: list[dict[str, Any]], outputs: list[str]) -> dict[str, float]:
+    def score(self, runner: Runner, items: list[dict[str, Any]], outputs: list[str]) -> dict[str, float]:
         by_lang: dict[str, tuple[list[str], list[str]]] = {}
         for it, hyp in zip(items, outputs):
             hyps, refs = by_lang.setdefault(it["lang"], ([], []))

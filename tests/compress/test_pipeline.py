@@ -83,6 +83,10 @@ def test_config_errors_are_named(tmp_path, capsys):
         CompressConfig(teacher=[])
     with pytest.raises(CompressError, match="prune: .*'heads'"):
         CompressConfig(teacher=["x"], prune={"heads": 2.0})
+    with pytest.raises(CompressError, match="decodings.greedy"):
+        CompressConfig(teacher=["x"], quantize={"runtime": "onnx-int8"}, decodings={"greedy": 1})
+    with pytest.raises(CompressError, match="no quantize stage"):
+        CompressConfig(teacher=["x"], decodings={"greedy": {"beam": 1}})
     with pytest.raises(CompressError, match="package.module:Class"):
         load_family("speech", {})
     with pytest.raises(CompressError, match="cannot load"):

@@ -3,6 +3,9 @@ compression family's quantize and open."""
 
 from pathlib import Path
 
+import pytest
+
+from compress.pipeline import CompressError
 from simul.compressing import SimulFamily
 from simul.data import load_split
 from simul.translator import Translator
@@ -32,3 +35,6 @@ def test_the_translator_runs_on_onnx(tiny_simul, tmp_path, one_thread):
     tr = family.open({**int8, "name": "int8"}, threads=1)
     outputs = family.infer(tr, family.test_items({})[:6])
     assert len(outputs) == 6 and all(isinstance(o, str) for o in outputs)
+    # the policy fixes how a segment is decoded: a variant asking otherwise is refused by name
+    with pytest.raises(CompressError, match="int8 greedy"):
+        family.open({**int8, "name": "int8 greedy", "decode": {"beam": 1}}, threads=1)
