@@ -76,6 +76,7 @@ class TrainConfig(LoopConfig):
     kd: KDConfig = field(default_factory=KDConfig)
     seq_kd: bool = False
     seq_kd_beam: int = 5
+    seq_kd_langs: list[str] = field(default_factory=list)  # targets the teachers rewrite; empty: all
     max_frames: int = 12000  # fbank frames per batch (batch size x longest utterance)
     max_items: int = 128
     label_smoothing: float = 0.1
@@ -98,6 +99,9 @@ class TrainConfig(LoopConfig):
             raise ConfigError("init excludes init_encoder and init_decoder: init already sets the whole model")
         if self.seq_kd and not self.teacher:
             raise ConfigError("seq_kd needs teacher: the model directories whose outputs are learned")
+        unknown = [lang for lang in self.seq_kd_langs if lang not in self.targets]
+        if unknown:
+            raise ConfigError(f"seq_kd_langs: {', '.join(unknown)} not among the targets ({', '.join(self.targets)})")
 
     @property
     def targets(self) -> list[str]:
@@ -419,18 +423,19 @@ def train(cfg: TrainConfig) -> Path:
 
 def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tokenizer, path: Path,
                    cfg: TrainConfig) -> dict[str, LangData]:
-    """Sequence-level KD: every training target replaced by the teachers' beam-search output
-    (an ensemble when several), cached in ``path`` and resumed after a kill
-    (:class:`compress.distill.SeqKDCorpus`)."""
+    """Sequence-level KD: the training targets of ``seq_kd_langs`` (every language when empty)
+    replaced by the teachers' beam-search output (an ensemble when several), cached in
+    ``path`` and resumed after a kill (:class:`compress.distill.SeqKDCorpus`)."""
     from speech.decode import DecodingOptions, encode, search  # noqa: PLC0415 - decode imports the model
 
+    langs = [lang for lang in data if not cfg.seq_kd_langs or lang in cfg.seq_kd_langs]
     settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
-                "corpus": str(corpus_root(cfg.corpus)), "sizes": {lang: len(d.items) for lang, d in data.items()}}
+                "corpus": str(corpus_root(cfg.corpus)), "sizes": {lang: len(data[lang].items) for lang in langs}}
     corpus = SeqKDCorpus(path, settings)
     opts = DecodingOptions(beam_size=cfg.seq_kd_beam)
     tags = tuple(tok.lang_tag(lang) for lang in tok.languages)
     opts = dataclasses.replace(opts, suppress_tokens=tags)
-    by_id = {f"{lang}:{k}": (lang, k) for lang, d in data.items() for k in range(len(d.items))}
+    by_id = {f"{lang}:{k}": (lang, k) for lang in langs for k in range(len(data[lang].items))}
     lengths = {lang: d.lengths for lang, d in data.items()}
     # batches of similar lengths decode fastest: order the ids by audio length
     ids = sorted(by_id, key=lambda i: lengths[by_id[i][0]][by_id[i][1]])
@@ -445,9 +450,10 @@ def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tok
     bar = tqdm(total=len(ids), desc="seq-KD targets", unit="utt", disable=None)
     outs = corpus.build(ids, translate, batch_size=32, progress=lambda done, total: bar.update(done - bar.n))
     bar.close()
-    fresh = {}
-    for lang, d in data.items():
+    fresh = dict(data)  # the languages not in seq_kd_langs keep their references
+    for lang in langs:
+        d = data[lang]
         targets = [d.targets[k][:1] + outs[f"{lang}:{k}"] + [d.targets[k][-1]] for k in range(len(d.items))]
         fresh[lang] = dataclasses.replace(d, targets=targets)
-    log.info("seq-KD: %d targets from %s", len(ids), ", ".join(cfg.teacher))
+    log.info("seq-KD: %d targets (%s) from %s", len(ids), ", ".join(langs), ", ".join(cfg.teacher))
     return fresh

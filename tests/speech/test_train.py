@@ -165,6 +165,14 @@ def test_distillation_word_and_sequence_level(home, tmp_path):
     lines = (tmp_path / "seq/seq_kd.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["settings"]["beam"] == 2 and len(lines) > 10
     assert all(isinstance(json.loads(x)["tokens"], list) for x in lines[1:])
+    assert {json.loads(x)["id"].split(":")[0] for x in lines[1:]} == {"de", "fr", "en"}
+    # seq_kd_langs: only the translations are rewritten; the English transcripts stay references
+    train(cfg_for(home, "st", tmp_path / "seq-de", f"init={teacher_dir}", f"teacher=[{teacher_dir}]", "seq_kd=true",
+                  "seq_kd_beam=2", "seq_kd_langs=[de,fr]", "kd.alpha=0", "max_updates=1"))
+    lines = (tmp_path / "seq-de/seq_kd.jsonl").read_text().splitlines()
+    assert {json.loads(x)["id"].split(":")[0] for x in lines[1:]} == {"de", "fr"}
+    with pytest.raises(ConfigError, match="seq_kd_langs: it not among"):
+        cfg_for(home, "st", tmp_path / "x", "seq_kd_langs=[it]")
     with pytest.raises(ConfigError, match="seq_kd needs teacher"):
         cfg_for(home, "st", tmp_path / "x", "seq_kd=true")
     with pytest.raises(ConfigError, match="init excludes init_encoder"):
