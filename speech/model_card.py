@@ -55,6 +55,13 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
     langs = conf.get("languages", [])
     size_mb = (model_dir / "model.safetensors").stat().st_size / 1e6
     m = conf["model"]
+    text_pretraining, share = "text pretraining of the decoder (en->xx)", 0
+    mt_config = Path(recipe.get("init_decoder") or "-") / "config.json"
+    if mt_config.is_file():  # the text model's own recipe: its updates and its English denoising share
+        mt = json.loads(mt_config.read_text(encoding="utf-8"))
+        share = mt.get("recipe", {}).get("denoise_share") or 0
+        text_pretraining = (f"text pretraining of the decoder (en->xx, {mt.get('updates', '?')} updates"
+                            + (f"; {100 * share:.0f}% English denoising" if share else "") + ")")
     lines = [
         f"# interpres {conf.get('task', 'st').upper()} model: English speech to {', '.join(langs)}",
         "",
@@ -78,7 +85,7 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "interpres data text                              # gettext catalogs + English sentences",
         "interpres data speech --size small               # espeak-ng / flite / festival speech, MuST-C layout",
         "interpres train asr configs/speech/asr_small.yaml  # ASR pretraining",
-        "interpres train mt configs/speech/mt_small.yaml    # text pretraining of the decoder (en->xx)",
+        f"interpres train mt configs/speech/mt_small.yaml    # {text_pretraining}",
         "interpres train st configs/speech/st_small.yaml    # ST: encoder from ASR, decoder from the text model",
         "```",
         f"- training: {conf.get('updates', '?')} updates in {conf.get('train_seconds', 0) / 60:.1f} min, "
@@ -97,7 +104,8 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "spoken by 14 synthetic voices; tst-VOICE holds the tst-COMMON sentences spoken by 4 voices no "
         "training split has.",
         "- the decoder's text pretraining: the train split of the same text corpus (19k-39k pairs per "
-        "language); no test or dev sentence is in it.",
+        "language" + ("; English denoising turns its English sides, noised, back into themselves under "
+                      "`<lang:en>`" if share else "") + "); no test or dev sentence is in it.",
         "- the translations carry the licenses of the packages they come from (mostly GPL/LGPL).",
         "",
         "## Scores",
