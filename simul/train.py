@@ -35,14 +35,13 @@ from typing import Any
 
 import sacrebleu
 import torch
-from tqdm import tqdm
 
 from compress.distill import KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, teacher_log_probs, truncate_targets
 from speech.config import ConfigError, config_to_dict
 from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
 from speech.decode import encode, search
-from speech.loop import LoopConfig, barrier, run, start_run
+from speech.loop import LoopConfig, Progress, barrier, run, start_run
 from speech.model import EOS_ID, PAD_ID, label_smoothed_nll_loss, load_model_dir, param_count, save_model_dir
 from speech.tokenizer import Tokenizer, train_tokenizer
 from simul.agents import SEGMENT_LENPEN
@@ -368,9 +367,9 @@ def seq_kd_examples(ex: Examples, teachers: list[MTModel], path: Path, cfg: Simu
         states = encode(teachers, b["src"], b["src_lens"])
         return [r.tokens for r in search(teachers, states, [[teachers[0].cfg.bos_id]] * len(chunk), opts)]
 
-    bar = tqdm(total=len(ids), desc="seq-KD targets", unit="sent", disable=None)
-    outs = corpus.build(ids, translate, batch_size=64, progress=lambda done, total: bar.update(done - bar.n))
-    bar.close()
+    progress = Progress(len(ids), "seq-KD targets", "sent")
+    outs = corpus.build(ids, translate, batch_size=64, progress=progress)
+    progress.close()
     tgt = [[t[0]] + outs[str(i)] + [t[-1]] for i, t in enumerate(ex.tgt)]
     log.info("seq-KD: %d targets from %s", len(tgt), ", ".join(cfg.teacher))
     return dataclasses.replace(ex, tgt=tgt)

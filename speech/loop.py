@@ -44,6 +44,24 @@ from speech.data.cache import atomic_dir, write_json_atomic
 log = logging.getLogger(__name__)
 
 
+class Progress:
+    """A ``(done, total)`` progress callback: a tqdm bar on a terminal, and a log line every
+    ``every`` items and at the end, so that logs show it too where tqdm is off."""
+
+    def __init__(self, total: int, desc: str, unit: str, every: int = 1000):
+        self.desc, self.every, self.logged = desc, every, 0
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=None)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.update(done - self.bar.n)
+        if done - self.logged >= self.every or (done == total and done != self.logged):
+            self.logged = done
+            log.info("%s: %d/%d", self.desc, done, total)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @dataclass
 class LoopConfig:
     """What the loop needs from a recipe's config; recipe configs extend it."""

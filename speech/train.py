@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from compress.distill import KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, teacher_log_probs, truncate_targets
 from speech.augment import POLICIES, SpecAugmentConfig, spec_augment
@@ -42,7 +41,7 @@ from speech.data.text import TARGET_LANGS
 from speech.dataset import SplitFeatures, batches_by_frames, interleave_by_weight, language_weights, pad_features
 from speech.evaluate import score_hypotheses  # one scoring rule for training and evaluation
 from speech.features import FbankConfig
-from speech.loop import LoopConfig, barrier, run, start_run
+from speech.loop import LoopConfig, Progress, barrier, run, start_run
 from speech.model import (PAD_ID, ModelConfig, S2TModel, ctc_loss, label_smoothed_nll_loss, load_model_dir,
                           param_count, preset, save_model_dir)
 from speech.tokenizer import Tokenizer, train_st_tokenizer
@@ -447,9 +446,9 @@ def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tok
         prefix = [data[by_id[i][0]].targets[by_id[i][1]][:1] for i in chunk]  # the language tag
         return [r.tokens for r in search(teachers, states, prefix, opts)]
 
-    bar = tqdm(total=len(ids), desc="seq-KD targets", unit="utt", disable=None)
-    outs = corpus.build(ids, translate, batch_size=32, progress=lambda done, total: bar.update(done - bar.n))
-    bar.close()
+    progress = Progress(len(ids), "seq-KD targets", "utt")
+    outs = corpus.build(ids, translate, batch_size=32, progress=progress)
+    progress.close()
     fresh = dict(data)  # the languages not in seq_kd_langs keep their references
     for lang in langs:
         d = data[lang]

@@ -1,6 +1,7 @@
 """The training recipe end to end on a tiny synthesized corpus and the tiny model."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -148,7 +149,7 @@ def test_recipe_errors_name_the_key(home, tmp_path):
     assert res.returncode == 2 and "corpus: 'nonexistent'" in res.stderr
 
 
-def test_distillation_word_and_sequence_level(home, tmp_path):
+def test_distillation_word_and_sequence_level(home, tmp_path, caplog):
     """A student from a whole model directory, word-level KD from a teacher, then seq-KD
     targets (cached, reused by a second run) with selective truncation."""
     teacher_dir = train(cfg_for(home, "st", tmp_path / "teacher", "max_updates=8"))
@@ -161,8 +162,11 @@ def test_distillation_word_and_sequence_level(home, tmp_path):
 
     seq = cfg_for(home, "st", tmp_path / "seq", f"init={teacher_dir}", f"teacher=[{teacher_dir}]", "seq_kd=true",
                   "seq_kd_beam=2", "kd.alpha=0", "kd.truncate=0.5", "max_updates=2")
+    caplog.set_level(logging.INFO, logger="speech.loop")
     train(seq)
     lines = (tmp_path / "seq/seq_kd.jsonl").read_text().splitlines()
+    n = len(lines) - 1  # the regeneration's progress is in the logs, not only on a terminal's bar
+    assert f"seq-KD targets: {n}/{n}" in [r.getMessage() for r in caplog.records]
     assert json.loads(lines[0])["settings"]["beam"] == 2 and len(lines) > 10
     assert all(isinstance(json.loads(x)["tokens"], list) for x in lines[1:])
     assert {json.loads(x)["id"].split(":")[0] for x in lines[1:]} == {"de", "fr", "en"}
