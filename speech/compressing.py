@@ -14,7 +14,9 @@ What compress asks of a family, for S2T models:
   dynamic int8 / bf16 applied at load time;
 - ``test_items`` / ``infer`` / ``score``: the first ``per_lang`` utterances of each pair's
   test split, translated (or transcribed, for ``en-asr``) with beam search; mean chrF
-  over the languages (the headline), BLEU, and WER on English.
+  over the languages (the headline), BLEU, and WER on English;
+- ``open``: a :class:`Runner` per variant; a variant's ``decode`` (compress's
+  ``decodings``) may set its ``beam`` (1: greedy), nothing else.
 """
 
 from __future__ import annotations
