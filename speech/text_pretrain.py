@@ -21,6 +21,9 @@ translator is tested on is seen here. The steps:
 2. tokenizer: the joint ST vocabulary (:func:`speech.tokenizer.train_st_tokenizer`) over
    the targets and the English sides, so English source pieces and target pieces share it.
 3. model: a text encoder of ``encoder_layers`` layers and the speech preset's decoder.
+   With ``denoise_share`` > 0, that share of the batches is English denoising: a noised
+   English side in, the clean sentence under ``<lang:en>`` out, so the decoder also
+   writes the English that the speech translator's transcription needs.
 4. :func:`speech.loop.run`: label-smoothed cross-entropy, exact resume, averaging; the
    final model directory gets greedy dev BLEU per language.
 """
