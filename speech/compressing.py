@@ -149,7 +149,7 @@ class SpeechFamily:
         decode = dict(variant.get("decode") or {})
         beam = decode.pop("beam", self.beam)
         if decode or not isinstance(beam, int) or beam < 1:
-            raise CompressError(f"{variant.get('name', variant['path'])}: decoding settings {variant['decode']} "
+            raise CompressError(f"{variant.get('name', variant['path'])}: decoding settings {variant.get('decode')} "
                                 f"(the speech family takes beam: a positive integer)")
         torch.set_num_threads(threads)
         tr = load_translator(variant["path"])
