@@ -158,15 +158,7 @@ def to_lang_pairs(lang: str, rows: list[tuple[str, str]], tok: Tokenizer) -> Lan
 
 def to_denoising(sentences: list[str], tok: Tokenizer) -> LangPairs:
     """English sentences as their own targets under ``<lang:en>`` (the source is noised per batch)."""
-    ex = LangPairs("en", [], [], [], [])
-    for en in sentences:
-        s = tok.encode(en)
-        if s:
-            ex.src.append(s + [EOS_ID])
-            ex.tgt.append(tok.prefix("en") + s + [EOS_ID])
-            ex.srcs.append(en)
-            ex.refs.append(en)
-    return ex
+    return to_lang_pairs("en", [(en, en) for en in sentences], tok)
 
 
 def add_noise(src: list[int], drop: float, shuffle: int, gen: torch.Generator) -> list[int]:
