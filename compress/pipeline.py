@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from compress.export import write_json
 from compress.prune import PruneConfig, count_params, prune
+from compress.report import rounds_setting
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ class CompressConfig:
     # ("student int8 greedy"); the family's open() reads them from the variant's "decode"
     # (speech: {greedy: {beam: 1}}, the decoding a sequence-level KD student is made for)
     decodings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)  # settings for test_items and timing
+    # settings for test_items and timing (threads, batch, rounds: interleaved timing rounds)
+    report: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.teacher:
@@ -119,6 +121,10 @@ class CompressConfig:
                 raise CompressError(f"decodings.{name}: give the decoding settings as a mapping, e.g. {{beam: 1}}")
         if self.decodings and self.quantize is None:
             raise CompressError("decodings: they apply to the quantized student; the config has no quantize stage")
+        try:
+            rounds_setting(self.report)
+        except ValueError as e:
+            raise CompressError(str(e)) from e
         if self.prune is not None:
             try:
                 PruneConfig(**self.prune)

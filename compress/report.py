@@ -12,9 +12,20 @@ family's test items:
   them, as a user's process would), and the part added by the variant: that peak minus
   the resident set just before loading it.
 
+Interleaved rounds (``rounds: R`` in the report settings, default 1): every variant is
+measured once, then every variant again, R times over, each time in a fresh process. A
+machine whose speed drifts over minutes (a shared VM drifts by +-20%) then slows every
+variant of a round alike, so the report's ratios are the median over rounds of each round's
+ratio to the teacher (its range over rounds is in the table), and its times and memory are
+the medians of the rounds. Quality is scored in every round and should not change between
+rounds (decoding is deterministic; a change is logged); the first round's scores are
+reported.
+
 Results are cached per variant in ``OUT/report/measure-NAME.json`` with a fingerprint of
-the variant, its files and the settings, so a rerun measures only what changed; the
-report always compares results from one machine and one settings block.
+the variant, its files and the settings (``rounds`` excepted), with every round measured so
+far: a rerun, or a run killed half-way, measures only the rounds that are missing, and
+raising ``rounds`` adds rounds to the old ones. The report always compares results from one
+machine and one settings block.
 """
 
 from __future__ import annotations
@@ -133,36 +144,74 @@ def measure(family: Any, variant: dict[str, Any], settings: dict[str, Any]) -> d
     }
 
 
+ROUND_KEYS = ("latency_p50_ms", "latency_p95_ms", "throughput", "peak_rss_mb", "model_rss_mb")
+
+
+def rounds_setting(settings: dict[str, Any]) -> int:
+    rounds = settings.get("rounds", 1)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"report.rounds: a positive integer, got {rounds!r}")
+    return rounds
+
+
+def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's result from its rounds: medians of the timings and memory, the first
+    round's scores (and the rounds themselves, for the per-round ratios of the report)."""
+    out = {k: v for k, v in rounds[0].items() if k not in ROUND_KEYS}
+    for k in ROUND_KEYS:
+        out[k] = statistics.median(r[k] for r in rounds)
+    out["rounds"] = rounds
+    return out
+
+
 def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """Measure every variant in its own process (cached per variant); results in order."""
+    """Measure every variant in its own process, in ``rounds`` interleaved rounds (cached per
+    variant and round); results in the order of ``variants``."""
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    n_rounds = rounds_setting(cfg.report)
+    settings = {k: v for k, v in cfg.report.items() if k != "rounds"}
+    slots = []  # per variant: the variant, its cache file, fingerprint, rounds measured so far
     for v in variants:
         key = {"variant": {k: v[k] for k in ("name", "path", "runtime", "decode") if k in v}, "files": _stamp(v),
-               "settings": cfg.report, "family": cfg.family, "options": cfg.options}
+               "settings": settings, "family": cfg.family, "options": cfg.options}
         fp = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         path = out / f"measure-{v['name'].replace(' ', '_')}.json"
         cached = json.loads(path.read_text()) if path.is_file() else None
+        done: list[dict[str, Any]] = []
         if cached and cached.get("fingerprint") == fp:
-            log.info("%s: measured before (%s)", v["name"], path)
-            results.append(cached)
-            continue
-        log.info("measuring %s (%s, %s)", v["name"], v["runtime"], v["path"])
-        job = {"family": cfg.family, "options": cfg.options, "variant": v, "settings": cfg.report}
-        job_path = out / f".job-{v['name'].replace(' ', '_')}.json"
-        job_path.write_text(json.dumps(job))
-        raw = out / f".raw-{path.name}"
-        proc = subprocess.run([sys.executable, "-m", "compress.report", str(job_path), str(raw)],
-                              env={**os.environ, "OMP_NUM_THREADS": str(cfg.report.get("threads", 2))})
-        job_path.unlink(missing_ok=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"measuring {v['name']} failed (exit {proc.returncode}); see the messages above")
-        result = json.loads(raw.read_text())
-        raw.unlink()
-        result.update({"fingerprint": fp, "variant": v, "file_bytes": file_bytes(v)})
-        write_json(path, result)
-        results.append(result)
-    return results
+            # a cache written before rounds existed is its own first round
+            done = cached.get("rounds") or [{k: x for k, x in cached.items()
+                                             if k not in ("fingerprint", "variant", "file_bytes")}]
+        slots.append((v, path, fp, done))
+    for r in range(n_rounds):
+        for v, path, fp, done in slots:
+            if len(done) > r:
+                if r == 0:
+                    log.info("%s: measured before (%s, %d round(s))", v["name"], path, len(done))
+                continue
+            log.info("measuring %s (%s, %s), round %d of %d", v["name"], v["runtime"], v["path"], r + 1, n_rounds)
+            result = _measure_in_child(cfg, v, settings, out)
+            if done and result["scores"] != done[0]["scores"]:
+                log.warning("%s: round %d scored %s, round 1 %s; the report keeps round 1's", v["name"], r + 1,
+                            result["scores"], done[0]["scores"])
+            done.append(result)
+            write_json(path, {**aggregate(done), "fingerprint": fp, "variant": v, "file_bytes": file_bytes(v)})
+    return [json.loads(path.read_text()) for _, path, _, _ in slots]
+
+
+def _measure_in_child(cfg: Any, v: dict[str, Any], settings: dict[str, Any], out: Path) -> dict[str, Any]:
+    """One round of one variant, in a fresh ``python -m compress.report`` process."""
+    stem = v["name"].replace(" ", "_")
+    job_path, raw = out / f".job-{stem}.json", out / f".raw-measure-{stem}.json"
+    job_path.write_text(json.dumps({"family": cfg.family, "options": cfg.options, "variant": v, "settings": settings}))
+    proc = subprocess.run([sys.executable, "-m", "compress.report", str(job_path), str(raw)],
+                          env={**os.environ, "OMP_NUM_THREADS": str(settings.get("threads", 2))})
+    job_path.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measuring {v['name']} failed (exit {proc.returncode}); see the messages above")
+    result = json.loads(raw.read_text())
+    raw.unlink()
+    return result
 
 
 # --------------------------------------------------------------------------- the report
@@ -174,18 +223,29 @@ def _runtime(variant: dict[str, Any]) -> str:
     return ", ".join([variant["runtime"]] + [f"{k} {v}" for k, v in decode.items()])
 
 
+def round_ratios(ref: dict[str, Any], result: dict[str, Any]) -> dict[str, list[float]]:
+    """Latency and throughput ratios to ``ref`` (the teacher), one per round both have."""
+    pairs = list(zip(ref.get("rounds") or [ref], result.get("rounds") or [result]))
+    return {"speedup": [a["latency_p50_ms"] / b["latency_p50_ms"] for a, b in pairs],
+            "thr_ratio": [b["throughput"] / a["throughput"] for a, b in pairs]}
+
+
 def _rows(results: list[dict[str, Any]], quality: str) -> list[dict[str, Any]]:
     ref = results[0]
     q0 = ref["scores"][quality]
     rows = []
     for r in results:
         q = r["scores"][quality]
+        ratios = round_ratios(ref, r)
         rows.append({
             "name": r["variant"]["name"], "runtime": _runtime(r["variant"]), "params": r["variant"].get("params"),
             "file_mb": r["file_bytes"] / 1e6 if r.get("file_bytes") else None,
             "p50": r["latency_p50_ms"], "p95": r["latency_p95_ms"], "throughput": r["throughput"],
             "peak_mb": r["peak_rss_mb"], "model_mb": r["model_rss_mb"], "quality": q, "retained": 100.0 * q / q0 if q0 else float("nan"),
-            "speedup": ref["latency_p50_ms"] / r["latency_p50_ms"], "thr_ratio": r["throughput"] / ref["throughput"],
+            "speedup": statistics.median(ratios["speedup"]), "thr_ratio": statistics.median(ratios["thr_ratio"]),
+            "rounds": len(ratios["speedup"]),
+            "speedup_range": [min(ratios["speedup"]), max(ratios["speedup"])],
+            "thr_ratio_range": [min(ratios["thr_ratio"]), max(ratios["thr_ratio"])],
             "scores": r["scores"], "train_seconds": r["variant"].get("train_seconds"),
             "updates": r["variant"].get("updates"),
         })
@@ -198,11 +258,16 @@ def markdown(rows: list[dict[str, Any]], quality: str, settings: dict[str, Any])
             f"items/s (b={settings.get('batch', 16)})", "peak RSS (MB)", "RSS added by the model (MB)", quality, f"{quality} kept",
             "latency x", "throughput x", "training (s / updates)"] + extra
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+
+    def ratio(r: dict[str, Any], key: str) -> str:
+        lo, hi = r.get(f"{key}_range") or (r[key], r[key])
+        return f"{r[key]:.2f}" + (f" ({lo:.2f}-{hi:.2f})" if r.get("rounds", 1) > 1 else "")
+
     for r in rows:
         cells = [r["name"], r["runtime"], f"{r['params'] / 1e6:.2f}" if r["params"] else "",
                  f"{r['file_mb']:.1f}" if r["file_mb"] else "", f"{r['p50']:.1f}", f"{r['p95']:.1f}",
                  f"{r['throughput']:.1f}", f"{r['peak_mb']:.0f}", f"{r['model_mb']:.0f}", f"{r['quality']:.2f}", f"{r['retained']:.1f}%" if math.isfinite(r["retained"]) else "",
-                 f"{r['speedup']:.2f}", f"{r['thr_ratio']:.2f}",
+                 ratio(r, "speedup"), ratio(r, "thr_ratio"),
                  f"{r['train_seconds']:.0f} / {r['updates']}" if r.get("train_seconds") is not None else ""]
         cells += [f"{r['scores'][k]:.2f}" if isinstance(r["scores"].get(k), (int, float)) else "" for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
@@ -244,8 +309,11 @@ def plot(rows: list[dict[str, Any]], quality: str, path: Path) -> None:
 
 def write_report(cfg: Any, results: list[dict[str, Any]], out: Path, quality: str) -> dict[str, Any]:
     rows = _rows(results, quality)
+    n = max(r["rounds"] for r in rows)
+    how = (f"Times and memory: medians of {n} interleaved rounds; latency x and throughput x: the median of "
+           f"the rounds' ratios to the teacher (range over rounds in brackets).\n\n" if n > 1 else "")
     md = (f"# Compression report: {cfg.family}\n\nTeacher: {', '.join(cfg.teacher)}; settings: "
-          f"{json.dumps(cfg.report, sort_keys=True)}\n\n" + markdown(rows, quality, cfg.report))
+          f"{json.dumps(cfg.report, sort_keys=True)}\n\n" + how + markdown(rows, quality, cfg.report))
     report = {"quality": quality, "rows": rows, "settings": cfg.report, "teacher": cfg.teacher}
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(md, encoding="utf-8")
