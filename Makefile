@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Synthesize an English sentence, translate it into the 10 languages with the bundled
-# model (and transcribe it), then show the model card's scores.
+# translator (and transcribe it with the bundled ASR model), then show the model cards' scores.
 DEMO_WAV := $(or $(TMPDIR),/tmp)/interpres-demo.wav
 DEMO_TEXT := Save all changes before closing the window.
 LANGS := de,es,fr,it,nl,pt,ro,ru,ja,zh
@@ -47,6 +47,7 @@ demo: install
 	@echo "the same into German with the int8 ONNX Runtime export (built once into the cache):"
 	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt de --runtime onnx --format text | cut -f2- | sed 's/^/  /'
 	@echo; sed -n '/^## Scores/,/^## Limits/p' speech/models/default/README.md | sed '$$d'
+	@echo "Transcription: the bundled ASR model (speech/models/asr/README.md):"; grep '| en-asr |' speech/models/asr/README.md
 	@echo; echo "simultaneous zh->en (bundled simul model), stream: $(SIMUL_DEMO)"
 	@echo "$(SIMUL_DEMO)" | $(VENV)/bin/interpres simul | sed 's/^/  /'
 
@@ -55,7 +56,8 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # The bundled default's whole recipe (about 2 hours on 2 cores); every step resumes
-# where it stopped. Then both test sets (a few minutes), and the bundle with its model card.
+# where it stopped. Then both test sets (a few minutes), and the bundles with their model
+# cards: the translator, and the ASR model that ships beside it for transcription.
 SPEECH_SMALL = $${INTERPRES_HOME:-$$HOME/.cache/interpres}/speech/small
 ST_PAIRS = en-de,en-es,en-fr,en-it,en-nl,en-pt,en-ro,en-ru,en-ja,en-zh,en-asr
 default-model: install
@@ -69,6 +71,11 @@ default-model: install
 	    --model runs/st_small/model --beam 5 --out runs/st_small/eval-$$split || exit 1; done
 	$(PY) -m speech.model_card bundle runs/st_small/model speech/models/default \
 	  --scores runs/st_small/eval-tst-COMMON/scores.json --scores runs/st_small/eval-tst-VOICE/scores.json
+	for split in tst-COMMON tst-VOICE; do \
+	  $(VENV)/bin/interpres eval mustc --root $(SPEECH_SMALL) --pairs en-asr --split $$split \
+	    --model runs/asr_small/model --beam 5 --out runs/asr_small/eval-$$split || exit 1; done
+	$(PY) -m speech.model_card bundle runs/asr_small/model speech/models/asr \
+	  --scores runs/asr_small/eval-tst-COMMON/scores.json --scores runs/asr_small/eval-tst-VOICE/scores.json
 
 # The bundled simultaneous translator's recipe (about 40 minutes on 2 cores); each step
 # resumes. The bundle itself: benchmarks/bench_simul.py, then python -m simul.model_card.

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     transcribe = sub.add_parser(
         "transcribe", help="transcribe English speech in audio files",
-        description="Like 'translate', with an ASR model (or an ST model that also decodes into English).")
+        description="Like 'translate', with an ASR model (or an ST model that also decodes into English). "
+                    "Without --model: the bundled ASR model, shipped beside the translator.")
     transcribe.add_argument("files", nargs="+", type=Path, metavar="FILE",
                             help="audio files (any format libsndfile reads)")
     _add_decoding_args(transcribe)
@@ -158,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     mustc.add_argument("--pairs", required=True, help="pairs, comma-separated (e.g. en-de,en-fr; en-asr transcribes)")
     mustc.add_argument("--split", default="tst-COMMON", help="split to evaluate (default: tst-COMMON)")
     mustc.add_argument("--model", type=Path, action="append", metavar="DIR",
-                       help="model directory (default: the bundled model); repeat it to decode with an ensemble")
+                       help="model directory (default: the bundled translator; with --task asr, or en-asr alone, the "
+                            "bundled ASR model); repeat it to decode with an ensemble")
     mustc.add_argument("--task", choices=["st", "asr"], default=None,
                        help="st: translate into XX; asr: transcribe every pair into English (default: the model's)")
     mustc.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
@@ -318,10 +320,10 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
-    return _translate_and_print(args, lambda translator: [translator.transcription_language()])
+    return _translate_and_print(args, lambda translator: [translator.transcription_language()], task="asr")
 
 
-def _translate_and_print(args: argparse.Namespace, pick_langs) -> int:
+def _translate_and_print(args: argparse.Namespace, pick_langs, task: str | None = None) -> int:
     from speech.audio import AudioError
     from speech.decode import DecodingOptions
     from speech.translate import format_results, load_translator, resolve_ctc_weight, translate_files, write_results
@@ -329,7 +331,7 @@ def _translate_and_print(args: argparse.Namespace, pick_langs) -> int:
     missing = [f for f in args.files if not f.exists()]
     if missing:
         raise AudioError(f"{missing[0]}: no such file")
-    translator = load_translator(args.model, runtime=args.runtime)
+    translator = load_translator(args.model, runtime=args.runtime, task=task)
     langs = pick_langs(translator)
     translator.check_languages(langs)
     opts = DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen,

@@ -590,6 +590,13 @@ def write_report(report: dict, out: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------- the whole run
 
 
+def bundle_task(opts: EvalOptions) -> str | None:
+    """Which bundled model evaluates when no model is given: the ASR model for ``--task asr``
+    or when every pair is en-asr; the translator otherwise (its ``<lang:en>`` transcribes)."""
+    return opts.task or ("asr" if opts.pairs and all(p == "en-asr" for p in opts.pairs) else None)
+
+
+
 def evaluate_mustc(opts: EvalOptions, translator: Translator | None = None) -> dict | None:
     """Decode and score every pair; return the report (rank 0), or None on the other ranks.
 
@@ -600,7 +607,7 @@ def evaluate_mustc(opts: EvalOptions, translator: Translator | None = None) -> d
     if opts.batch_frames < 1:
         raise EvalError(f"batch_frames must be at least 1, got {opts.batch_frames}")
     if translator is None:
-        translator = load_translator(opts.models, runtime=opts.runtime)
+        translator = load_translator(opts.models, runtime=opts.runtime, task=bundle_task(opts))
     weight = resolve_ctc_weight(translator, opts.ctc_weight)
     opts = dataclasses.replace(opts, decoding=dataclasses.replace(opts.decoding, ctc_weight=weight))
     plans = plan_pairs(opts, translator)
@@ -646,7 +653,7 @@ def evaluate_mustc(opts: EvalOptions, translator: Translator | None = None) -> d
 def launch_workers(opts: EvalOptions, n: int, argv: Sequence[str]) -> int:
     """Check ``opts`` here (so that a bad pair or model is one clear error), then run
     ``interpres ARGV`` in ``n`` processes under torchrun on this machine; its exit status."""
-    translator = load_translator(opts.models, runtime=opts.runtime)  # with onnx: exports once, before the workers
+    translator = load_translator(opts.models, runtime=opts.runtime, task=bundle_task(opts))  # with onnx: exports once, before the workers
     plan_pairs(opts, translator)
     del translator
     root = str(Path(__file__).resolve().parent.parent)

@@ -2,6 +2,8 @@
 
     python -m speech.model_card bundle runs/st_small/model speech/models/default \\
         --scores eval-tst-COMMON/scores.json --scores eval-tst-VOICE/scores.json
+    python -m speech.model_card bundle runs/asr_small/model speech/models/asr \\
+        --scores runs/asr_small/eval-tst-COMMON/scores.json ...   # the ASR model beside it
 
 ``bundle`` stores the weights as fp16 safetensors (half the size; loading upcasts to
 fp32), copies the tokenizer, and writes ``README.md``: what the model does, how it was
@@ -50,11 +52,12 @@ def _scores_table(scores: list[dict[str, Any]]) -> list[str]:
 
 
 def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> str:
+    """The README.md of a model directory: the translator's (task st) or the ASR model's."""
     model, conf = load_model_dir(model_dir)
+    if conf.get("task") == "asr":
+        return _asr_card(model, conf, model_dir, scores)
     recipe = conf.get("recipe", {})
     langs = conf.get("languages", [])
-    size_mb = (model_dir / "model.safetensors").stat().st_size / 1e6
-    m = conf["model"]
     text_pretraining, share = "text pretraining of the decoder (en->xx)", 0
     mt_config = Path(recipe.get("init_decoder") or "-") / "config.json"
     if mt_config.is_file():  # the text model's own recipe: its updates and its English denoising share
@@ -71,13 +74,7 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "The target language is chosen by the tag the decoder starts with.",
         "",
         "## Model",
-        f"- architecture: conv subsampler (2 x Conv1d k5 s2 + GLU) + {m['encoder_layers']}-layer encoder, "
-        f"{m['decoder_layers']}-layer decoder, d={m['d_model']}, {m['heads']} heads, FFN {m['ffn_dim']}, "
-        f"CTC head: {m['ctc']}",
-        f"- parameters: {param_count(model) / 1e6:.2f}M; weights file {size_mb:.1f} MB "
-        f"({next(iter(model.parameters())).dtype} in memory)",
-        f"- vocabulary: sentencepiece unigram, {m['vocab_size']} pieces with `<lang:xx>` tags",
-        "- features: 80-dim Kaldi fbank (25 ms / 10 ms), utterance CMVN",
+        *_architecture(model, conf, model_dir, tags=True),
         "",
         "## Recipe",
         "Made by this repository's own recipe, from nothing but registry packages (`make default-model`):",
@@ -123,6 +120,74 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "pretraining) "
         "on 2 CPU cores. It is undertrained: read the scores above before trusting an output. It shows the "
         "pipeline works end to end and is the baseline to beat.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _architecture(model: Any, conf: dict[str, Any], model_dir: Path, tags: bool) -> list[str]:
+    m = conf["model"]
+    size_mb = (model_dir / "model.safetensors").stat().st_size / 1e6
+    return [
+        f"- architecture: conv subsampler (2 x Conv1d k5 s2 + GLU) + {m['encoder_layers']}-layer encoder, "
+        f"{m['decoder_layers']}-layer decoder, d={m['d_model']}, {m['heads']} heads, FFN {m['ffn_dim']}, "
+        f"CTC head: {m['ctc']}",
+        f"- parameters: {param_count(model) / 1e6:.2f}M; weights file {size_mb:.1f} MB "
+        f"({next(iter(model.parameters())).dtype} in memory)",
+        f"- vocabulary: sentencepiece unigram, {m['vocab_size']} pieces" + (" with `<lang:xx>` tags" if tags else ""),
+        "- features: 80-dim Kaldi fbank (25 ms / 10 ms), utterance CMVN",
+    ]
+
+
+def _asr_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: list[dict[str, Any]] | None) -> str:
+    """The card of the ASR model that ships beside the translator."""
+    recipe = conf.get("recipe", {})
+    lines = [
+        "# interpres ASR model: English speech to English text",
+        "",
+        "One CNN+Transformer model (fairseq S2T style) that transcribes English speech. It ships beside the "
+        "translator (`speech/models/default`): `interpres transcribe` and `interpres eval mustc --task asr` use "
+        "it when no model is given. It is the ASR pretraining stage of the translator's recipe: the "
+        "translator's encoder starts from it.",
+        "",
+        "## Model",
+        *_architecture(model, conf, model_dir, tags=False),
+        "",
+        "## Recipe",
+        "Made by this repository's own recipe, from nothing but registry packages (`make default-model`):",
+        "```sh",
+        "interpres data text                              # gettext catalogs + English sentences",
+        "interpres data speech --size small               # espeak-ng / flite / festival speech, MuST-C layout",
+        "interpres train asr configs/speech/asr_small.yaml  # this model",
+        "```",
+        f"- training: {conf.get('updates', '?')} updates in {conf.get('train_seconds', 0) / 60:.1f} min, "
+        f"{conf.get('processes', 1)} process(es) x {conf.get('threads', '?')} CPU threads, from scratch; average "
+        f"of {', '.join(conf.get('averaged', []))}",
+        f"- key settings: lr {recipe.get('lr')}, warmup {recipe.get('warmup_updates')}, max_frames "
+        f"{recipe.get('max_frames')}, label smoothing {recipe.get('label_smoothing')}, CTC weight "
+        f"{recipe.get('ctc_weight')}, SpecAugment {recipe.get('specaugment')}, seed {recipe.get('seed')}",
+        "",
+        "## Data",
+        f"- corpus `{recipe.get('corpus')}` built by `interpres data speech`: the English sentences of the "
+        f"corpus ({recipe.get('asr_corpus_pair', 'en-asr')}) and the English sides of its "
+        f"{len(recipe.get('langs') or [])} translation pairs (software messages from Debian and Python packages' "
+        "gettext catalogs, short interface strings of about 5 words), spoken by 14 synthetic voices; tst-VOICE "
+        "holds the tst-COMMON sentences spoken by 4 voices no training split has.",
+        "- the texts carry the licenses of the packages they come from (mostly GPL/LGPL).",
+        "",
+        "## Scores",
+        "Dev (greedy, attention only, during training): "
+        + ", ".join(f"{k} {v}" for k, v in conf.get("dev_scores", {}).items()),
+        "",
+    ]
+    if scores:
+        dec = scores[0].get("decoding", {})
+        lines += [f"Test (`interpres eval mustc --task asr`, beam {scores[0].get('beam', '?')}, joint "
+                  f"CTC/attention weight {dec.get('ctc_weight', 0.0)}):", "", *_scores_table(scores), ""]
+    lines += [
+        "## Limits",
+        "- Synthetic voices and software-message text: expect much lower quality on real, spontaneous speech.",
+        f"- A small model trained for {conf.get('train_seconds', 0) / 60:.0f} minutes on 2 CPU cores. It is "
+        "undertrained: read the scores above before trusting a transcript.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "spm.model"
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"  # the translator
+BUNDLED_ASR_DIR = Path(__file__).resolve().parent / "models" / "asr"  # the ASR model shipped beside it
 TASKS = ("st", "asr")
 RUNTIMES = ("torch", "onnx")
 FORMATS = ("text", "json", "srt")
@@ -250,11 +251,23 @@ def _load_one(path: Path, runtime: str = "torch", onnx_precision: str = "int8") 
     return translator
 
 
+def bundled_model(task: str | None = None) -> Path:
+    """The bundled model for ``task``: for "asr" the ASR model shipped beside the translator
+    (``speech/models/asr``; it transcribes better than the translator's ``<lang:en>``), when
+    the package has it; otherwise, and for translation, the translator (``speech/models/default``)."""
+    if task == "asr" and (BUNDLED_ASR_DIR / CONFIG_FILE).is_file():
+        return BUNDLED_ASR_DIR
+    if not (BUNDLED_MODEL_DIR / CONFIG_FILE).is_file():
+        raise TranslateError("no bundled model yet; pass --model DIR")
+    return BUNDLED_MODEL_DIR
+
+
 def load_translator(model_dir: str | Path | Sequence[str | Path] | None = None, runtime: str = "torch",
-                    onnx_precision: str = "int8") -> Translator:
+                    onnx_precision: str = "int8", task: str | None = None) -> Translator:
     """Load a model directory: ``config.json``, ``model.safetensors``, ``spm.model``.
 
-    ``model_dir`` None is the bundled model; several directories make an ensemble (they
+    ``model_dir`` None is the bundled model for ``task`` (:func:`bundled_model`: the ASR
+    model for "asr", else the translator); several directories make an ensemble (they
     must share ``spm.model``, the task and the feature settings; the languages are those
     they all have). Raises TranslateError naming the missing or wrong file, and the
     model loader's ConfigError / CheckpointError for a broken config or weights.
@@ -268,9 +281,7 @@ def load_translator(model_dir: str | Path | Sequence[str | Path] | None = None, 
     if onnx_precision not in ("int8", "fp32"):
         raise TranslateError(f"unknown ONNX precision '{onnx_precision}' (known: int8, fp32)")
     if model_dir is None:
-        if not (BUNDLED_MODEL_DIR / CONFIG_FILE).is_file():
-            raise TranslateError("no bundled model yet; pass --model DIR")
-        model_dir = BUNDLED_MODEL_DIR
+        model_dir = bundled_model(task)
     dirs = [Path(model_dir)] if isinstance(model_dir, (str, os.PathLike)) else [Path(d) for d in model_dir]
     if not dirs:
         raise TranslateError("no model directory given")

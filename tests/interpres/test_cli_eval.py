@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from interpres.cli import main
 from speech import translate
@@ -94,9 +93,25 @@ def test_errors_exit_2_naming_the_culprit(corpus, model_dir, tmp_path, capsys, m
     assert report["pairs"]["en-de"]["n_skipped"] == 1 and report["skip_bad"] is True
 
     monkeypatch.setattr(translate, "BUNDLED_MODEL_DIR", tmp_path / "bundled")
+    monkeypatch.setattr(translate, "BUNDLED_ASR_DIR", tmp_path / "bundled-asr")
     args = [a for a in eval_args(corpus, model_dir, out) if a not in ("--model", str(model_dir))]
     assert "no bundled model yet; pass --model DIR" in error_of(capsys, args)
     assert not (tmp_path / "out" / "en-fr").exists()
+
+
+def test_without_a_model_asr_evaluation_uses_the_bundled_asr_model(tmp_path, monkeypatch, capsys):
+    corpus = build_eval_corpus(tmp_path / "c", pairs=("en-asr", "en-de"))
+    monkeypatch.setattr(translate, "BUNDLED_MODEL_DIR", make_model_dir(tmp_path / "default", langs=("de", "en")))
+    monkeypatch.setattr(translate, "BUNDLED_ASR_DIR", make_model_dir(tmp_path / "asr", langs=("en",), task="asr"))
+    base = ["eval", "mustc", "--root", str(corpus), "--split", SPLIT, "--beam", "1", "--batch-frames", "250"]
+    for extra, model in ((["--pairs", "en-asr"], "asr"), (["--pairs", "en-de", "--task", "asr"], "asr"),
+                         (["--pairs", "en-asr,en-de"], "default")):
+        out = tmp_path / f"out-{len(extra)}"
+        assert main([*base, *extra, "--out", str(out)]) == 0
+        capsys.readouterr()
+        report = json.loads((out / "scores.json").read_text())
+        assert report["models"] == [str(tmp_path / model)], extra
+        assert all(s.get("wer") is not None for s in report["pairs"].values()) or model == "default"
 
 
 def test_help_lists_the_options(capsys):

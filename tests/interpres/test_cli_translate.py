@@ -6,7 +6,6 @@ import re
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from interpres.cli import main
 from speech import translate
@@ -86,6 +85,7 @@ def test_errors_are_messages_naming_the_culprit(model_dir, wav, tmp_path, capsys
     err = error_of(capsys, ["transcribe", str(wav), "--model", str(model_dir)])
     assert "cannot transcribe English" in err
     monkeypatch.setattr(translate, "BUNDLED_MODEL_DIR", tmp_path / "bundled")
+    monkeypatch.setattr(translate, "BUNDLED_ASR_DIR", tmp_path / "bundled-asr")
     assert "no bundled model yet; pass --model DIR" in error_of(capsys, ["translate", str(wav), "--tgt", "de"])
     assert "no bundled model yet" in error_of(capsys, ["transcribe", str(wav)])
     assert "--tgt names no language" in error_of(capsys, ["translate", str(wav), "--tgt", ","])
@@ -120,3 +120,16 @@ def test_the_bundled_model_needs_no_model_argument(wav, capsys):
     card = (translate.BUNDLED_MODEL_DIR / "README.md").read_text()
     assert "## Recipe" in card and "tst-VOICE" in card
     assert (translate.BUNDLED_MODEL_DIR / "model.safetensors").stat().st_size < 25e6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not translate.BUNDLED_ASR_DIR.joinpath("config.json").exists(), reason="no bundled ASR model")
+def test_the_bundled_asr_model_transcribes_with_no_model_argument(wav, capsys):
+    """The ASR model ships beside the translator, and transcribe uses it with no model argument."""
+    assert translate.load_translator(None, task="asr").model_dirs == [translate.BUNDLED_ASR_DIR]
+    assert main(["transcribe", str(wav), "--format", "json", "--beam", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["lang"] == "en"
+    card = (translate.BUNDLED_ASR_DIR / "README.md").read_text()
+    assert card.startswith("# interpres ASR model") and "tst-VOICE" in card and "en-asr" in card
+    sizes = [(d / "model.safetensors").stat().st_size for d in (translate.BUNDLED_ASR_DIR, translate.BUNDLED_MODEL_DIR)]
+    assert max(sizes) < 25e6 and sum(sizes) < 25e6  # each within the limit, and both together

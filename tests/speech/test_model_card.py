@@ -36,3 +36,20 @@ def test_the_card_names_the_text_pretraining_it_came_from(tmp_path):
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     load_model_dir(out)  # and it loads
     assert (out / "model.safetensors").stat().st_size < 0.6 * (model / "model.safetensors").stat().st_size
+
+
+def test_the_asr_model_has_its_own_card(tmp_path):
+    model = make_model_dir(tmp_path / "asr", langs=("en",), task="asr")
+    conf = json.loads((model / "config.json").read_text())
+    conf |= {"recipe": {"corpus": "small", "asr_corpus_pair": "en-asr", "langs": ["de", "fr"], "ctc_weight": 0.5,
+                        "specaugment": "none"}, "updates": 2400, "train_seconds": 2460, "dev_scores": {"wer_en": 107.0}}
+    (model / "config.json").write_text(json.dumps(conf))
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"split": "tst-VOICE", "beam": 5, "decoding": {"ctc_weight": 0.5}, "pairs": {
+        "en-asr": {"wer": 85.5, "n_utterances": 200}}}))
+    card = (bundle(model, tmp_path / "bundle", [scores]) / "README.md").read_text()
+    assert card.startswith("# interpres ASR model: English speech to English text")
+    assert "interpres train asr configs/speech/asr_small.yaml" in card and "train st" not in card
+    assert "| tst-VOICE | en-asr |  |  | 85.5 | 200 |" in card and "joint CTC/attention weight 0.5" in card
+    assert "English sides of its 2 translation pairs" in card and "<lang:xx>" not in card
+    assert "2400 updates in 41.0 min" in card

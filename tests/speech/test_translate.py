@@ -141,8 +141,11 @@ def test_load_translator_names_what_is_missing(model_dir, tmp_path, monkeypatch)
     with pytest.raises(TranslateError, match=r"broken/config.json: not found"):
         load_translator(broken)
     monkeypatch.setattr(translate, "BUNDLED_MODEL_DIR", tmp_path / "bundled")
+    monkeypatch.setattr(translate, "BUNDLED_ASR_DIR", tmp_path / "bundled-asr")
     with pytest.raises(TranslateError, match="no bundled model yet; pass --model DIR"):
         load_translator(None)
+    with pytest.raises(TranslateError, match="no bundled model yet; pass --model DIR"):
+        load_translator(None, task="asr")
     bad_task = make_model_dir(tmp_path / "bad", task="mt")
     with pytest.raises(TranslateError, match="'task' must be one of st, asr, got 'mt'"):
         load_translator(bad_task)
@@ -196,3 +199,17 @@ def test_joint_ctc_applies_to_the_english_rows_only(tmp_path):
     assert translate.resolve_ctc_weight(tr, None) == 0.0
     with pytest.raises(TranslateError, match="needs a CTC head"):
         tr.decode(feats, ["en"], joint)
+
+
+def test_the_bundled_asr_model_transcribes_and_the_translator_translates(tmp_path, monkeypatch):
+    st = make_model_dir(tmp_path / "default", langs=("de", "en"))
+    monkeypatch.setattr(translate, "BUNDLED_MODEL_DIR", st)
+    monkeypatch.setattr(translate, "BUNDLED_ASR_DIR", tmp_path / "asr")
+    # no ASR model in the package: the translator transcribes under <lang:en>
+    assert load_translator(None, task="asr").model_dirs == [st]
+    asr = make_model_dir(tmp_path / "asr", langs=("en",), task="asr", seed=1)
+    tr = load_translator(None, task="asr")
+    assert tr.model_dirs == [asr] and tr.task == "asr" and tr.transcription_language() == "en"
+    for task in (None, "st"):
+        assert load_translator(None, task=task).model_dirs == [st]
+    assert load_translator(st, task="asr").model_dirs == [st]  # a model given is the model used
