@@ -316,10 +316,13 @@ class LogitFilter:
 class SuppressTokens(LogitFilter):
     def __init__(self, ids: Sequence[int]):
         self.ids = sorted(set(ids))
+        self._index = torch.tensor(self.ids, dtype=torch.long)
 
     def apply(self, lprobs: Tensor, tokens: Tensor, step: int) -> None:
         if self.ids:
-            lprobs[:, self.ids] = -math.inf
+            if self._index.device != lprobs.device:
+                self._index = self._index.to(lprobs.device)
+            lprobs.index_fill_(1, self._index, -math.inf)
 
 
 class MinLength(LogitFilter):
@@ -358,13 +361,19 @@ class RepetitionGuard:
 
     def must_stop(self, tokens: Tensor) -> Tensor:
         """tokens (N, t) generated so far -> (N,) bool"""
-        stop = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-        for n in range(1, self.max_ngram + 1):
-            span = n * self.max_times
-            if tokens.shape[1] < span:
-                break
-            tail = tokens[:, -span:].reshape(-1, self.max_times, n)
-            stop |= (tail == tail[:, :1]).all(dim=2).all(dim=1)
+        return torch.tensor(self.rows_to_stop(tokens), dtype=torch.bool, device=tokens.device)
+
+    def rows_to_stop(self, tokens: Tensor) -> list[bool]:
+        """:meth:`must_stop` as a list. The tails are a few tokens per row, so plain Python
+        lists check them faster than a dozen tiny tensor operations at every step."""
+        rows, times = tokens.shape[0], self.max_times
+        if tokens.shape[1] < times:  # not even one token repeated ``times`` times yet
+            return [False] * rows
+        span = min(tokens.shape[1], self.max_ngram * times)
+        stop = []
+        for tail in tokens[:, -span:].tolist():
+            stop.append(any(tail[-n * times:] == tail[-n * times:-n * times + n] * times
+                            for n in range(1, self.max_ngram + 1) if n * times <= span))
         return stop
 
 
@@ -380,20 +389,22 @@ class _Rules:
             self.filters.append(NoRepeatNGram(opts.no_repeat_ngram_size))
         self.guard = RepetitionGuard(opts.repeat_max_ngram, opts.repeat_max_times) if opts.repetition_guard else None
 
-    def apply(self, lprobs: Tensor, tokens: Tensor, step: int, max_lens: Tensor) -> Tensor:
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int, max_lens: Tensor) -> list[int]:
         """Filter ``lprobs`` (N, V) in place; rows that must end keep only the model's eos.
-        tokens (N, step) generated so far, max_lens (N,) -> (N,) long index into STOP_REASONS."""
-        eos_lprobs = lprobs[:, self.eos_id].clone()
+        tokens (N, step) generated so far, max_lens (N,) -> per row, an index into STOP_REASONS
+        (0 for a row free to go on). The decisions are made on Python lists: at batch 1 a
+        decoding step is a handful of tiny operations, and each tensor one costs more than
+        its arithmetic."""
+        stop = self.guard.rows_to_stop(tokens) if self.guard is not None else [False] * lprobs.shape[0]
+        maxed = (max_lens <= step).tolist()
+        reason = [2 if m else 1 if r else 0 for r, m in zip(stop, maxed)]  # max_len wins over repetition
+        forced = [i for i, r in enumerate(reason) if r]
+        eos_lprobs = lprobs[forced, self.eos_id] if forced else None  # the model's own, before any filter
         for f in self.filters:
             f.apply(lprobs, tokens, step)
-        reason = torch.zeros(lprobs.shape[0], dtype=torch.long, device=lprobs.device)
-        if self.guard is not None:
-            reason[self.guard.must_stop(tokens)] = STOP_REASONS.index("repetition")
-        reason[max_lens <= step] = STOP_REASONS.index("max_len")
-        forced = reason > 0
-        if forced.any():
+        if forced:
             lprobs[forced] = -math.inf
-            lprobs[forced, self.eos_id] = eos_lprobs[forced]
+            lprobs[forced, self.eos_id] = eos_lprobs
         return reason
 
 
@@ -445,27 +456,34 @@ def greedy_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates
     ens, tokens, max_lens, rules, ctc = _setup(models, enc_states, prefix, opts)
     batch, plen = tokens.shape
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    rows = torch.arange(batch, device=tokens.device)  # the utterance of each live row
-    log_probs = torch.zeros(batch, dtype=torch.float64, device=tokens.device)
+    rows = list(range(batch))  # the utterance of each live row
+    row_max = max_lens  # the length bound of each live row
+    log_probs = [0.0] * batch  # float64 sums, as Python floats are
     for step in range(int(max_lens.max()) + 1 if batch else 0):
         lprobs = ens.step(tokens)
-        reason = rules.apply(lprobs, tokens[:, plen:], step, max_lens[rows])
+        reason = rules.apply(lprobs, tokens[:, plen:], step, row_max)
         if ctc is not None:
             lprobs = ctc.joint(lprobs, opts.ctc_weight, _pre_beam(opts))
-        best, token = lprobs.max(dim=1)
-        log_probs += best.double()
-        ended = (token == rules.eos_id) | torch.isinf(best)
-        for i in ended.nonzero().flatten().tolist():
-            gen = tokens[i, plen:].tolist()
-            results[int(rows[i])].append(_hypothesis(gen, float(log_probs[i]), opts.length_penalty, int(reason[i])))
-        if ended.all():
+        best_t, token = lprobs.max(dim=1)
+        best = best_t.tolist()
+        ended = [tok == rules.eos_id or math.isinf(b) for tok, b in zip(token.tolist(), best)]
+        keep = []
+        for i, (b, end) in enumerate(zip(best, ended)):
+            log_probs[i] += b
+            if end:
+                gen = tokens[i, plen:].tolist()
+                results[rows[i]].append(_hypothesis(gen, log_probs[i], opts.length_penalty, reason[i]))
+            else:
+                keep.append(i)
+        if not keep:
             break
-        keep = (~ended).nonzero().flatten()
         if ctc is not None:
-            ctc.advance(keep, token[keep])
+            ctc.advance(torch.tensor(keep, device=tokens.device), token[keep])
         if len(keep) < len(rows):
-            ens.reorder(keep)
-            rows, tokens, token, log_probs = rows[keep], tokens[keep], token[keep], log_probs[keep]
+            index = torch.tensor(keep, device=tokens.device)
+            ens.reorder(index)
+            tokens, token, row_max = tokens[index], token[index], row_max[index]
+            rows, log_probs = [rows[i] for i in keep], [log_probs[i] for i in keep]
         tokens = torch.cat([tokens, token[:, None]], dim=1)
     return [DecodingResult(hyps) for hyps in results]
 
@@ -511,28 +529,31 @@ def beam_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates],
 
         # Hypotheses that end now: an eos among the top K candidates (fairseq), and every row
         # forced to end, whatever its rank (its eos is its only continuation).
-        forced = reason > 0
+        sent_ids = sents.tolist()
         ending: list[tuple[float, int, int]] = []  # (score, group, row)
-        final = is_eos[:, :k] & torch.isfinite(cand_scores[:, :k])
-        for g, j in final.nonzero().tolist():
-            row = g * k + int(cand_beam[g, j])
-            if not forced[row]:
-                ending.append((float(cand_scores[g, j]), g, row))
-        if forced.any():
-            forced_scores = scores + lprobs[:, rules.eos_id].double()
-            for row in (forced & torch.isfinite(forced_scores)).nonzero().flatten().tolist():
-                ending.append((float(forced_scores[row]), row // k, row))
+        final = (is_eos[:, :k] & torch.isfinite(cand_scores[:, :k])).nonzero().tolist()
+        if final:
+            top_beam, top_score = cand_beam[:, :k].tolist(), cand_scores[:, :k].tolist()
+            for g, j in final:
+                row = g * k + top_beam[g][j]
+                if not reason[row]:
+                    ending.append((top_score[g][j], g, row))
+        if any(reason):
+            forced_scores = (scores + lprobs[:, rules.eos_id].double()).tolist()
+            for row, r in enumerate(reason):
+                if r and math.isfinite(forced_scores[row]):
+                    ending.append((forced_scores[row], row // k, row))
         for score, g, row in sorted(ending, key=lambda e: -e[0]):
-            hyps = finished[int(sents[g])]
+            hyps = finished[sent_ids[g]]
             if len(hyps) < k:  # K per utterance at most, the best first
-                hyps.append(_hypothesis(tokens[row, plen:].tolist(), score, opts.length_penalty, int(reason[row])))
+                hyps.append(_hypothesis(tokens[row, plen:].tolist(), score, opts.length_penalty, reason[row]))
         # the K best candidates that are not eos go on
         order = torch.where(is_eos, ranks + 2 * k, ranks).topk(k, dim=1, largest=False).indices
         next_scores = cand_scores.gather(1, order)
         next_beam = cand_beam.gather(1, order)
         next_token = cand_token.gather(1, order)
 
-        done = torch.tensor([len(finished[int(s)]) >= k for s in sents], device=device)
+        done = torch.tensor([len(finished[s]) >= k for s in sent_ids], device=device)
         done |= max_lens[sents] <= step
         done |= ~torch.isfinite(next_scores).any(dim=1)
         if done.all():

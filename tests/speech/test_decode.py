@@ -237,6 +237,22 @@ def test_repetition_guard_rule():
     assert guard.must_stop(torch.tensor([[7, 7, 7]])).tolist() == [False]
 
 
+def test_repetition_guard_agrees_with_its_definition_on_random_tails():
+    """The guard checks Python lists; its definition is the last n * times tokens being one
+    n-gram ``times`` times over, for some n <= max_ngram."""
+    gen = torch.Generator().manual_seed(0)
+    for max_ngram, times in ((4, 4), (2, 3), (1, 2), (3, 2)):
+        guard = RepetitionGuard(max_ngram=max_ngram, max_times=times)
+        for length in range(0, 14):
+            tokens = torch.randint(0, 3, (64, length), generator=gen)  # 3 symbols: repeats are common
+            want = []
+            for row in tokens.tolist():
+                want.append(any(len(row) >= n * times and row[-n * times:] == row[-n:] * times
+                                for n in range(1, max_ngram + 1)))
+            assert guard.must_stop(tokens).tolist() == want, (max_ngram, times, length)
+            assert guard.rows_to_stop(tokens) == want
+
+
 def test_no_repeat_ngram_and_min_len():
     model = rigged(token=9)
     x, xl = features([40])
