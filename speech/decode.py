@@ -389,14 +389,14 @@ class _Rules:
             self.filters.append(NoRepeatNGram(opts.no_repeat_ngram_size))
         self.guard = RepetitionGuard(opts.repeat_max_ngram, opts.repeat_max_times) if opts.repetition_guard else None
 
-    def apply(self, lprobs: Tensor, tokens: Tensor, step: int, max_lens: Tensor) -> list[int]:
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int, max_lens: Sequence[int]) -> list[int]:
         """Filter ``lprobs`` (N, V) in place; rows that must end keep only the model's eos.
-        tokens (N, step) generated so far, max_lens (N,) -> per row, an index into STOP_REASONS
+        tokens (N, step) generated so far, max_lens the N rows' length bounds -> per row, an index into STOP_REASONS
         (0 for a row free to go on). The decisions are made on Python lists: at batch 1 a
         decoding step is a handful of tiny operations, and each tensor one costs more than
         its arithmetic."""
         stop = self.guard.rows_to_stop(tokens) if self.guard is not None else [False] * lprobs.shape[0]
-        maxed = (max_lens <= step).tolist()
+        maxed = [m <= step for m in max_lens]
         reason = [2 if m else 1 if r else 0 for r, m in zip(stop, maxed)]  # max_len wins over repetition
         forced = [i for i, r in enumerate(reason) if r]
         eos_lprobs = lprobs[forced, self.eos_id] if forced else None  # the model's own, before any filter
@@ -457,9 +457,9 @@ def greedy_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates
     batch, plen = tokens.shape
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     rows = list(range(batch))  # the utterance of each live row
-    row_max = max_lens  # the length bound of each live row
+    row_max = max_lens.tolist()  # the length bound of each live row
     log_probs = [0.0] * batch  # float64 sums, as Python floats are
-    for step in range(int(max_lens.max()) + 1 if batch else 0):
+    for step in range(max(row_max) + 1 if batch else 0):
         lprobs = ens.step(tokens)
         reason = rules.apply(lprobs, tokens[:, plen:], step, row_max)
         if ctc is not None:
@@ -482,8 +482,8 @@ def greedy_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates
         if len(keep) < len(rows):
             index = torch.tensor(keep, device=tokens.device)
             ens.reorder(index)
-            tokens, token, row_max = tokens[index], token[index], row_max[index]
-            rows, log_probs = [rows[i] for i in keep], [log_probs[i] for i in keep]
+            tokens, token = tokens[index], token[index]
+            rows, log_probs, row_max = [rows[i] for i in keep], [log_probs[i] for i in keep], [row_max[i] for i in keep]
         tokens = torch.cat([tokens, token[:, None]], dim=1)
     return [DecodingResult(hyps) for hyps in results]
 
@@ -512,60 +512,59 @@ def beam_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates],
     scores = torch.full((batch, k), -math.inf, dtype=torch.float64, device=device)
     scores[:, 0] = 0.0
     scores = scores.flatten()
-    sents = torch.arange(batch, device=device)  # the utterance of each live group of k rows
-    ranks = torch.arange(2 * k, device=device)
-    for step in range(int(max_lens.max()) + 1):
+    sents = list(range(batch))  # the utterance of each live group of k rows
+    max_len = max_lens.tolist()
+    for step in range(max(max_len) + 1):
         live = len(sents)
         lprobs = ens.step(tokens)
-        row_max = max_lens[sents].repeat_interleave(k)
-        reason = rules.apply(lprobs, tokens[:, plen:], step, row_max)
+        reason = rules.apply(lprobs, tokens[:, plen:], step, [max_len[s] for s in sents for _ in range(k)])
         if ctc is not None:
             lprobs = ctc.joint(lprobs, opts.ctc_weight, _pre_beam(opts))
         cand = (scores[:, None] + lprobs.double()).view(live, k * vocab)
         cand_scores, cand_index = cand.topk(2 * k, dim=1)  # (live, 2K), best first
-        cand_beam = torch.div(cand_index, vocab, rounding_mode="floor")
-        cand_token = cand_index % vocab
-        is_eos = cand_token == rules.eos_id
+        # The rest of the step works on the 2K candidates of each group as Python lists: a
+        # few dozen numbers, for which tensor operations cost more than the arithmetic.
+        top_scores, top_index = cand_scores.tolist(), cand_index.tolist()
 
         # Hypotheses that end now: an eos among the top K candidates (fairseq), and every row
         # forced to end, whatever its rank (its eos is its only continuation).
-        sent_ids = sents.tolist()
         ending: list[tuple[float, int, int]] = []  # (score, group, row)
-        final = (is_eos[:, :k] & torch.isfinite(cand_scores[:, :k])).nonzero().tolist()
-        if final:
-            top_beam, top_score = cand_beam[:, :k].tolist(), cand_scores[:, :k].tolist()
-            for g, j in final:
-                row = g * k + top_beam[g][j]
-                if not reason[row]:
-                    ending.append((top_score[g][j], g, row))
+        nexts: list[list[tuple[float, int, int]]] = []  # per group: the K (score, beam, token) that go on
+        for g in range(live):
+            go_on, eos = [], []
+            for j, (score, index) in enumerate(zip(top_scores[g], top_index[g])):
+                beam, token = divmod(index, vocab)
+                if token == rules.eos_id:
+                    eos.append((score, beam, token))
+                    row = g * k + beam
+                    if j < k and math.isfinite(score) and not reason[row]:
+                        ending.append((score, g, row))
+                else:
+                    go_on.append((score, beam, token))
+            # the K best candidates that are not eos go on (eos ones fill up, as fairseq's ranks do)
+            nexts.append((go_on + eos)[:k])
         if any(reason):
             forced_scores = (scores + lprobs[:, rules.eos_id].double()).tolist()
             for row, r in enumerate(reason):
                 if r and math.isfinite(forced_scores[row]):
                     ending.append((forced_scores[row], row // k, row))
         for score, g, row in sorted(ending, key=lambda e: -e[0]):
-            hyps = finished[sent_ids[g]]
+            hyps = finished[sents[g]]
             if len(hyps) < k:  # K per utterance at most, the best first
                 hyps.append(_hypothesis(tokens[row, plen:].tolist(), score, opts.length_penalty, reason[row]))
-        # the K best candidates that are not eos go on
-        order = torch.where(is_eos, ranks + 2 * k, ranks).topk(k, dim=1, largest=False).indices
-        next_scores = cand_scores.gather(1, order)
-        next_beam = cand_beam.gather(1, order)
-        next_token = cand_token.gather(1, order)
 
-        done = torch.tensor([len(finished[s]) >= k for s in sent_ids], device=device)
-        done |= max_lens[sents] <= step
-        done |= ~torch.isfinite(next_scores).any(dim=1)
-        if done.all():
+        keep = [g for g in range(live) if len(finished[sents[g]]) < k and max_len[sents[g]] > step
+                and any(math.isfinite(score) for score, _, _ in nexts[g])]
+        if not keep:
             break
-        keep = (~done).nonzero().flatten()
-        rows = (keep[:, None] * k + next_beam[keep]).flatten()
+        rows = torch.tensor([g * k + beam for g in keep for _, beam, _ in nexts[g]], device=device)
+        next_token = torch.tensor([token for g in keep for _, _, token in nexts[g]], device=device)
         ens.reorder(rows)
         if ctc is not None:
-            ctc.advance(rows, next_token[keep].flatten())
-        tokens = torch.cat([tokens[rows], next_token[keep].reshape(-1, 1)], dim=1)
-        scores = next_scores[keep].flatten()
-        sents = sents[keep]
+            ctc.advance(rows, next_token)
+        tokens = torch.cat([tokens[rows], next_token[:, None]], dim=1)
+        scores = torch.tensor([score for g in keep for score, _, _ in nexts[g]], dtype=torch.float64, device=device)
+        sents = [sents[g] for g in keep]
 
     # sorted is stable: the order of finishing breaks ties
     return [DecodingResult(sorted(hyps, key=lambda h: -h.score)[: opts.nbest]) for hyps in finished]
