@@ -596,7 +596,6 @@ def bundle_task(opts: EvalOptions) -> str | None:
     return opts.task or ("asr" if opts.pairs and all(p == "en-asr" for p in opts.pairs) else None)
 
 
-
 def evaluate_mustc(opts: EvalOptions, translator: Translator | None = None) -> dict | None:
     """Decode and score every pair; return the report (rank 0), or None on the other ranks.
 
@@ -653,7 +652,8 @@ def evaluate_mustc(opts: EvalOptions, translator: Translator | None = None) -> d
 def launch_workers(opts: EvalOptions, n: int, argv: Sequence[str]) -> int:
     """Check ``opts`` here (so that a bad pair or model is one clear error), then run
     ``interpres ARGV`` in ``n`` processes under torchrun on this machine; its exit status."""
-    translator = load_translator(opts.models, runtime=opts.runtime, task=bundle_task(opts))  # with onnx: exports once, before the workers
+    # with onnx: exports once, before the workers
+    translator = load_translator(opts.models, runtime=opts.runtime, task=bundle_task(opts))
     plan_pairs(opts, translator)
     del translator
     root = str(Path(__file__).resolve().parent.parent)
