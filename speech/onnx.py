@@ -465,9 +465,19 @@ class OnnxDecoder:
 
 class OnnxS2TModel:
     """An exported model on onnxruntime with the decoding interface of S2TModel (and of
-    MTModel, for the ``text`` family)."""
+    MTModel, for the ``text`` family).
 
-    def __init__(self, folder: str | Path, precision: str = "int8", threads: int | None = None):
+    The encoder runs on ``threads`` intra-op threads, the decoder on ``decoder_threads``
+    (default 1). A decoder step is a handful of small matrix products (one token per row),
+    too small to split across cores: waking a second onnxruntime thread for each of them
+    costs more than it saves, and spinning threads would fight torch's, which do the
+    search's work between steps. Measured on 2 cores (55 tst-COMMON items, int8, two
+    interleaved rounds): the bundled translator's p50 at batch 1 and beam 5 went from
+    34-43 ms to 27-28 ms, and the pruned student's greedy batch-16 throughput from 64-80 to
+    101-110 items/s (BENCHMARKS.md, issue 6)."""
+
+    def __init__(self, folder: str | Path, precision: str = "int8", threads: int | None = None,
+                 decoder_threads: int = 1):
         if precision not in PRECISIONS:
             raise ValueError(f"OnnxS2TModel: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.folder = Path(folder)
@@ -482,7 +492,7 @@ class OnnxS2TModel:
         layers = index["decoder_layers"]
         self.encoder = OrtSession(encoder_file, threads)
         self.encoder.check_names(*encoder_io(len(layers), self.family))
-        session = OrtSession(decoder_file, threads)
+        session = OrtSession(decoder_file, decoder_threads)
         session.check_names(*decoder_io(len(layers)))
         self.decoder = OnnxDecoder(session, layers, self.cfg.max_target_positions)
         self.ctc_head: nn.Linear | None = None  # in torch, on enc_out: joint CTC/attention decoding
