@@ -105,15 +105,7 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
                       "`<lang:en>`" if share else "") + "); no test or dev sentence is in it.",
         "- the translations carry the licenses of the packages they come from (mostly GPL/LGPL).",
         "",
-        "## Scores",
-        "Dev (greedy, during training): " + ", ".join(f"{k} {v}" for k, v in conf.get("dev_scores", {}).items()),
-        "",
-    ]
-    if scores:
-        dec = scores[0].get("decoding", {})
-        lines += [f"Test (`interpres eval mustc`, beam {scores[0].get('beam', '?')}, English outputs with joint "
-                  f"CTC/attention weight {dec.get('ctc_weight', 0.0)}):", "", *_scores_table(scores), ""]
-    lines += [
+        *_scores_section(conf, scores, "greedy", "`interpres eval mustc`", "English outputs with joint"),
         "## Limits",
         "- Synthetic voices and software-message text: expect much lower quality on real, spontaneous speech.",
         f"- A small model trained for {conf.get('train_seconds', 0) / 60:.0f} minutes (after its ASR and text "
@@ -122,6 +114,18 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "pipeline works end to end and is the baseline to beat.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _scores_section(conf: dict[str, Any], scores: list[dict[str, Any]] | None, dev: str, test: str,
+                    joint: str) -> list[str]:
+    """The card's "## Scores": dev scores from training, then the test tables of ``scores``."""
+    lines = ["## Scores", f"Dev ({dev}, during training): "
+             + ", ".join(f"{k} {v}" for k, v in conf.get("dev_scores", {}).items()), ""]
+    if scores:
+        dec = scores[0].get("decoding", {})
+        lines += [f"Test ({test}, beam {scores[0].get('beam', '?')}, {joint} CTC/attention weight "
+                  f"{dec.get('ctc_weight', 0.0)}):", "", *_scores_table(scores), ""]
+    return lines
 
 
 def _architecture(model: Any, conf: dict[str, Any], model_dir: Path, tags: bool) -> list[str]:
@@ -174,16 +178,7 @@ def _asr_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: list[di
         "holds the tst-COMMON sentences spoken by 4 voices no training split has.",
         "- the texts carry the licenses of the packages they come from (mostly GPL/LGPL).",
         "",
-        "## Scores",
-        "Dev (greedy, attention only, during training): "
-        + ", ".join(f"{k} {v}" for k, v in conf.get("dev_scores", {}).items()),
-        "",
-    ]
-    if scores:
-        dec = scores[0].get("decoding", {})
-        lines += [f"Test (`interpres eval mustc --task asr`, beam {scores[0].get('beam', '?')}, joint "
-                  f"CTC/attention weight {dec.get('ctc_weight', 0.0)}):", "", *_scores_table(scores), ""]
-    lines += [
+        *_scores_section(conf, scores, "greedy, attention only", "`interpres eval mustc --task asr`", "joint"),
         "## Limits",
         "- Synthetic voices and software-message text: expect much lower quality on real, spontaneous speech.",
         f"- A small model trained for {conf.get('train_seconds', 0) / 60:.0f} minutes on 2 CPU cores. It is "
