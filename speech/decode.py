@@ -391,10 +391,10 @@ class _Rules:
 
     def apply(self, lprobs: Tensor, tokens: Tensor, step: int, max_lens: Sequence[int]) -> list[int]:
         """Filter ``lprobs`` (N, V) in place; rows that must end keep only the model's eos.
-        tokens (N, step) generated so far, max_lens the N rows' length bounds -> per row, an index into STOP_REASONS
-        (0 for a row free to go on). The decisions are made on Python lists: at batch 1 a
-        decoding step is a handful of tiny operations, and each tensor one costs more than
-        its arithmetic."""
+        tokens (N, step) generated so far, max_lens the N rows' length bounds -> per row, an
+        index into STOP_REASONS (0 for a row free to go on). The decisions are made on Python
+        lists: at batch 1 a decoding step is a handful of tiny operations, and each tensor
+        one costs more than its arithmetic."""
         stop = self.guard.rows_to_stop(tokens) if self.guard is not None else [False] * lprobs.shape[0]
         maxed = [m <= step for m in max_lens]
         reason = [2 if m else 1 if r else 0 for r, m in zip(stop, maxed)]  # max_len wins over repetition
@@ -477,10 +477,10 @@ def greedy_search(models: Sequence[S2TModel], enc_states: Sequence[EncoderStates
                 keep.append(i)
         if not keep:
             break
+        index = torch.tensor(keep, device=tokens.device)
         if ctc is not None:
-            ctc.advance(torch.tensor(keep, device=tokens.device), token[keep])
+            ctc.advance(index, token[index])
         if len(keep) < len(rows):
-            index = torch.tensor(keep, device=tokens.device)
             ens.reorder(index)
             tokens, token = tokens[index], token[index]
             rows, log_probs, row_max = [rows[i] for i in keep], [log_probs[i] for i in keep], [row_max[i] for i in keep]
