@@ -76,11 +76,7 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "## Model",
         *_architecture(model, conf, model_dir, tags=True),
         "",
-        "## Recipe",
-        "Made by this repository's own recipe, from nothing but registry packages (`make default-model`):",
-        "```sh",
-        "interpres data text                              # gettext catalogs + English sentences",
-        "interpres data speech --size small               # espeak-ng / flite / festival speech, MuST-C layout",
+        *RECIPE_HEAD,
         "interpres train asr configs/speech/asr_small.yaml  # ASR pretraining",
         f"interpres train mt configs/speech/mt_small.yaml    # {text_pretraining}",
         "interpres train st configs/speech/st_small.yaml    # ST: encoder from ASR, decoder from the text model",
@@ -114,6 +110,16 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "pipeline works end to end and is the baseline to beat.",
     ]
     return "\n".join(lines) + "\n"
+
+
+# how both cards' recipes start: the corpus builders, before each model's own training commands
+RECIPE_HEAD = [
+    "## Recipe",
+    "Made by this repository's own recipe, from nothing but registry packages (`make default-model`):",
+    "```sh",
+    "interpres data text                              # gettext catalogs + English sentences",
+    "interpres data speech --size small               # espeak-ng / flite / festival speech, MuST-C layout",
+]
 
 
 def _scores_section(conf: dict[str, Any], scores: list[dict[str, Any]] | None, dev: str, test: str,
@@ -156,11 +162,7 @@ def _asr_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: list[di
         "## Model",
         *_architecture(model, conf, model_dir, tags=False),
         "",
-        "## Recipe",
-        "Made by this repository's own recipe, from nothing but registry packages (`make default-model`):",
-        "```sh",
-        "interpres data text                              # gettext catalogs + English sentences",
-        "interpres data speech --size small               # espeak-ng / flite / festival speech, MuST-C layout",
+        *RECIPE_HEAD,
         "interpres train asr configs/speech/asr_small.yaml  # this model",
         "```",
         f"- training: {conf.get('updates', '?')} updates in {conf.get('train_seconds', 0) / 60:.1f} min, "
