@@ -18,7 +18,12 @@ sequence). :func:`truncate_targets` instead trains on only the first x% of each 
 
 Sequence-level KD: the teacher translates the training sources and the student learns
 those outputs; :class:`SeqKDCorpus` is the cache of that regenerated corpus: JSON lines
-appended batch by batch, so a killed regeneration resumes where it stopped.
+appended batch by batch, so a killed regeneration resumes where it stopped. Which of the
+teacher's beam hypotheses becomes the target is ``select``: ``best`` (its top one, Kim & Rush
+2016's Seq-KD) or ``closest`` (the one of its n-best nearest the reference by sentence chrF,
+their sequence-level interpolation, Seq-Inter: :func:`closest_to_reference`). A weak
+teacher's top hypothesis is often a degenerate string where another beam entry is close to
+the reference; Seq-Inter keeps the teacher's distribution while dropping those.
 """
 
 from __future__ import annotations
@@ -219,6 +224,35 @@ class SeqKDCorpus:
             cut = data.rfind(b"\n") + 1
             with self.path.open("r+b") as f:
                 f.truncate(cut)
+
+
+SEQ_KD_SELECT = ("best", "closest")
+_CHRF: Any = None
+
+
+def check_seq_kd_select(value: Any) -> str:
+    if value not in SEQ_KD_SELECT:
+        raise ValueError(f"seq_kd_select must be one of {', '.join(SEQ_KD_SELECT)}, got {value!r}")
+    return value
+
+
+def sentence_chrf(hypothesis: str, reference: str) -> float:
+    """chrF (sacrebleu's defaults: character 6-grams, beta 2) of one sentence, 0-100."""
+    global _CHRF
+    if _CHRF is None:
+        from sacrebleu.metrics import CHRF  # noqa: PLC0415
+
+        _CHRF = CHRF()
+    return float(_CHRF.sentence_score(hypothesis, [reference]).score)
+
+
+def closest_to_reference(candidates: Sequence[str], reference: str) -> int:
+    """The index of the candidate with the highest sentence chrF against ``reference`` (the
+    earliest, i.e. the teacher's better-ranked one, on ties): Seq-Inter's target choice."""
+    if not candidates:
+        raise ValueError("closest_to_reference: no candidates")
+    scores = [sentence_chrf(c, reference) for c in candidates]
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
 def teacher_log_probs(teachers: Sequence[torch.nn.Module], forward: Callable[[torch.nn.Module], Tensor]) -> Tensor | None:

@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from compress.distill import KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, teacher_log_probs, truncate_targets
+from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, check_seq_kd_select, closest_to_reference, kd_loss,
+                              teacher_log_probs, truncate_targets)
 from speech.augment import POLICIES, SpecAugmentConfig, spec_augment
 from speech.config import ConfigError
 from speech.data.cache import interpres_home
@@ -76,6 +77,7 @@ class TrainConfig(LoopConfig):
     seq_kd: bool = False
     seq_kd_beam: int = 5
     seq_kd_langs: list[str] = field(default_factory=list)  # targets the teachers rewrite; empty: all
+    seq_kd_select: str = "best"  # the teachers' top hypothesis, or "closest": the n-best entry nearest the reference
     max_frames: int = 12000  # fbank frames per batch (batch size x longest utterance)
     max_items: int = 128
     label_smoothing: float = 0.1
@@ -98,6 +100,10 @@ class TrainConfig(LoopConfig):
             raise ConfigError("init excludes init_encoder and init_decoder: init already sets the whole model")
         if self.seq_kd and not self.teacher:
             raise ConfigError("seq_kd needs teacher: the model directories whose outputs are learned")
+        try:
+            check_seq_kd_select(self.seq_kd_select)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         unknown = [lang for lang in self.seq_kd_langs if lang not in self.targets]
         if unknown:
             raise ConfigError(f"seq_kd_langs: {', '.join(unknown)} not among the targets ({', '.join(self.targets)})")
@@ -423,15 +429,19 @@ def train(cfg: TrainConfig) -> Path:
 def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tokenizer, path: Path,
                    cfg: TrainConfig) -> dict[str, LangData]:
     """Sequence-level KD: the training targets of ``seq_kd_langs`` (every language when empty)
-    replaced by the teachers' beam-search output (an ensemble when several), cached in
-    ``path`` and resumed after a kill (:class:`compress.distill.SeqKDCorpus`)."""
+    replaced by the teachers' beam-search output (an ensemble when several): its best
+    hypothesis, or with ``seq_kd_select: closest`` the one of its n-best nearest the reference
+    (Seq-Inter). Cached in ``path`` and resumed after a kill (:class:`compress.distill.SeqKDCorpus`)."""
     from speech.decode import DecodingOptions, encode, search  # noqa: PLC0415 - decode imports the model
 
     langs = [lang for lang in data if not cfg.seq_kd_langs or lang in cfg.seq_kd_langs]
     settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
                 "corpus": str(corpus_root(cfg.corpus)), "sizes": {lang: len(data[lang].items) for lang in langs}}
+    closest = cfg.seq_kd_select == "closest"
+    if closest:  # caches made before the choice existed hold the best hypotheses: same fingerprint
+        settings["select"] = "closest"
     corpus = SeqKDCorpus(path, settings)
-    opts = DecodingOptions(beam_size=cfg.seq_kd_beam)
+    opts = DecodingOptions(beam_size=cfg.seq_kd_beam, nbest=cfg.seq_kd_beam if closest else 1)
     tags = tuple(tok.lang_tag(lang) for lang in tok.languages)
     opts = dataclasses.replace(opts, suppress_tokens=tags)
     by_id = {f"{lang}:{k}": (lang, k) for lang in langs for k in range(len(data[lang].items))}
@@ -444,7 +454,15 @@ def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tok
         x, lens = pad_features(feats)
         states = encode(teachers, x, lens)
         prefix = [data[by_id[i][0]].targets[by_id[i][1]][:1] for i in chunk]  # the language tag
-        return [r.tokens for r in search(teachers, states, prefix, opts)]
+        results = search(teachers, states, prefix, opts)
+        if not closest:
+            return [r.tokens for r in results]
+        picked = []
+        for i, r in zip(chunk, results):
+            lang, k = by_id[i]
+            hyps = r.nbest or [r.best]
+            picked.append(hyps[closest_to_reference([tok.decode(h.tokens) for h in hyps], data[lang].refs[k])].tokens)
+        return picked
 
     progress = Progress(len(ids), "seq-KD targets", "utt")
     outs = corpus.build(ids, translate, batch_size=32, progress=progress)

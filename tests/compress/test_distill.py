@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from compress.distill import (KDConfig, SeqKDCorpus, SeqKDError, kd_loss, prefix_mask, section_mask,
-                              teacher_log_probs, truncate_targets)
+from compress.distill import (KDConfig, SeqKDCorpus, SeqKDError, check_seq_kd_select, closest_to_reference, kd_loss,
+                              prefix_mask, section_mask, sentence_chrf, teacher_log_probs, truncate_targets)
 from speech.model import label_smoothed_nll_loss
 
 PAD = 0
@@ -137,6 +137,20 @@ def test_seq_kd_corpus_resumes_and_refuses_other_settings(tmp_path):
         SeqKDCorpus(path, {"beam": 4}).read()
     with pytest.raises(SeqKDError, match="returned 1 outputs for 2"):
         SeqKDCorpus(tmp_path / "b.jsonl", {}).build(["a", "b"], lambda x: [[1]])
+
+
+def test_seq_inter_picks_the_hypothesis_nearest_the_reference():
+    ref = "the cat sat on the mat"
+    cands = ["a a a a", "the cat sat on a mat", "the dog ran"]
+    assert closest_to_reference(cands, ref) == 1
+    assert sentence_chrf(cands[1], ref) > sentence_chrf(cands[0], ref)
+    assert closest_to_reference(["x", "y", "x"], ref) == 0  # ties: the teacher's better-ranked one
+    assert closest_to_reference(["q", ref], ref) == 1 and sentence_chrf(ref, ref) == 100.0
+    with pytest.raises(ValueError, match="no candidates"):
+        closest_to_reference([], ref)
+    assert check_seq_kd_select("closest") == "closest"
+    with pytest.raises(ValueError, match="seq_kd_select must be one of best, closest, got 'nearest'"):
+        check_seq_kd_select("nearest")
 
 
 def test_bad_kd_settings_are_named():

@@ -13,11 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from compress.distill import sentence_chrf
 from speech.config import ConfigError, load_config
 from speech.data.speech_corpus import SpeechCorpusConfig, build_speech_corpus
 from speech.model import load_model_dir
 from speech.loop import average_checkpoints, list_checkpoints
-from speech.train import TrainConfig, init_encoder_from, train
+from speech.features import FbankConfig
+from speech.tokenizer import Tokenizer
+from speech.train import TrainConfig, build_lang_data, init_encoder_from, read_texts, train
 
 from builders import write_text_corpus
 
@@ -175,6 +178,22 @@ def test_distillation_word_and_sequence_level(home, tmp_path, caplog):
                   "seq_kd_beam=2", "seq_kd_langs=[de,fr]", "kd.alpha=0", "max_updates=1"))
     lines = (tmp_path / "seq-de/seq_kd.jsonl").read_text().splitlines()
     assert {json.loads(x)["id"].split(":")[0] for x in lines[1:]} == {"de", "fr"}
+    # Seq-Inter: of the teacher's 2-best, the one nearest the reference, never farther than its best
+    train(cfg_for(home, "st", tmp_path / "inter", f"init={teacher_dir}", f"teacher=[{teacher_dir}]", "seq_kd=true",
+                  "seq_kd_beam=2", "seq_kd_select=closest", "kd.alpha=0", "max_updates=1"))
+    lines = (tmp_path / "inter/seq_kd.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["settings"]["select"] == "closest"
+    inter = {d["id"]: d["tokens"] for d in map(json.loads, lines[1:])}
+    best = {d["id"]: d["tokens"] for d in map(json.loads, (tmp_path / "seq/seq_kd.jsonl").read_text().splitlines()[1:])}
+    assert inter.keys() == best.keys()
+    cfg = cfg_for(home, "st", tmp_path / "inter")
+    tok = Tokenizer(tmp_path / "inter/spm.model")
+    refs = {lang: d.refs for lang, d in build_lang_data(read_texts(cfg, "train"), tok, FbankConfig()).items()}
+    gains = [sentence_chrf(tok.decode(inter[i]), refs[i.split(":")[0]][int(i.split(":")[1])])
+             - sentence_chrf(tok.decode(best[i]), refs[i.split(":")[0]][int(i.split(":")[1])]) for i in inter]
+    assert min(gains) >= 0 and sum(g > 0 for g in gains) > 0, gains
+    with pytest.raises(ConfigError, match="seq_kd_select must be one of best, closest"):
+        cfg_for(home, "st", tmp_path / "x", "seq_kd_select=oracle")
     with pytest.raises(ConfigError, match="seq_kd_langs: it not among"):
         cfg_for(home, "st", tmp_path / "x", "seq_kd_langs=[it]")
     with pytest.raises(ConfigError, match="seq_kd needs teacher"):
