@@ -72,7 +72,9 @@ class LoopConfig:
     warmup_init_lr: float = 1e-7
     max_updates: int = 5000
     max_epochs: int = 100
-    max_seconds: float = 0.0  # stop (after a checkpoint) when the run has trained this long; 0: no limit
+    # stop (after a checkpoint) when the run has trained this long (ActiveClock: paused time
+    # does not count); 0: no limit
+    max_seconds: float = 0.0
     clip_norm: float = 10.0
     weight_decay: float = 0.0
     update_freq: int = 1  # gradient accumulation
@@ -183,6 +185,28 @@ def iter_history(out: str | Path) -> Iterator[dict]:
 # ----------------------------------------------------------------------------- the loop
 
 
+class ActiveClock:
+    """Seconds a run has trained, counted so that time it did not run is left out.
+
+    Wall time, interval by interval (one per update), except that an interval in which the
+    process used less CPU time than wall time counts only its CPU time: a process stopped
+    with SIGSTOP (or ^Z, or a suspended VM) uses none, so a pause adds nothing, while a
+    process computing on one thread or more uses at least the wall time and counts exactly
+    that. ``max_seconds`` is then a budget of compute, not of the calendar.
+    """
+
+    def __init__(self, start: float = 0.0, wall=time.perf_counter, cpu=time.process_time):
+        self.seconds = float(start)
+        self._wall, self._cpu = wall, cpu
+        self._w, self._c = wall(), cpu()
+
+    def tick(self) -> float:
+        w, c = self._wall(), self._cpu()
+        self.seconds += max(0.0, min(w - self._w, c - self._c))
+        self._w, self._c = w, c
+        return self.seconds
+
+
 def init_distributed() -> tuple[int, int]:
     """(rank, world size); joins the process group when torchrun started several processes."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -243,10 +267,13 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
             kill_at = os.environ.get("INTERPRES_TEST_KILL_AT_UPDATE")  # for the resume tests
             if kill_at and int(kill_at) == state["update"]:
                 os.kill(os.getpid(), signal.SIGKILL)
+            stop_at = os.environ.get("INTERPRES_TEST_STOP_AT_UPDATE")  # for the pause test
+            if stop_at and int(stop_at) == state["update"]:
+                os.kill(os.getpid(), signal.SIGSTOP)
         barrier(world)
 
     model.train()
-    t_start = time.perf_counter() - state["seconds"]
+    clock = ActiveClock(state["seconds"])
     bar = tqdm(total=cfg.max_updates, initial=state["update"], desc=f"train {recipe.name}", unit="upd",
                disable=None if rank == 0 else True)
     stop = state["done"]
@@ -272,7 +299,11 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
             state["update"] += 1
-            state["seconds"] = time.perf_counter() - t_start
+            state["seconds"] = clock.tick()
+            if world > 1:  # the ranks stop at the same update: they agree on the slowest clock
+                t = torch.tensor([state["seconds"]], dtype=torch.float64)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                state["seconds"] = clock.seconds = float(t)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", nll=f"{stats['nll']:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
             if state["update"] % 50 == 0 and rank == 0:  # progress in logs too, where tqdm is off

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from compress.distill import sentence_chrf
 from speech.config import ConfigError, load_config
 from speech.data.speech_corpus import SpeechCorpusConfig, build_speech_corpus
 from speech.model import load_model_dir
-from speech.loop import average_checkpoints, list_checkpoints
+from speech.loop import ActiveClock, average_checkpoints, list_checkpoints
 from speech.features import FbankConfig
 from speech.tokenizer import Tokenizer
 from speech.train import TrainConfig, build_lang_data, init_encoder_from, read_texts, train
@@ -116,6 +117,44 @@ def test_killed_run_resumes_to_the_same_weights(home, tmp_path):
     # a finished run started again does nothing more
     again = run_cli(home, *args, f"out={tmp_path / 'a'}")
     assert again.returncode == 0 and "already finished (checkpoint_12)" in again.stderr
+
+
+def test_a_paused_run_does_not_count_the_pause(home, tmp_path):
+    """max_seconds budgets compute: a run stopped with SIGSTOP for 3 s after update 8 adds
+    only the time of updates 9-12 to its clock (the wall clock would add the pause too)."""
+    args = ["train", "st", str(TINY / "st_tiny.yaml"), "corpus=t", "threads=1", "max_updates=12",
+            "save_interval_updates=4", "validate_interval_updates=6", "average_last=1", f"out={tmp_path / 'p'}"]
+    env = {**os.environ, "INTERPRES_HOME": str(home), "INTERPRES_TEST_STOP_AT_UPDATE": "8"}
+    proc = subprocess.Popen([sys.executable, "-m", "interpres", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    stat = Path(f"/proc/{proc.pid}/stat")
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the run never reached update 8"
+        time.sleep(0.05)
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    seconds = {p.name: json.loads((p / "state.json").read_text())["seconds"]
+               for p in list_checkpoints(tmp_path / "p/checkpoints")}
+    assert seconds["checkpoint_12"] - seconds["checkpoint_8"] < 1.5, seconds
+
+
+def test_active_clock_counts_cpu_time_when_the_process_did_not_run():
+    now = {"wall": 10.0, "cpu": 1.0}
+    clock = ActiveClock(5.0, wall=lambda: now["wall"], cpu=lambda: now["cpu"])
+    now["wall"], now["cpu"] = 12.0, 5.0  # two threads busy for 2 s: the wall time
+    assert clock.tick() == 7.0
+    now["wall"], now["cpu"] = 112.0, 5.5  # stopped for most of 100 s: its CPU time
+    assert clock.tick() == 7.5
+    real = ActiveClock()
+    time.sleep(0.3)  # not running: nothing counts
+    assert real.tick() < 0.1
+    start = time.process_time()
+    while time.process_time() - start < 0.2:  # running: all of it
+        pass
+    assert real.tick() >= 0.19
 
 
 def test_checkpoint_average_is_the_mean(home, tmp_path):
