@@ -67,6 +67,9 @@ class Family(Protocol):
     def test_items(self, settings: dict[str, Any]) -> list[Any]:
         """The test items every variant is measured on (the same for all)."""
 
+    # optional: resampler(items, outputs) -> (item indices -> the headline quality of those
+    # items), for the report's bootstrap intervals (compress.report.sacrebleu_resampler)
+
     def open(self, variant: dict[str, Any], threads: int) -> Any:
         """A runner for a variant dict ``{"path", "runtime"}`` using ``threads`` threads; a
         ``decode`` key (from the config's ``decodings``) changes how it decodes, and a family
@@ -138,7 +141,7 @@ def _done(model_dir: Path) -> bool:
 
 def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
     """Run (or resume) every stage, then measure every variant and write the report."""
-    from compress.report import measure_all, write_report  # noqa: PLC0415 - matplotlib is slow to import
+    from compress.report import bootstrap_intervals, measure_all, write_report  # noqa: PLC0415 - matplotlib is slow to import
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +206,8 @@ def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
             conf = json.loads((Path(v["path"]) / "config.json").read_text(encoding="utf-8"))
             v["train_seconds"], v["updates"] = conf.get("train_seconds"), conf.get("updates")
     results = measure_all(cfg, variants, out / "report")
-    report = write_report(cfg, results, out / "report", family.quality)
+    items = family.test_items({k: v for k, v in cfg.report.items() if k != "rounds"})
+    report = write_report(cfg, results, out / "report", family.quality, bootstrap_intervals(family, items, results))
     return report
 
 

@@ -21,6 +21,15 @@ the medians of the rounds. Quality is scored in every round and should not chang
 rounds (decoding is deterministic; a change is logged); the first round's scores are
 reported.
 
+Quality retained comes with a 95% paired-bootstrap interval (Koehn 2004): the test items
+are drawn with replacement ``BOOTSTRAP_SAMPLES`` times, the same draws for every variant,
+and each draw gives a variant's quality over the teacher's on that draw; the interval is
+the 2.5th to 97.5th percentile of those ratios. A family makes it possible by giving
+``resampler(items, outputs)``, a function from a draw (item indices) to the headline
+quality of those items, which :func:`sacrebleu_resampler` builds from sacrebleu's own
+per-sentence statistics (so a draw costs a sum, not a re-scoring). Each variant's outputs
+are kept with its first round for that.
+
 Results are cached per variant in ``OUT/report/measure-NAME.json`` with a fingerprint of
 the variant, its files and the settings (``rounds`` excepted), with every round measured so
 far: a rerun, or a run killed half-way, measures only the rounds that are missing, and
@@ -42,7 +51,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from compress.export import atomic_path, write_json
 
@@ -139,6 +148,7 @@ def measure(family: Any, variant: dict[str, Any], settings: dict[str, Any]) -> d
         "peak_rss_mb": peak,
         "model_rss_mb": peak - base,
         "scores": scores,
+        "outputs": list(outputs),
         "threads": threads,
         "batch": batch,
     }
@@ -171,6 +181,7 @@ def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dic
     n_rounds = rounds_setting(cfg.report)
     settings = {k: v for k, v in cfg.report.items() if k != "rounds"}
     slots = []  # per variant: the variant, its cache file, fingerprint, rounds measured so far
+    outputs_of: dict[str, list[str]] = {}  # per variant: the outputs of its first round
     for v in variants:
         key = {"variant": {k: v[k] for k in ("name", "path", "runtime", "decode") if k in v}, "files": _stamp(v),
                "settings": settings, "family": cfg.family, "options": cfg.options}
@@ -183,6 +194,8 @@ def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dic
             done = cached.get("rounds") or [{k: x for k, x in cached.items()
                                              if k not in ("fingerprint", "variant", "file_bytes")}]
         slots.append((v, path, fp, done))
+        if done and cached.get("outputs") is not None:
+            outputs_of[v["name"]] = cached["outputs"]
     for r in range(n_rounds):
         for v, path, fp, done in slots:
             if len(done) > r:
@@ -191,11 +204,14 @@ def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dic
                 continue
             log.info("measuring %s (%s, %s), round %d of %d", v["name"], v["runtime"], v["path"], r + 1, n_rounds)
             result = _measure_in_child(cfg, v, settings, out)
+            outputs = result.pop("outputs", None)
             if done and result["scores"] != done[0]["scores"]:
                 log.warning("%s: round %d scored %s, round 1 %s; the report keeps round 1's", v["name"], r + 1,
                             result["scores"], done[0]["scores"])
             done.append(result)
-            write_json(path, {**aggregate(done), "fingerprint": fp, "variant": v, "file_bytes": file_bytes(v)})
+            kept = outputs_of[v["name"]] = outputs_of.get(v["name"]) or outputs  # round 1's, or the first kept
+            write_json(path, {**aggregate(done), "fingerprint": fp, "variant": v, "file_bytes": file_bytes(v),
+                              **({"outputs": kept} if kept is not None else {})})
     return [json.loads(path.read_text()) for _, path, _, _ in slots]
 
 
@@ -214,6 +230,70 @@ def _measure_in_child(cfg: Any, v: dict[str, Any], settings: dict[str, Any], out
     return result
 
 
+# --------------------------------------------------------------------------- bootstrap intervals
+
+BOOTSTRAP_SAMPLES = 1000
+
+
+def sacrebleu_resampler(metric: Any, hyps: Sequence[str], refs: Sequence[str],
+                        groups: Sequence[Any] | None = None) -> Callable[[Sequence[int]], float]:
+    """The corpus score of ``metric`` (a sacrebleu BLEU or CHRF) on any draw of the items,
+    from its per-sentence sufficient statistics summed over the draw. With ``groups`` (one
+    key per item; None leaves the item out) the score is the mean over the groups present in
+    the draw of each group's corpus score, as a mean over languages is. On the draw
+    ``range(n)`` it is the full corpus score."""
+    import numpy as np  # noqa: PLC0415
+
+    if len(hyps) != len(refs):
+        raise ValueError(f"sacrebleu_resampler: {len(hyps)} hypotheses, {len(refs)} references")
+    groups = list(groups) if groups is not None else [0] * len(hyps)
+    keys = sorted({g for g in groups if g is not None}, key=str)
+    stats = np.zeros((len(hyps), 0))
+    rows = [i for i, g in enumerate(groups) if g is not None]
+    if rows:
+        per = metric._extract_corpus_statistics([hyps[i] for i in rows], [[refs[i] for i in rows]])
+        stats = np.zeros((len(hyps), len(per[0])))
+        stats[rows] = np.asarray(per, dtype=float)
+    gid = np.array([keys.index(g) if g is not None else -1 for g in groups])
+
+    def score(draw: Sequence[int]) -> float:
+        idx = np.asarray(draw, dtype=int)
+        vals = []
+        for k in range(len(keys)):
+            sel = idx[gid[idx] == k]
+            if len(sel):
+                summed = [int(x) if float(x).is_integer() else float(x) for x in stats[sel].sum(axis=0)]
+                vals.append(metric._compute_score_from_stats(summed).score)
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    return score
+
+
+def bootstrap_intervals(family: Any, items: list[Any], results: list[dict[str, Any]],
+                        samples: int = BOOTSTRAP_SAMPLES, seed: int = 12345) -> list[list[float] | None]:
+    """Per result, the 95% paired-bootstrap interval of its quality in percent of the first
+    result's (the teacher's); None where the family has no ``resampler`` or the outputs of
+    the result or the teacher were not kept."""
+    import numpy as np  # noqa: PLC0415
+
+    if not hasattr(family, "resampler") or not results or results[0].get("outputs") is None:
+        return [None] * len(results)
+    n = len(items)
+    draws = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    ref = family.resampler(items, results[0]["outputs"])
+    ref_vals = np.array([ref(d) for d in draws])
+    out: list[list[float] | None] = []
+    for r in results:
+        if r.get("outputs") is None or len(r["outputs"]) != n:
+            out.append(None)
+            continue
+        f = family.resampler(items, r["outputs"])
+        ratios = 100.0 * np.array([f(d) for d in draws]) / ref_vals
+        ratios = ratios[np.isfinite(ratios)]
+        out.append([float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if len(ratios) else None)
+    return out
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -230,11 +310,12 @@ def round_ratios(ref: dict[str, Any], result: dict[str, Any]) -> dict[str, list[
             "thr_ratio": [b["throughput"] / a["throughput"] for a, b in pairs]}
 
 
-def _rows(results: list[dict[str, Any]], quality: str) -> list[dict[str, Any]]:
+def _rows(results: list[dict[str, Any]], quality: str,
+          intervals: list[list[float] | None] | None = None) -> list[dict[str, Any]]:
     ref = results[0]
     q0 = ref["scores"][quality]
     rows = []
-    for r in results:
+    for r, ci in zip(results, intervals or [None] * len(results)):
         q = r["scores"][quality]
         ratios = round_ratios(ref, r)
         rows.append({
@@ -242,6 +323,7 @@ def _rows(results: list[dict[str, Any]], quality: str) -> list[dict[str, Any]]:
             "file_mb": r["file_bytes"] / 1e6 if r.get("file_bytes") else None,
             "p50": r["latency_p50_ms"], "p95": r["latency_p95_ms"], "throughput": r["throughput"],
             "peak_mb": r["peak_rss_mb"], "model_mb": r["model_rss_mb"], "quality": q, "retained": 100.0 * q / q0 if q0 else float("nan"),
+            "retained_ci": ci,
             "speedup": statistics.median(ratios["speedup"]), "thr_ratio": statistics.median(ratios["thr_ratio"]),
             "rounds": len(ratios["speedup"]),
             "speedup_range": [min(ratios["speedup"]), max(ratios["speedup"])],
@@ -263,10 +345,16 @@ def markdown(rows: list[dict[str, Any]], quality: str, settings: dict[str, Any])
         lo, hi = r.get(f"{key}_range") or (r[key], r[key])
         return f"{r[key]:.2f}" + (f" ({lo:.2f}-{hi:.2f})" if r.get("rounds", 1) > 1 else "")
 
+    def kept(r: dict[str, Any]) -> str:
+        if not math.isfinite(r["retained"]):
+            return ""
+        ci = r.get("retained_ci") if r is not rows[0] else None
+        return f"{r['retained']:.1f}%" + (f" ({ci[0]:.1f}-{ci[1]:.1f})" if ci else "")
+
     for r in rows:
         cells = [r["name"], r["runtime"], f"{r['params'] / 1e6:.2f}" if r["params"] else "",
                  f"{r['file_mb']:.1f}" if r["file_mb"] else "", f"{r['p50']:.1f}", f"{r['p95']:.1f}",
-                 f"{r['throughput']:.1f}", f"{r['peak_mb']:.0f}", f"{r['model_mb']:.0f}", f"{r['quality']:.2f}", f"{r['retained']:.1f}%" if math.isfinite(r["retained"]) else "",
+                 f"{r['throughput']:.1f}", f"{r['peak_mb']:.0f}", f"{r['model_mb']:.0f}", f"{r['quality']:.2f}", kept(r),
                  ratio(r, "speedup"), ratio(r, "thr_ratio"),
                  f"{r['train_seconds']:.0f} / {r['updates']}" if r.get("train_seconds") is not None else ""]
         cells += [f"{r['scores'][k]:.2f}" if isinstance(r["scores"].get(k), (int, float)) else "" for k in extra]
@@ -311,11 +399,15 @@ def plot(rows: list[dict[str, Any]], quality: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: Any, results: list[dict[str, Any]], out: Path, quality: str) -> dict[str, Any]:
-    rows = _rows(results, quality)
+def write_report(cfg: Any, results: list[dict[str, Any]], out: Path, quality: str,
+                 intervals: list[list[float] | None] | None = None) -> dict[str, Any]:
+    rows = _rows(results, quality, intervals)
     n = max(r["rounds"] for r in rows)
     how = (f"Times and memory: medians of {n} interleaved rounds; latency x and throughput x: the median of "
            f"the rounds' ratios to the teacher (range over rounds in brackets).\n\n" if n > 1 else "")
+    if any(r.get("retained_ci") for r in rows[1:]):
+        how += (f"{quality} kept: in brackets its 95% paired-bootstrap interval ({BOOTSTRAP_SAMPLES} draws of the "
+                f"{results[0]['items']} test items, the same draws for every variant).\n\n")
     md = (f"# Compression report: {cfg.family}\n\nTeacher: {', '.join(cfg.teacher)}; settings: "
           f"{json.dumps(cfg.report, sort_keys=True)}\n\n" + how + markdown(rows, quality, cfg.report))
     report = {"quality": quality, "rows": rows, "settings": cfg.report, "teacher": cfg.teacher}

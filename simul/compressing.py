@@ -133,6 +133,12 @@ class SimulFamily:
         ids = tr.translate([zh for zh, _ in items], beam=SEGMENT_BEAM, length_penalty=SEGMENT_LENPEN)
         return [tr.detokenize(x) for x in ids]
 
+    def resampler(self, items: list[tuple[str, str]], outputs: list[str]):
+        """Sentence-level BLEU of any draw of the items, for the report's bootstrap intervals."""
+        from compress.report import sacrebleu_resampler  # noqa: PLC0415
+
+        return sacrebleu_resampler(sacrebleu.BLEU(), outputs, [en for _, en in items])
+
     def score(self, tr: Translator, items: list[tuple[str, str]], outputs: list[str]) -> dict[str, float]:
         from simul.segmenter import Segmenter  # noqa: PLC0415
 

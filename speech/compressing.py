@@ -177,6 +177,16 @@ class SpeechFamily:
         prefix = [tr.prefix(it["lang"]) for it in items]
         return [tr.text(r) for r in search(tr.models, states, prefix, opts)]
 
+    def resampler(self, items: list[dict[str, Any]], outputs: list[str]):
+        """chrF (the mean over the target languages) of any draw of the items, for the
+        report's bootstrap intervals; the English items (scored by WER) are left out."""
+        from sacrebleu.metrics import CHRF  # noqa: PLC0415
+
+        from compress.report import sacrebleu_resampler  # noqa: PLC0415
+
+        return sacrebleu_resampler(CHRF(), outputs, [it["ref"] for it in items],
+                                   [None if it["lang"] == "en" else it["lang"] for it in items])
+
     def score(self, runner: Runner, items: list[dict[str, Any]], outputs: list[str]) -> dict[str, float]:
         by_lang: dict[str, tuple[list[str], list[str]]] = {}
         for it, hyp in zip(items, outputs):

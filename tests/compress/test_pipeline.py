@@ -68,6 +68,13 @@ def test_pipeline_end_to_end_and_resume(tiny_simul, tmp_path, one_thread):
     assert "| student torch-int8 | torch-int8 |" in md and "| student onnx-int8 | onnx-int8 |" in md
     assert "BLEU kept" in md
     assert json.loads((out / "report.json").read_text())["quality"] == "BLEU"
+    # each variant's outputs are kept for the bootstrap, whose full draw is the BLEU reported
+    items = family.test_items({})
+    for name in ("teacher", "student onnx-int8"):
+        kept = json.loads((out / f"measure-{name.replace(' ', '_')}.json").read_text())["outputs"]
+        assert family.resampler(items, kept)(range(len(items))) == pytest.approx(rows[name]["quality"])
+    for r in report["rows"][1:]:
+        assert r["retained_ci"] is None or r["retained_ci"][0] <= r["retained_ci"][1]
 
     # a second run trains nothing and measures nothing again
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("model.safetensors")}

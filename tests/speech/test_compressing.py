@@ -38,8 +38,11 @@ def test_a_variant_decodes_with_its_own_beam(family_and_model, one_thread):
     assert (default.beam, greedy.beam) == (3, 1)
     assert family.infer(default, items) == direct(default, items, beam_search, 3)
     assert family.infer(greedy, items) == direct(greedy, items, greedy_search, 1)
-    scores = family.score(greedy, items, family.infer(greedy, items))
+    outputs = family.infer(greedy, items)
+    scores = family.score(greedy, items, outputs)
     assert {"chrF", "BLEU", "WER"} <= set(scores)
+    # the bootstrap's score of the whole draw is the headline chrF (English items left out)
+    assert family.resampler(items, outputs)(range(len(items))) == pytest.approx(scores["chrF"])
 
 
 @pytest.mark.parametrize("decode", [{"beam": 0}, {"beam": "1"}, {"length_penalty": 1.0}])
