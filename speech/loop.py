@@ -192,7 +192,9 @@ class ActiveClock:
     process used less CPU time than wall time counts only its CPU time: a process stopped
     with SIGSTOP (or ^Z, or a suspended VM) uses none, so a pause adds nothing, while a
     process computing on one thread or more uses at least the wall time and counts exactly
-    that. ``max_seconds`` is then a budget of compute, not of the calendar.
+    that. ``max_seconds`` is then a budget of compute, not of the calendar. (A process that
+    waits on a GPU would count less if it slept while waiting; CUDA's default with one
+    context spins, which counts.)
     """
 
     def __init__(self, start: float = 0.0, wall=time.perf_counter, cpu=time.process_time):
