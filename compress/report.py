@@ -209,7 +209,7 @@ def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dic
                 log.warning("%s: round %d scored %s, round 1 %s; the report keeps round 1's", v["name"], r + 1,
                             result["scores"], done[0]["scores"])
             done.append(result)
-            kept = outputs_of[v["name"]] = outputs_of.get(v["name"]) or outputs  # round 1's, or the first kept
+            kept = outputs_of.setdefault(v["name"], outputs)  # the first round's
             write_json(path, {**aggregate(done), "fingerprint": fp, "variant": v, "file_bytes": file_bytes(v),
                               **({"outputs": kept} if kept is not None else {})})
     return [json.loads(path.read_text()) for _, path, _, _ in slots]
@@ -283,12 +283,16 @@ def bootstrap_intervals(family: Any, items: list[Any], results: list[dict[str, A
     ref = family.resampler(items, results[0]["outputs"])
     ref_vals = np.array([ref(d) for d in draws])
     out: list[list[float] | None] = []
-    for r in results:
+    for i, r in enumerate(results):
         if r.get("outputs") is None or len(r["outputs"]) != n:
             out.append(None)
             continue
-        f = family.resampler(items, r["outputs"])
-        ratios = 100.0 * np.array([f(d) for d in draws]) / ref_vals
+        if i == 0:  # the teacher against itself: its draws are already scored
+            vals = ref_vals
+        else:
+            f = family.resampler(items, r["outputs"])
+            vals = np.array([f(d) for d in draws])
+        ratios = 100.0 * vals / ref_vals
         ratios = ratios[np.isfinite(ratios)]
         out.append([float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if len(ratios) else None)
     return out
