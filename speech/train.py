@@ -78,6 +78,9 @@ class TrainConfig(LoopConfig):
     seq_kd_beam: int = 5
     seq_kd_langs: list[str] = field(default_factory=list)  # targets the teachers rewrite; empty: all
     seq_kd_select: str = "best"  # the teachers' top hypothesis, or "closest": the n-best entry nearest the reference
+    # also let the teachers translate, into each seq_kd language, the English audio that has no
+    # reference in it (the ASR corpus's sentences and the other pairs'): more pairs, their top hypothesis
+    seq_kd_unpaired: bool = False
     max_frames: int = 12000  # fbank frames per batch (batch size x longest utterance)
     max_items: int = 128
     label_smoothing: float = 0.1
@@ -104,6 +107,9 @@ class TrainConfig(LoopConfig):
             check_seq_kd_select(self.seq_kd_select)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.seq_kd_unpaired and not (self.seq_kd and self.task == "st" and self.transcripts):
+            raise ConfigError("seq_kd_unpaired needs seq_kd: true, task: st and transcripts: true "
+                              "(the English audio comes with the transcription data)")
         unknown = [lang for lang in self.seq_kd_langs if lang not in self.targets]
         if unknown:
             raise ConfigError(f"seq_kd_langs: {', '.join(unknown)} not among the targets ({', '.join(self.targets)})")
@@ -473,4 +479,70 @@ def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tok
         targets = [d.targets[k][:1] + outs[f"{lang}:{k}"] + [d.targets[k][-1]] for k in range(len(d.items))]
         fresh[lang] = dataclasses.replace(d, targets=targets)
     log.info("seq-KD: %d targets (%s) from %s", len(ids), ", ".join(langs), ", ".join(cfg.teacher))
+    if cfg.seq_kd_unpaired:
+        fresh = unpaired_seq_kd(fresh, teachers, tok, path.with_name("seq_kd_unpaired.jsonl"), cfg,
+                                [lang for lang in langs if lang != "en"])
+    return fresh
+
+
+def unpaired_english(data: dict[str, LangData], lang: str) -> list[int]:
+    """The rows of ``data['en']`` whose English sentence has no translation into ``lang``
+    in its training data (compared by transcript pieces, as the pairs share sentences)."""
+    have = {tuple(c) for c in data[lang].ctc}
+    return [k for k, c in enumerate(data["en"].ctc) if tuple(c) not in have]
+
+
+def unpaired_seq_kd(data: dict[str, LangData], teachers: list[S2TModel], tok: Tokenizer, path: Path,
+                    cfg: TrainConfig, langs: list[str]) -> dict[str, LangData]:
+    """Sequence-level KD on more source audio: the teachers translate the English training
+    audio that has no reference in ``lang`` (see :func:`unpaired_english`) into it, and each
+    (audio, top hypothesis) becomes one more training pair of ``lang``, with the English
+    transcript for CTC. Cached in ``path`` apart from the paired targets, so either cache
+    survives a change of the other. An empty hypothesis makes no pair."""
+    from speech.decode import DecodingOptions, encode, search  # noqa: PLC0415
+
+    if "en" not in data:
+        raise ConfigError("seq_kd_unpaired: no English training data (transcripts) to translate")
+    en = data["en"]
+    rows = {lang: unpaired_english(data, lang) for lang in langs}
+    settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
+                "corpus": str(corpus_root(cfg.corpus)), "unpaired": {lang: len(r) for lang, r in rows.items()}}
+    corpus = SeqKDCorpus(path, settings)
+    tags = tuple(tok.lang_tag(lang) for lang in tok.languages)
+    opts = DecodingOptions(beam_size=cfg.seq_kd_beam, suppress_tokens=tags)
+    by_id = {f"{lang}+en:{k}": (lang, k) for lang, r in rows.items() for k in r}
+    lengths = en.lengths
+    ids = sorted(by_id, key=lambda i: lengths[by_id[i][1]])
+
+    def translate(chunk: list[str]) -> list[list[int]]:
+        x, lens = pad_features([en.features(by_id[i][1]) for i in chunk])
+        states = encode(teachers, x, lens)
+        return [r.tokens for r in search(teachers, states, [[tok.lang_tag(by_id[i][0])] for i in chunk], opts)]
+
+    progress = Progress(len(ids), "seq-KD targets, unpaired audio", "utt")
+    outs = corpus.build(ids, translate, batch_size=32, progress=progress)
+    progress.close()
+    fresh = dict(data)
+    empty = 0
+    for lang, r in rows.items():
+        d = data[lang]
+        feats = list(d.feats)
+        where = {id(f): n for n, f in enumerate(feats)}
+        items, targets, ctc, refs = list(d.items), list(d.targets), list(d.ctc), list(d.refs)
+        for k in r:
+            hyp = outs[f"{lang}+en:{k}"]
+            if not hyp:
+                empty += 1
+                continue
+            f, row = en.items[k]
+            if id(en.feats[f]) not in where:
+                where[id(en.feats[f])] = len(feats)
+                feats.append(en.feats[f])
+            items.append((where[id(en.feats[f])], row))
+            targets.append([tok.lang_tag(lang)] + hyp + [tok.eos_id])
+            ctc.append(en.ctc[k])
+            refs.append(tok.decode(hyp))  # no reference: the teacher's translation stands in
+        fresh[lang] = LangData(lang, feats, items, targets, ctc, refs)
+    log.info("seq-KD on unpaired audio: %d more pairs (%s; %d empty hypotheses left out)",
+             len(ids) - empty, ", ".join(f"{lang} +{len(r)}" for lang, r in rows.items()), empty)
     return fresh

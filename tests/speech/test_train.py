@@ -231,6 +231,27 @@ def test_distillation_word_and_sequence_level(home, tmp_path, caplog):
     gains = [sentence_chrf(tok.decode(inter[i]), refs[i.split(":")[0]][int(i.split(":")[1])])
              - sentence_chrf(tok.decode(best[i]), refs[i.split(":")[0]][int(i.split(":")[1])]) for i in inter]
     assert min(gains) >= 0 and sum(g > 0 for g in gains) > 0, gains
+    # unpaired audio: the English sentences a language lacks become its pairs, translated by the teacher
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="speech.train")
+    train(cfg_for(home, "st", tmp_path / "unpaired", f"init={teacher_dir}", f"teacher=[{teacher_dir}]",
+                  "seq_kd=true", "seq_kd_beam=2", "seq_kd_langs=[de,fr]", "seq_kd_unpaired=true", "kd.alpha=0",
+                  "max_updates=1"))
+    texts = read_texts(cfg, "train")
+    english = [src for _, _, _, src in texts["en"]]
+    lines = (tmp_path / "unpaired/seq_kd_unpaired.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["settings"]["unpaired"] == {
+        lang: sum(e not in {src for _, _, _, src in texts[lang]} for e in english) for lang in ("de", "fr")}
+    unpaired = {d["id"]: d["tokens"] for d in map(json.loads, lines[1:])}
+    assert len(unpaired) == sum(json.loads(lines[0])["settings"]["unpaired"].values()) > 0
+    for i in unpaired:  # each is an English sentence the language has no translation of
+        lang, k = i.split("+en:")
+        assert english[int(k)] not in {src for _, _, _, src in texts[lang]}
+    kept = sum(bool(t) for t in unpaired.values())
+    assert any(f"seq-KD on unpaired audio: {kept} more pairs" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "unpaired/seq_kd.jsonl").read_text() == (tmp_path / "seq-de/seq_kd.jsonl").read_text()
+    with pytest.raises(ConfigError, match="seq_kd_unpaired needs seq_kd"):
+        cfg_for(home, "st", tmp_path / "x", f"teacher=[{teacher_dir}]", "seq_kd_unpaired=true")
     with pytest.raises(ConfigError, match="seq_kd_select must be one of best, closest"):
         cfg_for(home, "st", tmp_path / "x", "seq_kd_select=oracle")
     with pytest.raises(ConfigError, match="seq_kd_langs: it not among"):
