@@ -255,6 +255,21 @@ def closest_to_reference(candidates: Sequence[str], reference: str) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
+def degenerate(tokens: Sequence[int], n: int = 3, times: int = 3) -> bool:
+    """Whether some ``n``-gram occurs ``times`` times or more in ``tokens``: the runaway
+    repetition of a weak teacher ("la la la ..."), which a sequence-level KD corpus without
+    references to choose by should not teach."""
+    if n < 1 or times < 2:
+        raise ValueError(f"degenerate: n must be >= 1 and times >= 2, got n={n}, times={times}")
+    seen: dict[tuple[int, ...], int] = {}
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i:i + n])
+        seen[gram] = seen.get(gram, 0) + 1
+        if seen[gram] >= times:
+            return True
+    return False
+
+
 def teacher_log_probs(teachers: Sequence[torch.nn.Module], forward: Callable[[torch.nn.Module], Tensor]) -> Tensor | None:
     """The teachers' log-probabilities (B, U, V) for one batch: ``forward(teacher)`` gives a
     teacher's logits; an ensemble is the log of the mean probability. None without teachers."""

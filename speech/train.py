@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, check_seq_kd_select, closest_to_reference, kd_loss,
+from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, check_seq_kd_select, closest_to_reference, degenerate, kd_loss,
                               teacher_log_probs, truncate_targets)
 from speech.augment import POLICIES, SpecAugmentConfig, spec_augment
 from speech.config import ConfigError
@@ -498,7 +498,9 @@ def unpaired_seq_kd(data: dict[str, LangData], teachers: list[S2TModel], tok: To
     audio that has no reference in ``lang`` (see :func:`unpaired_english`) into it, and each
     (audio, top hypothesis) becomes one more training pair of ``lang``, with the English
     transcript for CTC. Cached in ``path`` apart from the paired targets, so either cache
-    survives a change of the other. An empty hypothesis makes no pair."""
+    survives a change of the other. An empty or degenerate hypothesis (a 3-gram three times,
+    :func:`compress.distill.degenerate`) makes no pair: with no reference to choose by, the
+    filter is what keeps the teacher's runaway repetitions out of the student."""
     from speech.decode import DecodingOptions, encode, search  # noqa: PLC0415
 
     if "en" not in data:
@@ -523,7 +525,7 @@ def unpaired_seq_kd(data: dict[str, LangData], teachers: list[S2TModel], tok: To
     outs = corpus.build(ids, translate, batch_size=32, progress=progress)
     progress.close()
     fresh = dict(data)
-    empty = 0
+    dropped = 0
     for lang, r in rows.items():
         d = data[lang]
         feats = list(d.feats)
@@ -531,8 +533,8 @@ def unpaired_seq_kd(data: dict[str, LangData], teachers: list[S2TModel], tok: To
         items, targets, ctc, refs = list(d.items), list(d.targets), list(d.ctc), list(d.refs)
         for k in r:
             hyp = outs[f"{lang}+en:{k}"]
-            if not hyp:
-                empty += 1
+            if not hyp or degenerate(hyp):
+                dropped += 1
                 continue
             f, row = en.items[k]
             if id(en.feats[f]) not in where:
@@ -543,6 +545,6 @@ def unpaired_seq_kd(data: dict[str, LangData], teachers: list[S2TModel], tok: To
             ctc.append(en.ctc[k])
             refs.append(tok.decode(hyp))  # no reference: the teacher's translation stands in
         fresh[lang] = LangData(lang, feats, items, targets, ctc, refs)
-    log.info("seq-KD on unpaired audio: %d more pairs (%s; %d empty hypotheses left out)",
-             len(ids) - empty, ", ".join(f"{lang} +{len(r)}" for lang, r in rows.items()), empty)
+    log.info("seq-KD on unpaired audio: %d more pairs (%s translated; %d empty or degenerate hypotheses "
+             "left out)", len(ids) - dropped, ", ".join(f"{lang} {len(r)}" for lang, r in rows.items()), dropped)
     return fresh

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from compress.distill import (KDConfig, SeqKDCorpus, SeqKDError, check_seq_kd_select, closest_to_reference, kd_loss,
+from compress.distill import (KDConfig, SeqKDCorpus, SeqKDError, check_seq_kd_select, closest_to_reference, degenerate,
+                              kd_loss,
                               prefix_mask, section_mask, sentence_chrf, teacher_log_probs, truncate_targets)
 from speech.model import label_smoothed_nll_loss
 
@@ -151,6 +152,17 @@ def test_seq_inter_picks_the_hypothesis_nearest_the_reference():
     assert check_seq_kd_select("closest") == "closest"
     with pytest.raises(ValueError, match="seq_kd_select must be one of best, closest, got 'nearest'"):
         check_seq_kd_select("nearest")
+
+
+def test_degenerate_finds_runaway_repetition():
+    assert degenerate([5, 6, 7, 5, 6, 7, 5, 6, 7])  # a 3-gram three times
+    assert not degenerate([5, 6, 7, 5, 6, 7, 8])  # twice is a sentence that repeats itself once
+    assert not degenerate([5, 5, 5, 5])  # two windows read "5 5 5"
+    assert degenerate([5, 5, 5, 5, 5])  # three windows of "5 5 5"
+    assert degenerate([1, 2, 1, 2], n=1, times=2) and not degenerate([1, 2, 3], n=1, times=2)
+    assert not degenerate([]) and not degenerate([4, 4])
+    with pytest.raises(ValueError, match="n must be >= 1 and times >= 2"):
+        degenerate([1], n=0)
 
 
 def test_bad_kd_settings_are_named():
