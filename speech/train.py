@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, check_seq_kd_select, closest_to_reference, degenerate, kd_loss,
-                              teacher_log_probs, truncate_targets)
+from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, check_seq_kd_select, closest_to_reference, degenerate,
+                              kd_loss, teacher_log_probs, truncate_targets)
 from speech.augment import POLICIES, SpecAugmentConfig, spec_augment
 from speech.config import ConfigError
 from speech.data.cache import interpres_home
@@ -432,24 +432,32 @@ def train(cfg: TrainConfig) -> Path:
     return run(SpeechRecipe(cfg, tok, data, dev, mcfg, fbank_cfg, recipe, world, teachers), model, cfg, rank, world)
 
 
+def _seq_kd_decoding(cfg: TrainConfig, tok: Tokenizer, nbest: int) -> tuple[dict[str, Any], Any]:
+    """What every seq-KD cache records (teachers, beam, corpus) and the teachers' beam search
+    (``nbest`` hypotheses, never a language tag)."""
+    from speech.decode import DecodingOptions  # noqa: PLC0415
+
+    settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
+                "corpus": str(corpus_root(cfg.corpus))}
+    tags = tuple(tok.lang_tag(lang) for lang in tok.languages)
+    return settings, DecodingOptions(beam_size=cfg.seq_kd_beam, nbest=nbest, suppress_tokens=tags)
+
+
 def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tokenizer, path: Path,
                    cfg: TrainConfig) -> dict[str, LangData]:
     """Sequence-level KD: the training targets of ``seq_kd_langs`` (every language when empty)
     replaced by the teachers' beam-search output (an ensemble when several): its best
     hypothesis, or with ``seq_kd_select: closest`` the one of its n-best nearest the reference
     (Seq-Inter). Cached in ``path`` and resumed after a kill (:class:`compress.distill.SeqKDCorpus`)."""
-    from speech.decode import DecodingOptions, encode, search  # noqa: PLC0415 - decode imports the model
+    from speech.decode import encode, search  # noqa: PLC0415 - decode imports the model
 
     langs = [lang for lang in data if not cfg.seq_kd_langs or lang in cfg.seq_kd_langs]
-    settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
-                "corpus": str(corpus_root(cfg.corpus)), "sizes": {lang: len(data[lang].items) for lang in langs}}
     closest = cfg.seq_kd_select == "closest"
+    settings, opts = _seq_kd_decoding(cfg, tok, nbest=cfg.seq_kd_beam if closest else 1)
+    settings["sizes"] = {lang: len(data[lang].items) for lang in langs}
     if closest:  # caches made before the choice existed hold the best hypotheses: same fingerprint
         settings["select"] = "closest"
     corpus = SeqKDCorpus(path, settings)
-    opts = DecodingOptions(beam_size=cfg.seq_kd_beam, nbest=cfg.seq_kd_beam if closest else 1)
-    tags = tuple(tok.lang_tag(lang) for lang in tok.languages)
-    opts = dataclasses.replace(opts, suppress_tokens=tags)
     by_id = {f"{lang}:{k}": (lang, k) for lang in langs for k in range(len(data[lang].items))}
     lengths = {lang: d.lengths for lang, d in data.items()}
     # batches of similar lengths decode fastest: order the ids by audio length
@@ -501,17 +509,13 @@ def unpaired_seq_kd(data: dict[str, LangData], teachers: list[S2TModel], tok: To
     survives a change of the other. An empty or degenerate hypothesis (a 3-gram three times,
     :func:`compress.distill.degenerate`) makes no pair: with no reference to choose by, the
     filter is what keeps the teacher's runaway repetitions out of the student."""
-    from speech.decode import DecodingOptions, encode, search  # noqa: PLC0415
+    from speech.decode import encode, search  # noqa: PLC0415
 
-    if "en" not in data:
-        raise ConfigError("seq_kd_unpaired: no English training data (transcripts) to translate")
-    en = data["en"]
+    en = data["en"]  # present: the config requires transcripts
     rows = {lang: unpaired_english(data, lang) for lang in langs}
-    settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
-                "corpus": str(corpus_root(cfg.corpus)), "unpaired": {lang: len(r) for lang, r in rows.items()}}
+    settings, opts = _seq_kd_decoding(cfg, tok, nbest=1)
+    settings["unpaired"] = {lang: len(r) for lang, r in rows.items()}
     corpus = SeqKDCorpus(path, settings)
-    tags = tuple(tok.lang_tag(lang) for lang in tok.languages)
-    opts = DecodingOptions(beam_size=cfg.seq_kd_beam, suppress_tokens=tags)
     by_id = {f"{lang}+en:{k}": (lang, k) for lang, r in rows.items() for k in r}
     lengths = en.lengths
     ids = sorted(by_id, key=lambda i: lengths[by_id[i][1]])

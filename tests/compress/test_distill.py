@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from compress.distill import (KDConfig, SeqKDCorpus, SeqKDError, check_seq_kd_select, closest_to_reference, degenerate,
-                              kd_loss,
-                              prefix_mask, section_mask, sentence_chrf, teacher_log_probs, truncate_targets)
+                              kd_loss, prefix_mask, section_mask, sentence_chrf, teacher_log_probs, truncate_targets)
 from speech.model import label_smoothed_nll_loss
 
 PAD = 0
