@@ -541,10 +541,11 @@ def unpaired_seq_kd(data: dict[str, LangData], teachers: list[S2TModel], tok: To
                 dropped += 1
                 continue
             f, row = en.items[k]
-            if id(en.feats[f]) not in where:
-                where[id(en.feats[f])] = len(feats)
-                feats.append(en.feats[f])
-            items.append((where[id(en.feats[f])], row))
+            src = en.feats[f]
+            if id(src) not in where:
+                where[id(src)] = len(feats)
+                feats.append(src)
+            items.append((where[id(src)], row))
             targets.append([tok.lang_tag(lang)] + hyp + [tok.eos_id])
             ctc.append(en.ctc[k])
             refs.append(tok.decode(hyp))  # no reference: the teacher's translation stands in

@@ -239,14 +239,15 @@ def test_distillation_word_and_sequence_level(home, tmp_path, caplog):
                   "max_updates=1"))
     texts = read_texts(cfg, "train")
     english = [src for _, _, _, src in texts["en"]]
+    translated = {lang: {src for _, _, _, src in texts[lang]} for lang in ("de", "fr")}
     lines = (tmp_path / "unpaired/seq_kd_unpaired.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["settings"]["unpaired"] == {
-        lang: sum(e not in {src for _, _, _, src in texts[lang]} for e in english) for lang in ("de", "fr")}
+        lang: sum(e not in have for e in english) for lang, have in translated.items()}
     unpaired = {d["id"]: d["tokens"] for d in map(json.loads, lines[1:])}
     assert len(unpaired) == sum(json.loads(lines[0])["settings"]["unpaired"].values()) > 0
     for i in unpaired:  # each is an English sentence the language has no translation of
         lang, k = i.split("+en:")
-        assert english[int(k)] not in {src for _, _, _, src in texts[lang]}
+        assert english[int(k)] not in translated[lang]
     kept = sum(bool(t) and not degenerate(t) for t in unpaired.values())
     assert any(f"seq-KD on unpaired audio: {kept} more pairs" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "unpaired/seq_kd.jsonl").read_text() == (tmp_path / "seq-de/seq_kd.jsonl").read_text()
