@@ -247,6 +247,7 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
     state = {"update": 0, "epoch": 0, "pos": 0, "best_dev_loss": None, "bad_validations": 0,
              "seconds": 0.0, "history": [], "done": False}
+    finish_here = False
     ckpts = list_checkpoints(ckpt_dir)
     if ckpts:
         last = json.loads((ckpts[-1] / "state.json").read_text())
@@ -259,6 +260,15 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
             # the recipe's limits were raised since the run finished: train on from there
             log.info("max_updates/max_seconds allow more than the finished run did: continuing")
             state["done"] = False
+        elif not state["done"] and not _limits_left(state, cfg):
+            if state["update"] > cfg.max_updates:
+                raise ConfigError(f"max_updates={cfg.max_updates}: {ckpts[-1]} is already at update {state['update']}; "
+                                  f"a run cannot be shortened past its last checkpoint (raise max_updates, or move "
+                                  f"the later checkpoints out of {ckpt_dir})")
+            # the limits were lowered to where this checkpoint stands: finish here, as a run
+            # trained under them would have (validate, mark done, average)
+            log.info("the limits stop this run at %s: finishing there", ckpts[-1].name)
+            finish_here = True
     module = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     def checkpoint() -> None:
@@ -279,6 +289,10 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
     bar = tqdm(total=cfg.max_updates, initial=state["update"], desc=f"train {recipe.name}", unit="upd",
                disable=None if rank == 0 else True)
     stop = state["done"]
+    if finish_here:
+        _validate(recipe, model, cfg, state, rank)
+        state["done"] = stop = True
+        checkpoint()
     chunk = world * cfg.update_freq
     while not stop and state["epoch"] < cfg.max_epochs:
         seq = recipe.epoch_batches(state["epoch"])

@@ -119,6 +119,34 @@ def test_killed_run_resumes_to_the_same_weights(home, tmp_path):
     assert again.returncode == 0 and "already finished (checkpoint_12)" in again.stderr
 
 
+def test_lowered_max_updates_finishes_at_that_checkpoint(home, tmp_path):
+    """A longer run's checkpoint, resumed under max_updates equal to its update, ends with the
+    weights of a run trained under that limit from the start; below it, a clear error."""
+    args = ["train", "st", str(TINY / "st_tiny.yaml"), "corpus=t", "threads=1", "save_interval_updates=4",
+            "validate_interval_updates=6", "average_last=2"]
+    short = run_cli(home, *args, "max_updates=8", f"out={tmp_path / 'short'}")
+    assert short.returncode == 0, short.stderr
+    long = run_cli(home, *args, "max_updates=12", f"out={tmp_path / 'long'}")
+    assert long.returncode == 0, long.stderr
+    shutil.copytree(tmp_path / "long", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut/model")
+    shutil.rmtree(tmp_path / "cut/checkpoints/checkpoint_12")
+    # a limit below the last checkpoint cannot be met: say so, and touch nothing
+    below = run_cli(home, *args, "max_updates=6", f"out={tmp_path / 'cut'}")
+    assert below.returncode != 0 and "max_updates=6" in below.stderr and "update 8" in below.stderr
+    assert not (tmp_path / "cut/model").exists()
+    cut = run_cli(home, *args, "max_updates=8", f"out={tmp_path / 'cut'}")
+    assert cut.returncode == 0, cut.stderr
+    assert "the limits stop this run at checkpoint_8" in cut.stderr
+    ws = load_file(str(tmp_path / "short/model/model.safetensors"))
+    wc = load_file(str(tmp_path / "cut/model/model.safetensors"))
+    assert ws.keys() == wc.keys() and all(torch.equal(ws[k], wc[k]) for k in ws)
+    conf = json.loads((tmp_path / "cut/model/config.json").read_text())
+    assert conf["updates"] == 8 and conf["averaged"] == ["checkpoint_4", "checkpoint_8"]
+    state = json.loads((tmp_path / "cut/checkpoints/checkpoint_8/state.json").read_text())
+    assert state["done"] and state["history"][-1]["update"] == 8 and "dev_nll" in state["history"][-1]
+
+
 def test_a_paused_run_does_not_count_the_pause(home, tmp_path):
     """max_seconds budgets compute: a run stopped with SIGSTOP for 3 s after update 8 adds
     only the time of updates 9-12 to its clock (the wall clock would add the pause too)."""
