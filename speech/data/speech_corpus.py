@@ -66,7 +66,7 @@ class SpeechCorpusConfig:
 
     name: str = "small"  # folder under <home>/speech/
     langs: list[str] = field(default_factory=lambda: list(TARGET_LANGS))
-    train_per_lang: int = 1000
+    train_per_lang: int = 5000
     dev_per_lang: int = 100
     test_per_lang: int = 150  # tst-COMMON and tst-VOICE each
     asr_train: int = 4000  # English sentences in en-asr/ (0: no ASR corpus)
