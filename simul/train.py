@@ -41,7 +41,7 @@ from speech.config import ConfigError, config_to_dict
 from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
 from speech.decode import encode, search
-from speech.loop import LoopConfig, Progress, barrier, run, start_run
+from speech.loop import LoopConfig, Progress, barrier, model_device, resolve_device, run, start_run, to_device
 from speech.model import EOS_ID, PAD_ID, label_smoothed_nll_loss, load_model_dir, param_count, save_model_dir
 from speech.tokenizer import Tokenizer, train_tokenizer
 from simul.agents import SEGMENT_LENPEN
@@ -177,9 +177,9 @@ def make_batch(ex: Examples, idx: list[int]) -> dict[str, torch.Tensor]:
     return text_batch([ex.src[i] for i in idx], [ex.tgt[i] for i in idx])
 
 
-def source_limit(u: int, k: int) -> torch.Tensor:
+def source_limit(u: int, k: int, device: torch.device | None = None) -> torch.Tensor:
     """Wait-k: target position i (0-based) sees the first k + i source tokens."""
-    return torch.arange(u) + k
+    return torch.arange(u, device=device) + k
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -205,7 +205,7 @@ class MTRecipe:
     def _forward(self, module: torch.nn.Module, b: dict[str, torch.Tensor], prev: torch.Tensor | None = None
                  ) -> torch.Tensor:
         prev = b["prev"] if prev is None else prev
-        limit = source_limit(prev.shape[1], self.cfg.waitk) if self.cfg.waitk else None
+        limit = source_limit(prev.shape[1], self.cfg.waitk, prev.device) if self.cfg.waitk else None
         return module(b["src"], b["src_lens"], prev, limit)["logits"]
 
     def backward(self, module: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -229,8 +229,9 @@ class MTRecipe:
 
     def dev_loss(self, model: torch.nn.Module) -> float:
         total, tokens = 0.0, 0
+        device = model_device(model)
         for idx in batches_by_frames(self.dev.lengths, self.cfg.max_tokens, self.cfg.max_items, shuffle=False):
-            b = make_batch(self.dev, idx)
+            b = to_device(make_batch(self.dev, idx), device)
             _, nll = label_smoothed_nll_loss(self._forward(model, b), b["target"], 0.0, PAD_ID)
             total += float(nll)
             tokens += int((b["target"] != PAD_ID).sum())
@@ -346,8 +347,9 @@ def train(cfg: SimulTrainConfig) -> Path:
         if (t.cfg.vocab_size, t.cfg.src_vocab_size) != (mcfg.vocab_size, mcfg.src_vocab_size):
             raise ConfigError(f"teacher {path}: its vocabularies differ from the student's; distillation needs the same")
         teachers.append(t)
-    if cfg.seq_kd:
+    if cfg.seq_kd:  # the teachers decode on the CPU (the simultaneous Translator's device)
         train_ex = seq_kd_examples(train_ex, teachers, out / "seq_kd.jsonl", cfg)
+    teachers = [t.to(resolve_device(cfg.device)) for t in teachers]  # word KD: where the student trains
     return run(MTRecipe(cfg, train_ex, dev_ex, mcfg, recipe, out, world, teachers), model, cfg, rank, world)
 
 

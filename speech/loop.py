@@ -11,8 +11,14 @@ A recipe says what its data and its loss are; this loop owns everything else, on
 - validation loss every ``validate_interval_updates`` with early stopping (``patience``);
 - at the end the last ``average_last`` checkpoints are averaged (fairseq's
   average_checkpoints) and the recipe writes its model directory from the average;
-- under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (gloo on CPU) and
-  rank ``r`` of ``w`` takes batches ``r, r + w, ...`` of the epoch.
+- under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP (gloo on CPU, NCCL
+  on GPUs) and rank ``r`` of ``w`` takes batches ``r, r + w, ...`` of the epoch;
+- ``device: auto`` (the default) trains on a CUDA GPU when torch sees one and on the CPU
+  otherwise: the same recipe, faster where a GPU is, never needing one. Batches are made
+  on the CPU (so augmentation draws the same numbers everywhere) and moved; checkpoints,
+  the average and the model directory are written from the CPU. Exact resume holds on one
+  device; a GPU's kernels are not bitwise deterministic, so a GPU run is repeatable only
+  to within their rounding.
 
 Nothing is pickled: weights and optimizer moments are safetensors, the rest JSON.
 """
@@ -25,6 +31,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -85,8 +92,11 @@ class LoopConfig:
     average_last: int = 5
     seed: int = 1
     threads: int = 0  # torch intra-op threads; 0: torch's default
+    # auto: a CUDA GPU when torch sees one, else the CPU; or cpu, cuda, cuda:N
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_device_name(self.device)
         if self.update_freq < 1:
             raise ConfigError(f"update_freq must be at least 1, got {self.update_freq}")
         if self.max_updates < 1:
@@ -102,17 +112,18 @@ class Recipe(Protocol):
         """Every batch key of ``epoch``, in order: a pure function of the seed and ``epoch``."""
 
     def make_batch(self, key: Any, gen: torch.Generator) -> Any:
-        """The tensors of one batch; ``gen`` seeds its augmentation."""
+        """The tensors of one batch, on the CPU (the loop moves them); ``gen`` seeds its augmentation."""
 
     def backward(self, module: nn.Module, batches: list[Any]) -> dict[str, float]:
         """Loss of the accumulated ``batches`` through ``module`` (the model or its DDP
         wrapper), backpropagated; returns statistics, "loss" and "nll" at least."""
 
     def dev_loss(self, model: nn.Module) -> float:
-        """Per-token NLL on the dev set (the loop restores train mode and the RNG)."""
+        """Per-token NLL on the dev set (the loop restores train mode and the RNG); the dev
+        batches go where the model is (:func:`model_device`, :func:`to_device`)."""
 
     def finish(self, model: nn.Module, averaged: list[Path], state: dict) -> None:
-        """Write ``out/model/`` from ``model`` (already the checkpoint average); rank 0 only."""
+        """Write ``out/model/`` from ``model`` (already the checkpoint average, on the CPU); rank 0 only."""
 
 
 def inverse_sqrt_lr(update: int, cfg: LoopConfig) -> float:
@@ -120,6 +131,62 @@ def inverse_sqrt_lr(update: int, cfg: LoopConfig) -> float:
     if update < cfg.warmup_updates:
         return cfg.warmup_init_lr + (cfg.lr - cfg.warmup_init_lr) * update / max(1, cfg.warmup_updates)
     return cfg.lr * math.sqrt(cfg.warmup_updates / max(1, update)) if cfg.warmup_updates else cfg.lr
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def check_device_name(name: str) -> None:
+    if name not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise ConfigError(f"device={name!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device a run trains on. ``auto``: a CUDA GPU when torch sees one, else the CPU.
+    ``cuda`` is the process's own GPU: ``cuda:LOCAL_RANK`` under torchrun, else ``cuda:0``."""
+    check_device_name(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                          f"use device=cpu, or auto to take a GPU only where there is one")
+    dev = torch.device(name if name != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    if dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name}: cuda:{dev.index} asked for, but torch sees "
+                          f"{torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in it (in dicts, lists and tuples, nested) on ``device``."""
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def get_rng(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's RNG states: the CPU's, and the GPU's when ``device`` is one (dropout draws there)."""
+    states = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["rng.torch"])
+    if device.type == "cuda" and "rng.cuda" in states:  # a CPU checkpoint resumed on a GPU has none
+        torch.cuda.set_rng_state(states["rng.cuda"], device)
 
 
 def hash_seed(*parts: int) -> int:
@@ -130,13 +197,13 @@ def hash_seed(*parts: int) -> int:
 
 
 def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
-    """Write ``path/`` (model, optimizer moments, RNG, JSON state) atomically."""
-    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    """Write ``path/`` (model, optimizer moments, RNG, JSON state) atomically, from the CPU."""
+    tensors = {f"model.{k}": _cpu_copy(v) for k, v in model.state_dict().items()}
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         for k, v in opt.state.get(p, {}).items():
-            tensors[f"opt.{i}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().clone().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
+            tensors[f"opt.{i}.{k}"] = _cpu_copy(v if torch.is_tensor(v) else torch.tensor(v))
+    tensors.update({k: _cpu_copy(v) for k, v in get_rng(model_device(model)).items()})
     _, py_state, py_pos = random.getstate()
     with atomic_dir(path) as tmp:
         save_file(tensors, str(tmp / "checkpoint.safetensors"))
@@ -144,16 +211,22 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, st
                                                     "python_random_pos": py_pos}, indent=1))
 
 
+def _cpu_copy(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", copy=True).contiguous()
+
+
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """Restore ``model`` and ``opt`` (on the model's device) and the RNGs; returns the JSON state."""
     tensors = load_file(str(path / "checkpoint.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
+        # the moments go where their parameter is; Adam keeps its step count on the CPU
         st = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
         if st:
-            opt.state[p] = st
+            opt.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in st.items()}
     state = json.loads((path / "state.json").read_text())
-    torch.set_rng_state(tensors["rng.torch"])
+    set_rng(tensors, model_device(model))
     random.setstate((3, tuple(state.pop("python_random")), state.pop("python_random_pos")))
     return state
 
@@ -209,10 +282,15 @@ class ActiveClock:
         return self.seconds
 
 
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group when torchrun started several processes."""
+def init_distributed(device: torch.device | None = None) -> tuple[int, int]:
+    """(rank, world size); joins the process group when torchrun started several processes
+    (NCCL when they train on GPUs, gloo on the CPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        if device is not None and device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -222,7 +300,7 @@ def start_run(cfg: LoopConfig) -> tuple[int, int, dict]:
     """What every recipe does first: join the process group, set the threads, write
     ``out/recipe.json`` (rank 0) and seed Python's and torch's RNGs.
     Returns (rank, world size, the recipe as a dict)."""
-    rank, world = init_distributed()
+    rank, world = init_distributed(resolve_device(cfg.device))
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -244,6 +322,11 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
     """Train ``model`` (or resume its run) under ``cfg``; return ``cfg.out/model``."""
     out = Path(cfg.out)
     ckpt_dir, final = out / "checkpoints", out / "model"
+    device = resolve_device(cfg.device)
+    model.to(device)
+    if device.type == "cuda":  # TF32 matrix products: fp32 training at tensor-core speed
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        log.info("training on %s (%s)", device, torch.cuda.get_device_name(device))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
     state = {"update": 0, "epoch": 0, "pos": 0, "best_dev_loss": None, "bad_validations": 0,
              "seconds": 0.0, "history": [], "done": False}
@@ -269,7 +352,10 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
             # trained under them would have (validate, mark done, average)
             log.info("the limits stop this run at %s: finishing there", ckpts[-1].name)
             finish_here = True
-    module = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    module = model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        module = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def checkpoint() -> None:
         if rank == 0:
@@ -306,7 +392,7 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
                     break
                 # what a batch draws depends on where it stands, not on what ran before
                 gen = torch.Generator().manual_seed(hash_seed(cfg.seed, state["epoch"], state["pos"], rank))
-                accum.append(recipe.make_batch(seq[state["pos"] * world + rank], gen))
+                accum.append(to_device(recipe.make_batch(seq[state["pos"] * world + rank], gen), device))
                 state["pos"] += 1
             for g in opt.param_groups:
                 g["lr"] = inverse_sqrt_lr(state["update"] + 1, cfg)
@@ -317,7 +403,7 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
             state["update"] += 1
             state["seconds"] = clock.tick()
             if world > 1:  # the ranks stop at the same update: they agree on the slowest clock
-                t = torch.tensor([state["seconds"]], dtype=torch.float64)
+                t = torch.tensor([state["seconds"]], dtype=torch.float64, device=device)
                 dist.all_reduce(t, op=dist.ReduceOp.MAX)
                 state["seconds"] = clock.seconds = float(t)
             bar.update(1)
@@ -344,6 +430,7 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
     if rank == 0:
         ckpts = list_checkpoints(ckpt_dir)
         paths = ckpts[-cfg.average_last:] if cfg.average_last > 0 else ckpts[-1:]
+        model.to("cpu")  # the average, its dev scores and the model directory: on the CPU
         model.load_state_dict(average_checkpoints(paths))
         recipe.finish(model, paths, state)
     barrier(world)
@@ -360,12 +447,13 @@ def _limits_left(state: dict, cfg: LoopConfig) -> bool:
 def _validate(recipe: Recipe, model: nn.Module, cfg: LoopConfig, state: dict, rank: int) -> bool:
     """Dev loss into the history; True when early stopping says stop."""
     # keep the dropout RNG where it was: validation must not change what training draws next
-    rng = torch.get_rng_state()
+    device = model_device(model)
+    rng = get_rng(device)
     model.eval()
     with torch.no_grad():
         loss = recipe.dev_loss(model)
     model.train()
-    torch.set_rng_state(rng)
+    set_rng(rng, device)
     state["history"].append({"update": state["update"], "dev_nll": round(loss, 4)})
     if rank == 0:
         log.info("update %d: dev nll %.4f", state["update"], loss)

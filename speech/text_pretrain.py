@@ -43,7 +43,7 @@ from speech.data.cache import interpres_home
 from speech.data.text import TARGET_LANGS, read_tsv
 from speech.dataset import batches_by_frames, interleave_by_weight, language_weights
 from speech.evaluate import score_hypotheses
-from speech.loop import LoopConfig, barrier, run, start_run
+from speech.loop import LoopConfig, barrier, model_device, run, start_run, to_device
 from speech.model import EOS_ID, PAD_ID, label_smoothed_nll_loss, param_count, save_model_dir
 from speech.model import preset as speech_preset
 from speech.text_model import MTConfig, MTModel, text_batch
@@ -241,9 +241,10 @@ class TextPretrainRecipe:
     @torch.no_grad()
     def dev_loss(self, model: torch.nn.Module) -> float:
         total, tokens = 0.0, 0
+        device = model_device(model)
         for d in self.dev.values():
             for idx in batches_by_frames(d.lengths, self.cfg.max_tokens, self.cfg.max_items, shuffle=False):
-                b = make_batch(d, idx)
+                b = to_device(make_batch(d, idx), device)
                 _, nll = label_smoothed_nll_loss(model(b["src"], b["src_lens"], b["prev"])["logits"],
                                                  b["target"], 0.0, PAD_ID)
                 total += float(nll)
@@ -275,7 +276,7 @@ def dev_scores(model: MTModel, tok: Tokenizer, dev: dict[str, LangPairs], cfg: T
         n = min(cfg.dev_bleu_max, len(d.src))
         hyps = [""] * n
         for idx in batches_by_frames(d.lengths[:n], cfg.max_tokens, cfg.max_items, shuffle=False):
-            b = make_batch(d, idx)
+            b = to_device(make_batch(d, idx), model_device(model))
             enc = model.encode(b["src"], b["src_lens"])
             for k, r in zip(idx, greedy_search([model], [enc], [tok.prefix(lang)] * len(idx),
                                                 DecodingOptions(beam_size=1))):

@@ -42,7 +42,7 @@ from speech.data.text import TARGET_LANGS
 from speech.dataset import SplitFeatures, batches_by_frames, interleave_by_weight, language_weights, pad_features
 from speech.evaluate import score_hypotheses  # one scoring rule for training and evaluation
 from speech.features import FbankConfig
-from speech.loop import LoopConfig, Progress, barrier, run, start_run
+from speech.loop import LoopConfig, Progress, barrier, model_device, resolve_device, run, start_run, to_device
 from speech.model import (PAD_ID, ModelConfig, S2TModel, ctc_loss, label_smoothed_nll_loss, load_model_dir,
                           param_count, preset, save_model_dir)
 from speech.tokenizer import Tokenizer, train_st_tokenizer
@@ -264,9 +264,10 @@ def init_encoder_from(model: S2TModel, path: str) -> int:
 @torch.no_grad()
 def dev_loss(model: S2TModel, data: dict[str, LangData], cfg: TrainConfig) -> float:
     total, tokens = 0.0, 0
+    device = model_device(model)
     for lang, d in data.items():
         for idx in batches_by_frames(d.lengths, cfg.max_frames, cfg.max_items, shuffle=False):
-            b = make_batch(d, idx, None, None)
+            b = to_device(make_batch(d, idx, None, None), device)
             out = model(b["features"], b["feat_lens"], b["prev"])
             _, nll = label_smoothed_nll_loss(out["logits"], b["target"], 0.0, PAD_ID)
             total += float(nll)
@@ -285,7 +286,7 @@ def dev_scores(model: S2TModel, tok: Tokenizer, data: dict[str, LangData], cfg: 
         n = min(cfg.dev_bleu_max, len(d.items))
         hyps = [""] * n
         for idx in batches_by_frames(d.lengths[:n], cfg.max_frames, cfg.max_items, shuffle=False):
-            b = make_batch(d, idx, None, None)
+            b = to_device(make_batch(d, idx, None, None), model_device(model))
             enc = model.encode(b["features"], b["feat_lens"])
             results = greedy_search([model], [enc], [tok.prefix(lang)] * len(idx), DecodingOptions(beam_size=1))
             for k, r in zip(idx, results):
@@ -409,7 +410,8 @@ def train(cfg: TrainConfig) -> Path:
         model = S2TModel(mcfg)
     if mcfg.vocab_size != tok.vocab_size:
         raise ConfigError(f"{spm_path}: {tok.vocab_size} pieces, but the model's vocab_size is {mcfg.vocab_size}")
-    teachers = [load_model_dir(t)[0] for t in cfg.teacher]
+    # teachers decode (seq-KD) and score (word KD) on the training device
+    teachers = [load_model_dir(t, device=resolve_device(cfg.device))[0] for t in cfg.teacher]
     for path, t in zip(cfg.teacher, teachers):
         if t.cfg.vocab_size != mcfg.vocab_size:
             raise ConfigError(f"teacher {path}: vocabulary of {t.cfg.vocab_size} pieces, the student has "
@@ -465,7 +467,7 @@ def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tok
 
     def translate(chunk: list[str]) -> list[list[int]]:
         feats = [data[by_id[i][0]].features(by_id[i][1]) for i in chunk]
-        x, lens = pad_features(feats)
+        x, lens = to_device(pad_features(feats), model_device(teachers[0]))
         states = encode(teachers, x, lens)
         prefix = [data[by_id[i][0]].targets[by_id[i][1]][:1] for i in chunk]  # the language tag
         results = search(teachers, states, prefix, opts)
@@ -521,7 +523,7 @@ def unpaired_seq_kd(data: dict[str, LangData], teachers: list[S2TModel], tok: To
     ids = sorted(by_id, key=lambda i: lengths[by_id[i][1]])
 
     def translate(chunk: list[str]) -> list[list[int]]:
-        x, lens = pad_features([en.features(by_id[i][1]) for i in chunk])
+        x, lens = to_device(pad_features([en.features(by_id[i][1]) for i in chunk]), model_device(teachers[0]))
         states = encode(teachers, x, lens)
         return [r.tokens for r in search(teachers, states, [[tok.lang_tag(by_id[i][0])] for i in chunk], opts)]
 

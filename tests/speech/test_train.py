@@ -18,7 +18,8 @@ from compress.distill import degenerate, sentence_chrf
 from speech.config import ConfigError, load_config
 from speech.data.speech_corpus import SpeechCorpusConfig, build_speech_corpus
 from speech.model import load_model_dir
-from speech.loop import ActiveClock, average_checkpoints, list_checkpoints
+from speech.loop import (ActiveClock, LoopConfig, average_checkpoints, list_checkpoints, load_checkpoint,
+                         resolve_device, save_checkpoint, to_device)
 from speech.features import FbankConfig
 from speech.tokenizer import Tokenizer
 from speech.train import TrainConfig, build_lang_data, init_encoder_from, read_texts, train
@@ -183,6 +184,44 @@ def test_active_clock_counts_cpu_time_when_the_process_did_not_run():
     while time.process_time() - start < 0.2:  # running: all of it
         pass
     assert real.tick() >= 0.19
+
+
+def test_device_names_and_where_auto_trains(monkeypatch):
+    with pytest.raises(ConfigError, match="device='gpu'"):
+        LoopConfig(device="gpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        assert resolve_device("cuda") == torch.device("cuda:0")  # torchrun's rank 0 takes GPU 0
+    else:  # this machine: auto is the CPU, and asking for a GPU names the setting
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="device=cuda:1: .* sees no CUDA GPU"):
+            resolve_device("cuda:1")
+
+
+@pytest.mark.filterwarnings("ignore:.*meta parameter")  # loading weights into meta tensors is a no-op
+def test_batches_and_optimizer_state_follow_the_device(tmp_path):
+    # "meta" stands in for a GPU: a device other than the CPU that every torch has
+    batch = {"features": torch.ones(2, 3), "lens": [torch.tensor([3, 2]), 7], "name": "x"}
+    moved = to_device(batch, torch.device("meta"))
+    assert moved["features"].is_meta and moved["lens"][0].is_meta and moved["lens"][1] == 7
+    assert moved["name"] == "x" and batch["features"].device.type == "cpu"
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c", model, opt, {"update": 1})
+    saved = load_file(str(tmp_path / "c/checkpoint.safetensors"))
+    assert {"model.weight", "opt.0.exp_avg", "opt.0.step", "rng.torch"} <= set(saved)
+    # resumed where the model now is: the moments go there, Adam's step count stays on the CPU
+    on_meta = torch.nn.Linear(3, 2, device="meta")
+    opt2 = torch.optim.Adam(on_meta.parameters())
+    assert load_checkpoint(tmp_path / "c", on_meta, opt2)["update"] == 1
+    st = opt2.state[on_meta.weight]
+    assert st["exp_avg"].is_meta and st["exp_avg_sq"].is_meta and st["step"].device.type == "cpu"
+    assert float(st["step"]) == 1.0
 
 
 def test_checkpoint_average_is_the_mean(home, tmp_path):
