@@ -41,8 +41,9 @@ from speech.config import ConfigError, config_to_dict
 from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
 from speech.decode import encode, search
-from speech.loop import LoopConfig, Progress, barrier, model_device, resolve_device, run, start_run, to_device
-from speech.model import EOS_ID, PAD_ID, label_smoothed_nll_loss, load_model_dir, param_count, save_model_dir
+from speech.loop import LoopConfig, Progress, barrier, resolve_device, run, start_run, to_device
+from speech.model import (EOS_ID, PAD_ID, label_smoothed_nll_loss, load_model_dir, model_device, param_count,
+                          save_model_dir)
 from speech.tokenizer import Tokenizer, train_tokenizer
 from simul.agents import SEGMENT_LENPEN
 from simul.data import Document, StreamCorpusConfig, build_stream_corpus, load_split

@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from speech.config import ConfigError, config_to_dict
 from speech.data.cache import atomic_dir, write_json_atomic
+from speech.model import model_device
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Recipe(Protocol):
 
     def dev_loss(self, model: nn.Module) -> float:
         """Per-token NLL on the dev set (the loop restores train mode and the RNG); the dev
-        batches go where the model is (:func:`model_device`, :func:`to_device`)."""
+        batches go where the model is (:func:`speech.model.model_device`, :func:`to_device`)."""
 
     def finish(self, model: nn.Module, averaged: list[Path], state: dict) -> None:
         """Write ``out/model/`` from ``model`` (already the checkpoint average, on the CPU); rank 0 only."""
@@ -168,11 +169,6 @@ def to_device(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_device(v, device) for v in obj)
     return obj
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where ``model``'s parameters are (the CPU for a model without any)."""
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def get_rng(device: torch.device) -> dict[str, torch.Tensor]:

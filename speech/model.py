@@ -555,6 +555,16 @@ def _saved_names(state: dict[str, Tensor]) -> list[str]:
     return names
 
 
+def model_device(model: object) -> torch.device:
+    """Where a model takes its inputs: its parameters' device; the CPU for a model without
+    any (an ONNX Runtime model, say)."""
+    if isinstance(model, nn.Module):
+        param = next(model.parameters(), None)
+        if param is not None:
+            return param.device
+    return torch.device("cpu")
+
+
 def save_model_dir(model: nn.Module, cfg: Any, path: str | Path, extra: dict[str, Any] | None = None,
                    dtype: torch.dtype | None = None) -> Path:
     """Write ``path/model.safetensors`` and ``path/config.json`` = {"model": cfg, **extra}.

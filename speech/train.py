@@ -42,9 +42,9 @@ from speech.data.text import TARGET_LANGS
 from speech.dataset import SplitFeatures, batches_by_frames, interleave_by_weight, language_weights, pad_features
 from speech.evaluate import score_hypotheses  # one scoring rule for training and evaluation
 from speech.features import FbankConfig
-from speech.loop import LoopConfig, Progress, barrier, model_device, resolve_device, run, start_run, to_device
+from speech.loop import LoopConfig, Progress, barrier, resolve_device, run, start_run, to_device
 from speech.model import (PAD_ID, ModelConfig, S2TModel, ctc_loss, label_smoothed_nll_loss, load_model_dir,
-                          param_count, preset, save_model_dir)
+                          model_device, param_count, preset, save_model_dir)
 from speech.tokenizer import Tokenizer, train_st_tokenizer
 
 log = logging.getLogger(__name__)

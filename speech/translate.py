@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from speech.audio import SAMPLE_RATE, load_audio
@@ -46,7 +45,7 @@ from speech.config import ConfigError
 from speech.dataset import batches_by_frames, pad_features
 from speech.decode import DecodingOptions, DecodingResult, encode, repeat_states, search
 from speech.features import FbankConfig, fbank, num_frames, utterance_cmvn
-from speech.model import CONFIG_FILE, WEIGHTS_FILE, S2TModel, load_model_dir
+from speech.model import CONFIG_FILE, WEIGHTS_FILE, S2TModel, load_model_dir, model_device
 from speech.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -144,7 +143,7 @@ class Translator:
             raise TranslateError(f"{self.name}: ctc_weight {opts.ctc_weight} needs a CTC head on every model")
         tags = tuple(self.tokenizer.lang_tag(lang) for lang in self.tokenizer.languages)
         opts = dataclasses.replace(opts, suppress_tokens=tuple(opts.suppress_tokens) + tags)
-        device = _input_device(self.models[0])
+        device = model_device(self.models[0])
         x, lens = pad_features(list(feats))
         states = encode(self.models, x.to(device), lens.to(device))
         out: list[list[DecodingResult | None]] = [[None] * len(langs) for _ in feats]
@@ -173,15 +172,6 @@ def resolve_ctc_weight(translator: Translator, requested: float | None) -> float
             raise TranslateError(f"ctc_weight must be in [0, 1], got {requested}")
         return requested
     return DEFAULT_CTC_WEIGHT if translator.has_ctc else 0.0
-
-
-def _input_device(model: S2TModel | OnnxS2TModel) -> torch.device:
-    """Where a model takes its inputs: its parameters' device; the CPU for an ONNX model."""
-    if isinstance(model, nn.Module):
-        param = next(model.parameters(), None)
-        if param is not None:
-            return param.device
-    return torch.device("cpu")
 
 
 def _fbank_config(data: object, where: str, n_mels: int) -> FbankConfig:
