@@ -36,6 +36,8 @@ RUNTIME_HELP = ("torch (default), or onnx: int8 onnxruntime, exported once per m
 CTC_WEIGHT_HELP = ("joint CTC/attention decoding of English (transcription) outputs: the weight of the "
                    "CTC prefix score, 0 for attention alone (default: 0.5 when the model has a CTC head, "
                    "else 0); translations always use attention alone")
+NO_REPEAT_HELP = ("never repeat an n-gram of N tokens in one output, as fairseq's --no-repeat-ngram-size "
+                  "(default: 0, off)")
 
 
 def _fields_help(cls: type) -> str:
@@ -165,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="st: translate into XX; asr: transcribe every pair into English (default: the model's)")
     mustc.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
     mustc.add_argument("--lenpen", type=float, default=1.0, help="length penalty (default: 1.0)")
+    mustc.add_argument("--no-repeat-ngram-size", type=_non_negative_int, default=0, metavar="N",
+                       help=NO_REPEAT_HELP)
     mustc.add_argument("--batch-frames", type=_positive_int, default=20000,
                        help="feature frames (10 ms each) per batch, padding included (default: 20000)")
     mustc.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=RUNTIME_HELP)
@@ -296,12 +300,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     """The options ``translate`` and ``transcribe`` share."""
     p.add_argument("--model", type=Path, action="append", metavar="DIR",
                    help="model directory (default: the bundled model); repeat it to decode with an ensemble")
     p.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
     p.add_argument("--lenpen", type=float, default=1.0, help="length penalty: score / length**lenpen (default: 1.0)")
+    p.add_argument("--no-repeat-ngram-size", type=_non_negative_int, default=0, metavar="N", help=NO_REPEAT_HELP)
     p.add_argument("--format", choices=["text", "json", "srt"], default="text", help="output format (default: text)")
     p.add_argument("--batch-frames", type=_positive_int, default=20000,
                    help="feature frames (10 ms each) per batch, padding included (default: 20000)")
@@ -335,6 +347,7 @@ def _translate_and_print(args: argparse.Namespace, pick_langs, task: str | None 
     langs = pick_langs(translator)
     translator.check_languages(langs)
     opts = DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen,
+                           no_repeat_ngram_size=args.no_repeat_ngram_size,
                            ctc_weight=resolve_ctc_weight(translator, args.ctc_weight))
     results = translate_files(translator, args.files, langs, opts, batch_frames=args.batch_frames)
     if args.out is None:
@@ -389,12 +402,14 @@ def _cmd_eval_mustc(args: argparse.Namespace) -> int:
 
     pairs = list(dict.fromkeys(x.strip() for x in args.pairs.split(",") if x.strip()))
     opts = EvalOptions(root=args.root, pairs=pairs, split=args.split, models=args.model, task=args.task,
-                       decoding=DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen),
+                       decoding=DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen,
+                                                no_repeat_ngram_size=args.no_repeat_ngram_size),
                        batch_frames=args.batch_frames, out=args.out, skip_bad=args.skip_bad,
                        also_asr=args.also_asr, runtime=args.runtime, ctc_weight=args.ctc_weight)
     if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         argv = ["eval", "mustc", "--root", str(args.root), "--pairs", ",".join(pairs), "--split", args.split,
                 "--beam", str(args.beam), "--lenpen", str(args.lenpen), "--batch-frames", str(args.batch_frames),
+                "--no-repeat-ngram-size", str(args.no_repeat_ngram_size),
                 "--runtime", args.runtime, "--out", str(opts.out_dir)]
         argv += ["--ctc-weight", str(args.ctc_weight)] if args.ctc_weight is not None else []
         argv += [a for m in args.model or [] for a in ("--model", str(m))]

@@ -16,7 +16,9 @@ What compress asks of a family, for S2T models:
   test split, translated (or transcribed, for ``en-asr``) with beam search; mean chrF
   over the languages (the headline), BLEU, and WER on English;
 - ``open``: a :class:`Runner` per variant; a variant's ``decode`` (compress's
-  ``decodings``) may set its ``beam`` (1: greedy), nothing else.
+  ``decodings``) may set its ``beam`` (1: greedy) and ``no_repeat_ngram_size`` (fairseq's
+  ban on repeating an n-gram; 0: none), nothing else. The family's options set both for
+  every variant, the teacher included.
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ RUNTIMES = ("torch", "torch-int8", "torch-bf16", "onnx", "onnx-int8")
 
 @dataclass
 class Runner:
-    """A variant opened for measuring: its translator and the beam it decodes with."""
+    """A variant opened for measuring: its translator and how it decodes."""
 
     translator: Translator
     beam: int
+    no_repeat_ngram_size: int = 0
 
 
 class SpeechFamily:
@@ -60,9 +63,11 @@ class SpeechFamily:
 
     def __init__(self, corpus: str = "small", split: str = "tst-COMMON", per_lang: int = 20,
                  langs: Sequence[str] = ("de", "es", "fr", "it", "nl", "pt", "ro", "ru", "ja", "zh"),
-                 asr: bool = True, beam: int = 5, train_config: str = str(REPO / "configs/speech/st_small.yaml")):
+                 asr: bool = True, beam: int = 5, no_repeat_ngram_size: int = 0,
+                 train_config: str = str(REPO / "configs/speech/st_small.yaml")):
         self.corpus, self.split, self.per_lang, self.langs = corpus, split, per_lang, list(langs)
         self.asr, self.beam, self.train_config = asr, beam, train_config
+        self.no_repeat_ngram_size = no_repeat_ngram_size
 
     # ------------------------------------------------------------------ models
 
@@ -148,9 +153,12 @@ class SpeechFamily:
         runtime = variant["runtime"]
         decode = dict(variant.get("decode") or {})
         beam = decode.pop("beam", self.beam)
-        if decode or not isinstance(beam, int) or beam < 1:
+        no_repeat = decode.pop("no_repeat_ngram_size", self.no_repeat_ngram_size)
+        if (decode or not isinstance(beam, int) or isinstance(beam, bool) or beam < 1
+                or not isinstance(no_repeat, int) or isinstance(no_repeat, bool) or no_repeat < 0):
             raise CompressError(f"{variant.get('name', variant['path'])}: decoding settings {variant.get('decode')} "
-                                f"(the speech family takes beam: a positive integer)")
+                                f"(the speech family takes beam: a positive integer, and "
+                                f"no_repeat_ngram_size: an integer >= 0)")
         torch.set_num_threads(threads)
         tr = load_translator(variant["path"])
         if runtime.startswith("onnx"):
@@ -164,12 +172,13 @@ class SpeechFamily:
             tr.models = [quantize_torch_int8(m) for m in tr.models]
         elif runtime == "torch-bf16":
             tr.models = [m.to(torch.bfloat16) for m in tr.models]
-        return Runner(tr, beam)
+        return Runner(tr, beam, no_repeat)
 
     def infer(self, runner: Runner, items: list[dict[str, Any]]) -> list[str]:
         tr = runner.translator
         tags = tuple(tr.tokenizer.lang_tag(lang) for lang in tr.tokenizer.languages)
-        opts = DecodingOptions(beam_size=runner.beam, suppress_tokens=tags)
+        opts = DecodingOptions(beam_size=runner.beam, no_repeat_ngram_size=runner.no_repeat_ngram_size,
+                               suppress_tokens=tags)
         x, lens = pad_features([it["feats"] for it in items])
         if isinstance(tr.models[0], nn.Module):  # bf16 models take bf16 features
             x = x.to(tr.models[0].encoder.subsample.conv_layers[0].weight.dtype)

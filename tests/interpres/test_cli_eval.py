@@ -61,6 +61,22 @@ def test_eval_writes_hypotheses_and_the_report(corpus, model_dir, tmp_path, caps
     assert all(len(text.split("\n")) == len(UTTS) + 1 for text in hyps(out).values())
 
 
+def test_no_repeat_ngram_size_reaches_the_decoding(corpus, model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*eval_args(corpus, model_dir, out), "--pairs", "en-de", "--no-repeat-ngram-size", "2"]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "scores.json").read_text())
+    assert report["decoding"]["no_repeat_ngram_size"] == 2
+    assert "must be at least 0" in error_of_usage(capsys, [*eval_args(corpus, model_dir, out), "--no-repeat-ngram-size", "-1"])
+
+
+def error_of_usage(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
 def test_default_output_directory_is_eval_split(corpus, model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = [a for a in eval_args(corpus, model_dir, "x") if a not in ("--out", "x")]

@@ -18,14 +18,14 @@ def family_and_model(tmp_path_factory):
     return SpeechFamily(corpus=str(root), split=SPLIT, per_lang=3, langs=["de", "fr"], beam=3), model
 
 
-def direct(runner, items, search, beam):
+def direct(runner, items, search, beam, **options):
     """What decoding the items with ``search`` by hand gives."""
     tr = runner.translator
     tags = tuple(tr.tokenizer.lang_tag(lang) for lang in tr.tokenizer.languages)
     x, lens = pad_features([it["feats"] for it in items])
     results = search(tr.models, encode(tr.models, x, lens), [tr.prefix(it["lang"]) for it in items],
-                     DecodingOptions(beam_size=beam, suppress_tokens=tags))
-    return [tr.text(r) for r in results]
+                     DecodingOptions(beam_size=beam, suppress_tokens=tags, **options))
+    return results, [tr.text(r) for r in results]
 
 
 def test_a_variant_decodes_with_its_own_beam(family_and_model, one_thread):
@@ -36,8 +36,8 @@ def test_a_variant_decodes_with_its_own_beam(family_and_model, one_thread):
     default = family.open(variant, threads=1)
     greedy = family.open({**variant, "name": "teacher greedy", "decode": {"beam": 1}}, threads=1)
     assert (default.beam, greedy.beam) == (3, 1)
-    assert family.infer(default, items) == direct(default, items, beam_search, 3)
-    assert family.infer(greedy, items) == direct(greedy, items, greedy_search, 1)
+    assert family.infer(default, items) == direct(default, items, beam_search, 3)[1]
+    assert family.infer(greedy, items) == direct(greedy, items, greedy_search, 1)[1]
     outputs = family.infer(greedy, items)
     scores = family.score(greedy, items, outputs)
     assert {"chrF", "BLEU", "WER"} <= set(scores)
@@ -45,7 +45,28 @@ def test_a_variant_decodes_with_its_own_beam(family_and_model, one_thread):
     assert family.resampler(items, outputs)(range(len(items))) == pytest.approx(scores["chrF"])
 
 
-@pytest.mark.parametrize("decode", [{"beam": 0}, {"beam": "1"}, {"length_penalty": 1.0}])
+def test_no_repeat_ngram_size_per_variant_and_for_all(family_and_model, one_thread):
+    family, model = family_and_model
+    items = family.test_items({})
+    variant = {"name": "student greedy", "path": str(model), "runtime": "torch"}
+    free = family.open({**variant, "decode": {"beam": 1}}, threads=1)
+    banned = family.open({**variant, "decode": {"beam": 1, "no_repeat_ngram_size": 1}}, threads=1)
+    assert (free.no_repeat_ngram_size, banned.no_repeat_ngram_size) == (0, 1)
+    results, texts = direct(banned, items, greedy_search, 1, no_repeat_ngram_size=1)
+    assert family.infer(banned, items) == texts
+    for r in results:  # no piece twice in one output: the random tiny model repeats without the ban
+        assert len(set(r.tokens)) == len(r.tokens)
+    assert any(len(set(r.tokens)) < len(r.tokens) for r in direct(free, items, greedy_search, 1)[0])
+    # the family's option applies to every variant, the teacher included; a variant's decode overrides it
+    everywhere = SpeechFamily(corpus=family.corpus, split=family.split, per_lang=3, langs=["de", "fr"], beam=3,
+                              no_repeat_ngram_size=2)
+    teacher = everywhere.open({**variant, "name": "teacher"}, threads=1)
+    assert (teacher.beam, teacher.no_repeat_ngram_size) == (3, 2)
+    assert everywhere.open({**variant, "decode": {"no_repeat_ngram_size": 0}}, threads=1).no_repeat_ngram_size == 0
+
+
+@pytest.mark.parametrize("decode", [{"beam": 0}, {"beam": "1"}, {"length_penalty": 1.0},
+                                    {"no_repeat_ngram_size": -1}, {"beam": True}])
 def test_decoding_settings_it_cannot_follow_are_named(family_and_model, decode):
     family, model = family_and_model
     with pytest.raises(CompressError, match="student greedy"):
