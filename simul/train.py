@@ -42,8 +42,8 @@ from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
 from speech.decode import encode, search
 from speech.loop import LoopConfig, Progress, barrier, resolve_device, run, start_run, to_device
-from speech.model import (EOS_ID, PAD_ID, label_smoothed_nll_loss, load_model_dir, model_device, param_count,
-                          save_model_dir)
+from speech.model import (EOS_ID, PAD_ID, label_smoothed_nll_loss, load_model_dir, model_device, model_dir_hash,
+                          param_count, save_model_dir)
 from speech.tokenizer import Tokenizer, train_tokenizer
 from simul.agents import SEGMENT_LENPEN
 from simul.data import Document, StreamCorpusConfig, build_stream_corpus, load_split
@@ -357,7 +357,8 @@ def train(cfg: SimulTrainConfig) -> Path:
 def seq_kd_examples(ex: Examples, teachers: list[MTModel], path: Path, cfg: SimulTrainConfig) -> Examples:
     """Sequence-level KD: each target replaced by the teachers' beam output (an ensemble when
     several), cached and resumable in ``path`` (:class:`compress.distill.SeqKDCorpus`)."""
-    settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
+    settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher],
+                "teacher_sha256": [model_dir_hash(t) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
                 "stage": cfg.stage, "corpus": cfg.corpus, "items": len(ex.src)}
     corpus = SeqKDCorpus(path, settings)
     ids = sorted((str(i) for i in range(len(ex.src))), key=lambda i: len(ex.src[int(i)]))

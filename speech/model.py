@@ -33,6 +33,7 @@ without pickle.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -656,6 +657,19 @@ def load_weights(model: nn.Module, weights_path: Path, error: type[Exception] = 
     with torch.no_grad():
         for name in expected:
             state[name].copy_(tensors[name])  # state-dict tensors share storage with the parameters
+
+
+def model_dir_hash(model_dir: str | Path) -> str:
+    """sha256 of a model directory's config.json and model.safetensors: what an export, or a
+    teacher's cached translations, depends on."""
+    h = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = Path(model_dir) / name
+        h.update(name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def load_model_dir(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",

@@ -47,7 +47,6 @@ transcription (:class:`speech.decode.CTCPrefixScorer`) works on this runtime too
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -63,8 +62,8 @@ from compress.quantize import DEFAULT_ONNX_OPS, quantize_onnx_int8
 from compress.runtime import OrtSession
 from speech.config import config_to_dict
 from speech.data.cache import atomic_dir, interpres_home, write_json_atomic
-from speech.model import (CONFIG_FILE, WEIGHTS_FILE, LayerCache, ModelConfig, S2TModel, load_model_dir,
-                          model_config_from_dict, sinusoids)
+from speech.model import (CONFIG_FILE, LayerCache, ModelConfig, S2TModel, load_model_dir,
+                          model_config_from_dict, model_dir_hash, sinusoids)
 from speech.text_model import MTConfig, MTModel
 
 log = logging.getLogger(__name__)
@@ -205,18 +204,6 @@ def export_graphs(model: S2TModel | MTModel, folder: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- export folders
-
-
-def model_dir_hash(model_dir: str | Path) -> str:
-    """sha256 of a model directory's config.json and model.safetensors: what an export depends on."""
-    h = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        path = Path(model_dir) / name
-        h.update(name.encode() + b"\0")
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def load_any_model_dir(path: str | Path) -> nn.Module:

@@ -44,7 +44,7 @@ from speech.evaluate import score_hypotheses  # one scoring rule for training an
 from speech.features import FbankConfig
 from speech.loop import LoopConfig, Progress, barrier, resolve_device, run, start_run, to_device
 from speech.model import (PAD_ID, ModelConfig, S2TModel, ctc_loss, label_smoothed_nll_loss, load_model_dir,
-                          model_device, param_count, preset, save_model_dir)
+                          model_device, model_dir_hash, param_count, preset, save_model_dir)
 from speech.tokenizer import Tokenizer, train_st_tokenizer
 
 log = logging.getLogger(__name__)
@@ -435,11 +435,13 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _seq_kd_decoding(cfg: TrainConfig, tok: Tokenizer, nbest: int) -> tuple[dict[str, Any], Any]:
-    """What every seq-KD cache records (teachers, beam, corpus) and the teachers' beam search
-    (``nbest`` hypotheses, never a language tag)."""
+    """What every seq-KD cache records (teachers, by path and by the hash of their weights, so
+    that a teacher retrained in place is a new cache; beam; corpus) and the teachers' beam
+    search (``nbest`` hypotheses, never a language tag)."""
     from speech.decode import DecodingOptions  # noqa: PLC0415
 
-    settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
+    settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher],
+                "teacher_sha256": [model_dir_hash(t) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
                 "corpus": str(corpus_root(cfg.corpus))}
     tags = tuple(tok.lang_tag(lang) for lang in tok.languages)
     return settings, DecodingOptions(beam_size=cfg.seq_kd_beam, nbest=nbest, suppress_tokens=tags)

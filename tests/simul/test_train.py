@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from speech.config import ConfigError, load_config
+from speech.model import model_dir_hash
 from simul.model import load_mt_model
 from simul.train import SimulTrainConfig, segment_pairs, train
 from simul.data import load_split
@@ -117,6 +118,7 @@ def test_sequence_level_distillation_caches_the_teachers_outputs(tiny_simul, tmp
     lines = (tmp_path / "seq/seq_kd.jsonl").read_text().splitlines()
     header = json.loads(lines[0])
     assert header["settings"]["beam"] == 2 and len(lines) == 1 + header["settings"]["items"]
+    assert header["settings"]["teacher_sha256"] == [model_dir_hash(tiny_simul.model)]  # a retrained teacher: a new cache
     outs = [json.loads(x)["tokens"] for x in lines[1:]]
     assert all(isinstance(t, list) for t in outs) and sum(map(len, outs)) > 0
     with pytest.raises(ConfigError, match="seq_kd needs teacher"):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from compress.distill import degenerate, sentence_chrf
+from compress.distill import SeqKDError, degenerate, sentence_chrf
 from speech.config import ConfigError, load_config
 from speech.data.speech_corpus import SpeechCorpusConfig, build_speech_corpus
 from speech.model import load_model_dir
@@ -318,6 +318,17 @@ def test_distillation_word_and_sequence_level(home, tmp_path, caplog):
     kept = sum(bool(t) and not degenerate(t) for t in unpaired.values())
     assert any(f"seq-KD on unpaired audio: {kept} more pairs" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "unpaired/seq_kd.jsonl").read_text() == (tmp_path / "seq-de/seq_kd.jsonl").read_text()
+    # a teacher retrained in place (same folder, new weights) does not reuse the old teacher's translations
+    moving = tmp_path / "moving"
+    shutil.copytree(teacher_dir, moving)
+    settings = [f"init={moving}", f"teacher=[{moving}]", "seq_kd=true", "seq_kd_beam=2", "seq_kd_langs=[de,fr]",
+                "kd.alpha=0", "max_updates=1"]
+    train(cfg_for(home, "st", tmp_path / "before", *settings))
+    shutil.copy(student_dir / "model.safetensors", moving / "model.safetensors")
+    (tmp_path / "after").mkdir()
+    shutil.copy(tmp_path / "before/seq_kd.jsonl", tmp_path / "after/seq_kd.jsonl")
+    with pytest.raises(SeqKDError, match="seq_kd.jsonl: made with other settings"):
+        train(cfg_for(home, "st", tmp_path / "after", *settings))
     with pytest.raises(ConfigError, match="seq_kd_unpaired needs seq_kd"):
         cfg_for(home, "st", tmp_path / "x", f"teacher=[{teacher_dir}]", "seq_kd_unpaired=true")
     with pytest.raises(ConfigError, match="seq_kd_select must be one of best, closest"):
