@@ -49,6 +49,10 @@ REPO = Path(__file__).resolve().parent.parent  # configs/ sits beside the packag
 RUNTIMES = ("torch", "torch-int8", "torch-bf16", "onnx", "onnx-int8")
 
 
+def _is_int_at_least(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 @dataclass
 class Runner:
     """A variant opened for measuring: its translator and how it decodes."""
@@ -154,8 +158,7 @@ class SpeechFamily:
         decode = dict(variant.get("decode") or {})
         beam = decode.pop("beam", self.beam)
         no_repeat = decode.pop("no_repeat_ngram_size", self.no_repeat_ngram_size)
-        if (decode or not isinstance(beam, int) or isinstance(beam, bool) or beam < 1
-                or not isinstance(no_repeat, int) or isinstance(no_repeat, bool) or no_repeat < 0):
+        if decode or not _is_int_at_least(beam, 1) or not _is_int_at_least(no_repeat, 0):
             raise CompressError(f"{variant.get('name', variant['path'])}: decoding settings {variant.get('decode')} "
                                 f"(the speech family takes beam: a positive integer, and "
                                 f"no_repeat_ngram_size: an integer >= 0)")
