@@ -7,6 +7,11 @@ The model is any nn.Module; the pruner finds what it can prune by shape, not by 
   head ``h`` is rows ``h*head_dim:(h+1)*head_dim`` of q/k/v and the same columns of out;
 - a *feed-forward block* is a module with ``fc1`` and ``fc2`` (nn.Linear); channel ``c``
   is row ``c`` of fc1 and column ``c`` of fc2;
+- a *GLU conv stack* (the speech encoder's subsampler) is a module with a ``conv_layers``
+  nn.ModuleList of two or more nn.Conv1d, each followed by a GLU over the channels;
+  channel ``c`` of an inner layer ``i`` (every layer but the last, whose output is the
+  model width) is output rows ``c`` and ``c + h`` of conv ``i`` (the value and its gate,
+  ``h`` = half its outputs) and input channel ``c`` of conv ``i + 1``;
 - a *layer stack* is an nn.ModuleList of residual blocks named in
   :attr:`PruneConfig.layers` (e.g. ``encoder.layers``); dropping a pre-LayerNorm residual
   block leaves the identity, so the stack still runs.
@@ -18,14 +23,15 @@ shapes (``speech.model.layout_of``), so the result loads from its own config.
 Importance (``PruneConfig.importance``):
 
 - ``magnitude``: the L2 norm of a group's weights (a head: its q/k/v rows and out
-  columns; a channel: its fc1 row and fc2 column; a layer: the mean absolute weight of
+  columns; a channel: its fc1 row and fc2 column; a GLU channel: its two output rows and
+  the next conv's input channel; a layer: the mean absolute weight of
   its linears: a weak signal for layers, which is why ``taylor`` is the default);
 - ``taylor``: the first-order Taylor estimate of the loss change when the group is
   zeroed, ``|sum_group w * dL/dw|``, summed over calibration batches (Molchanov et al.
   2019), computed from the label loss the caller passes in.
 
-Within each attention / FFN the lowest-scored heads / channels go, the same fraction in
-every layer (an even layout keeps batched matmuls regular); at least one head and one
+Within each attention / FFN / inner conv the lowest-scored heads / channels go, the same
+fraction in every layer (an even layout keeps batched matmuls regular); at least one head and one
 channel stay. Layers are ranked within their stack.
 """
 
@@ -46,13 +52,14 @@ class PruneConfig:
     importance: str = "taylor"
     heads: float = 1.0  # fraction of the heads of each attention kept
     ffn: float = 1.0  # fraction of the channels of each feed-forward block kept
+    conv: float = 1.0  # fraction of the GLU channels of each inner conv of a GLU conv stack kept
     layers: dict[str, int] = field(default_factory=dict)  # ModuleList path -> layers kept
     calibration_batches: int = 8  # taylor: batches the scores are summed over
 
     def __post_init__(self) -> None:
         if self.importance not in IMPORTANCES:
             raise ValueError(f"prune: 'importance' must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
-        for name in ("heads", "ffn"):
+        for name in ("heads", "ffn", "conv"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"prune: '{name}' is the fraction kept, in (0, 1], got {value}")
@@ -78,6 +85,19 @@ def find_ffns(model: nn.Module) -> dict[str, nn.Module]:
     """name -> module for every feed-forward block with fc1/fc2 linears."""
     return {name: m for name, m in model.named_modules() if _is_linear(getattr(m, "fc1", None))
             and _is_linear(getattr(m, "fc2", None))}
+
+
+def find_glu_convs(model: nn.Module) -> dict[str, nn.Module]:
+    """name -> module for every GLU conv stack: a ``conv_layers`` ModuleList of two or more
+    ungrouped nn.Conv1d in which each inner conv has twice the next one's inputs."""
+    out = {}
+    for name, m in model.named_modules():
+        convs = getattr(m, "conv_layers", None)
+        if (isinstance(convs, nn.ModuleList) and len(convs) > 1
+                and all(isinstance(c, nn.Conv1d) and c.groups == 1 for c in convs)
+                and all(convs[i].out_channels == 2 * convs[i + 1].in_channels for i in range(len(convs) - 1))):
+            out[name] = m
+    return out
 
 
 def layer_stack(model: nn.Module, path: str) -> nn.ModuleList:
@@ -116,6 +136,21 @@ def _channel_scores(ffn: nn.Module, per_param: Callable[[nn.Parameter], Tensor])
     return s
 
 
+def _glu_scores(first: nn.Conv1d, second: nn.Conv1d, per_param: Callable[[nn.Parameter], Tensor]) -> Tensor:
+    """Per GLU channel c: ``per_param`` summed over rows c and c+h of ``first`` (weight and
+    bias) and input channel c of ``second``."""
+    h = first.out_channels // 2
+    rows = per_param(first.weight).flatten(1).sum(1).double()
+    if first.bias is not None:
+        rows = rows + per_param(first.bias).double()
+    return rows[:h] + rows[h:] + per_param(second.weight).sum((0, 2)).double()
+
+
+def _glu_pairs(stack: nn.Module) -> list[tuple[str, nn.Conv1d, nn.Conv1d]]:
+    convs = stack.conv_layers
+    return [(f"conv_layers.{i}", convs[i], convs[i + 1]) for i in range(len(convs) - 1)]
+
+
 def _layer_score(layer: nn.Module, per_param: Callable[[nn.Parameter], Tensor]) -> Tensor:
     return sum((per_param(p).sum().double() for p in layer.parameters()), torch.zeros((), dtype=torch.float64))
 
@@ -125,6 +160,7 @@ class Scores:
     heads: dict[str, Tensor]  # attention name -> (heads,)
     channels: dict[str, Tensor]  # ffn name -> (ffn_dim,)
     layers: dict[str, Tensor]  # stack path -> (layers,)
+    glu: dict[str, Tensor] = field(default_factory=dict)  # "<stack>.conv_layers.<i>" -> (GLU channels,)
 
 
 def magnitude_scores(model: nn.Module, cfg: PruneConfig) -> Scores:
@@ -138,7 +174,9 @@ def magnitude_scores(model: nn.Module, cfg: PruneConfig) -> Scores:
             ws = [m.weight.detach().abs().mean() for m in layer.modules() if _is_linear(m)]
             per.append(torch.stack(ws).mean().double() if ws else torch.zeros((), dtype=torch.float64))
         layers[path] = torch.stack(per)
-    return Scores(heads, channels, layers)
+    glu = {f"{n}.{sub}": _glu_scores(a, b, sq).sqrt() for n, m in find_glu_convs(model).items()
+           for sub, a, b in _glu_pairs(m)}
+    return Scores(heads, channels, layers, glu)
 
 
 def taylor_scores(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any],
@@ -150,8 +188,10 @@ def taylor_scores(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any],
     """
     was_training = model.training
     model.eval()
-    attns, ffns = find_attentions(model), find_ffns(model)
+    attns, ffns, convs = find_attentions(model), find_ffns(model), find_glu_convs(model)
     heads = {n: torch.zeros(m.heads, dtype=torch.float64) for n, m in attns.items()}
+    glu = {f"{n}.{sub}": torch.zeros(a.out_channels // 2, dtype=torch.float64) for n, m in convs.items()
+           for sub, a, _ in _glu_pairs(m)}
     channels = {n: torch.zeros(m.fc1.out_features, dtype=torch.float64) for n, m in ffns.items()}
     layers = {p: torch.zeros(len(layer_stack(model, p)), dtype=torch.float64) for p in cfg.layers}
     wg = lambda p: (p.detach().float() * p.grad.float()) if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)  # noqa: E731
@@ -168,6 +208,9 @@ def taylor_scores(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any],
             heads[n] += _head_scores(m, wg).abs()
         for n, m in ffns.items():
             channels[n] += _channel_scores(m, wg).abs()
+        for n, m in convs.items():
+            for sub, a, b in _glu_pairs(m):
+                glu[f"{n}.{sub}"] += _glu_scores(a, b, wg).abs()
         for p in cfg.layers:
             for i, layer in enumerate(layer_stack(model, p)):
                 layers[p][i] += _layer_score(layer, wg).abs()
@@ -176,7 +219,7 @@ def taylor_scores(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any],
     model.train(was_training)
     if not seen:
         raise ValueError("prune: taylor importance needs calibration batches, got none")
-    return Scores(heads, channels, layers)
+    return Scores(heads, channels, layers, glu)
 
 
 # --------------------------------------------------------------------------- surgery
@@ -222,6 +265,40 @@ def prune_channels(ffn: nn.Module, keep: list[int]) -> None:
     ffn.fc2 = _sliced_linear(ffn.fc2, cols=idx)
 
 
+def _sliced_conv(conv: nn.Conv1d, rows: Tensor | None = None, cols: Tensor | None = None) -> nn.Conv1d:
+    w = conv.weight.detach()
+    b = conv.bias.detach() if conv.bias is not None else None
+    if rows is not None:
+        w = w.index_select(0, rows)
+        b = b.index_select(0, rows) if b is not None else None
+    if cols is not None:
+        w = w.index_select(1, cols)
+    new = nn.Conv1d(w.shape[1], w.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, bias=b is not None, padding_mode=conv.padding_mode,
+                    device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if b is not None:
+            new.bias.copy_(b)
+    return new
+
+
+def prune_glu_channels(stack: nn.Module, layer: int, keep: list[int]) -> None:
+    """Keep GLU channels ``keep`` (in this order) of inner conv ``layer`` of a GLU conv stack,
+    in place: its value and gate rows, and the next conv's input channels."""
+    convs = stack.conv_layers
+    if not 0 <= layer < len(convs) - 1:
+        raise ValueError(f"prune_glu_channels: layer {layer} is not an inner conv of {len(convs)}")
+    h = convs[layer].out_channels // 2
+    if not keep:
+        raise ValueError("prune_glu_channels: at least one channel must stay")
+    if any(not 0 <= c < h for c in keep) or len(set(keep)) != len(keep):
+        raise ValueError(f"prune_glu_channels: {keep} are not distinct channels of {h}")
+    idx = torch.tensor(keep, dtype=torch.long, device=convs[layer].weight.device)
+    convs[layer] = _sliced_conv(convs[layer], rows=torch.cat([idx, idx + h]))
+    convs[layer + 1] = _sliced_conv(convs[layer + 1], cols=idx)
+
+
 def remove_layers(stack: nn.ModuleList, keep: list[int]) -> None:
     """Keep layers ``keep`` of a stack (their order preserved), in place."""
     if not keep:
@@ -246,12 +323,13 @@ class PruneResult:
     kept_layers: dict[str, list[int]]
     kept_heads: dict[str, list[int]]
     kept_channels: dict[str, int]
+    kept_glu: dict[str, int] = field(default_factory=dict)  # "<stack>.conv_layers.<i>" -> GLU channels kept
 
     def summary(self) -> dict[str, Any]:
         return {"params_before": self.params_before, "params_after": self.params_after,
                 "params_kept": self.params_after / self.params_before, "kept_layers": self.kept_layers,
                 "kept_heads": {k: len(v) for k, v in self.kept_heads.items()},
-                "kept_channels": self.kept_channels}
+                "kept_channels": self.kept_channels, "kept_glu": self.kept_glu}
 
 
 def count_params(model: nn.Module) -> int:
@@ -262,6 +340,9 @@ def prune(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any] = (),
           loss_fn: Callable[[nn.Module, Any], Tensor] | None = None) -> PruneResult:
     """Score every group on the unpruned model, then remove layers, heads and channels in place."""
     before = count_params(model)
+    glu_names = {id(m): n for n, m in find_glu_convs(model).items()}  # names before layer removal
+    if cfg.conv < 1.0 and not glu_names:
+        raise ValueError(f"prune: 'conv' is {cfg.conv}, but the model has no GLU conv stack to prune")
     if cfg.importance == "taylor":
         if loss_fn is None:
             raise ValueError("prune: taylor importance needs a loss function and calibration batches")
@@ -295,7 +376,15 @@ def prune(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any] = (),
         if n < ffn.fc1.out_features:
             prune_channels(ffn, _top(s, n))
         kept_channels[name] = ffn.fc1.out_features
-    return PruneResult(before, count_params(model), kept_layers, kept_heads, kept_channels)
+    kept_glu = {}
+    for name, stack in find_glu_convs(model).items():
+        for i in range(len(stack.conv_layers) - 1):
+            key, h = f"{glu_names[id(stack)]}.conv_layers.{i}", stack.conv_layers[i].out_channels // 2
+            n = max(1, math.ceil(cfg.conv * h - 1e-9))
+            if n < h:
+                prune_glu_channels(stack, i, _top(scores.glu[key], n))
+            kept_glu[f"{name}.conv_layers.{i}"] = stack.conv_layers[i].out_channels // 2
+    return PruneResult(before, count_params(model), kept_layers, kept_heads, kept_channels, kept_glu)
 
 
 def _named_before(scored: dict[str, Tensor], model: nn.Module, kept_layers: dict[str, list[int]],

@@ -162,9 +162,17 @@ def decoder_layer_sizes(cfg: Any, i: int) -> tuple[int, int, int]:
 
 def layout_of(model: nn.Module) -> dict[str, Any]:
     """The size fields of a model's config read off its modules (after structured pruning):
-    ``encoder_layers``, ``decoder_layers``, ``head_dim``, ``encoder_layout``, ``decoder_layout``.
+    ``encoder_layers``, ``decoder_layers``, ``head_dim``, ``encoder_layout``, ``decoder_layout``,
+    and ``conv_channels`` where the encoder has a :class:`Conv1dSubsampler`.
     Works for every model whose ``encoder.layers`` / ``decoder.layers`` are this file's layers."""
     enc, dec = list(model.encoder.layers), list(model.decoder.layers)
+    sizes: dict[str, Any] = {}
+    subsample = getattr(model.encoder, "subsample", None)
+    if isinstance(subsample, Conv1dSubsampler) and len(subsample.conv_layers) > 1:
+        inner = {conv.out_channels for conv in list(subsample.conv_layers)[:-1]}
+        if len(inner) > 1:
+            raise ValueError(f"layout_of: the subsampler's inner convs differ in size ({sorted(inner)})")
+        sizes["conv_channels"] = inner.pop()
     dims = {layer.self_attn.head_dim for layer in enc} | {m.head_dim for layer in dec
                                                           for m in (layer.self_attn, layer.encoder_attn)}
     if len(dims) > 1:
@@ -176,6 +184,7 @@ def layout_of(model: nn.Module) -> dict[str, Any]:
         "encoder_layout": [[layer.self_attn.heads, layer.ffn.fc1.out_features] for layer in enc],
         "decoder_layout": [[layer.self_attn.heads, layer.encoder_attn.heads, layer.ffn.fc1.out_features]
                            for layer in dec],
+        **sizes,
     }
 
 

@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from compress.prune import (PruneConfig, count_params, find_attentions, find_ffns, magnitude_scores, prune,
-                            prune_channels, prune_heads, taylor_scores)
+from compress.prune import (PruneConfig, count_params, find_attentions, find_ffns, find_glu_convs, magnitude_scores,
+                            prune, prune_channels, prune_glu_channels, prune_heads, taylor_scores)
 from speech.model import S2TModel, label_smoothed_nll_loss, layout_of, load_model_dir, preset, save_model_dir
 
 
@@ -39,6 +39,7 @@ def test_finds_every_attention_and_ffn():
     m = tiny()
     assert len(find_attentions(m)) == 2 + 2 * 2  # encoder self; decoder self + cross
     assert len(find_ffns(m)) == 4
+    assert list(find_glu_convs(m)) == ["encoder.subsample"]
 
 
 def test_removing_heads_equals_zeroing_them():
@@ -65,6 +66,24 @@ def test_removing_channels_equals_zeroing_them():
     torch.testing.assert_close(logits(m, b), logits(ref, b), rtol=1e-5, atol=1e-5)
 
 
+def test_removing_glu_channels_equals_zeroing_them():
+    m, b, ref = tiny(), batch(), tiny()
+    sub, ref_sub = m.encoder.subsample, ref.encoder.subsample
+    h = sub.conv_layers[0].out_channels // 2  # 32 GLU channels between the two convs
+    keep = [c for c in range(h) if c % 3]
+    drop = [c for c in range(h) if c not in keep]
+    with torch.no_grad():  # dropped channels silenced in the reference: the next conv ignores them
+        ref_sub.conv_layers[1].weight[:, drop] = 0
+    prune_glu_channels(sub, 0, keep)
+    assert sub.conv_layers[0].weight.shape == (2 * len(keep), 80, 5)
+    assert sub.conv_layers[1].weight.shape == (sub.conv_layers[1].out_channels, len(keep), 5)
+    torch.testing.assert_close(logits(m, b), logits(ref, b), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not an inner conv"):
+        prune_glu_channels(sub, 1, [0])
+    with pytest.raises(ValueError, match="not distinct channels"):
+        prune_glu_channels(sub, 0, [0, 0])
+
+
 @pytest.mark.parametrize("importance", ["magnitude", "taylor"])
 def test_an_unused_head_and_channel_rank_lowest(importance):
     m = tiny()
@@ -79,11 +98,19 @@ def test_an_unused_head_and_channel_rank_lowest(importance):
         ffn.fc1.weight[5] = 0
         ffn.fc1.bias[5] = 0
         ffn.fc2.weight[:, 5] = 0
+        convs = m.encoder.subsample.conv_layers  # GLU channel 7: its value and gate rows, the next input
+        h = convs[0].out_channels // 2
+        for row in (7, 7 + h):
+            convs[0].weight[row] = 0
+            convs[0].bias[row] = 0
+        convs[1].weight[:, 7] = 0
     cfg = PruneConfig(importance=importance, layers={"encoder.layers": 1})
     scores = (magnitude_scores(m, cfg) if importance == "magnitude"
               else taylor_scores(m, cfg, [batch(1), batch(2)], loss_fn))
     assert int(scores.heads["decoder.layers.0.encoder_attn"].argmin()) == 2
     assert int(scores.channels["encoder.layers.1.ffn"].argmin()) == 5
+    assert int(scores.glu["encoder.subsample.conv_layers.0"].argmin()) == 7
+    assert scores.glu["encoder.subsample.conv_layers.0"].shape == (h,)
     assert scores.layers["encoder.layers"].shape == (2,)
     assert all(p.grad is None for p in m.parameters())  # taylor leaves no gradients behind
 
@@ -91,7 +118,7 @@ def test_an_unused_head_and_channel_rank_lowest(importance):
 @pytest.mark.parametrize("importance", ["magnitude", "taylor"])
 def test_prune_shrinks_and_the_model_loads_from_its_own_config(tmp_path, importance):
     m, b = tiny(), batch()
-    cfg = PruneConfig(importance=importance, heads=0.5, ffn=0.25,
+    cfg = PruneConfig(importance=importance, heads=0.5, ffn=0.25, conv=0.5,
                       layers={"encoder.layers": 1, "decoder.layers": 1}, calibration_batches=2)
     result = prune(m, cfg, [batch(3), batch(4)], loss_fn)
     assert result.params_after == count_params(m) < result.params_before
@@ -99,6 +126,7 @@ def test_prune_shrinks_and_the_model_loads_from_its_own_config(tmp_path, importa
     layout = layout_of(m)
     assert layout["encoder_layout"] == [[2, 32]] and layout["decoder_layout"] == [[2, 2, 32]]
     assert layout["head_dim"] == 16  # d_model 64 / 4 heads, kept although only 2 heads remain
+    assert layout["conv_channels"] == 32 and result.kept_glu == {"encoder.subsample.conv_layers.0": 16}
     out = logits(m, b)
     assert out.shape == (3, 6, 40) and torch.isfinite(out).all()
 
@@ -121,6 +149,10 @@ def test_keeping_everything_changes_nothing():
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="'heads'"):
         PruneConfig(heads=0.0)
+    with pytest.raises(ValueError, match="'conv'"):
+        PruneConfig(conv=1.5)
+    with pytest.raises(ValueError, match="no GLU conv stack"):
+        prune(torch.nn.Sequential(torch.nn.Linear(4, 4)), PruneConfig(importance="magnitude", conv=0.5))
     with pytest.raises(ValueError, match="importance"):
         PruneConfig(importance="random")
     with pytest.raises(ValueError, match="layers.encoder.layers"):
