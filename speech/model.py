@@ -312,6 +312,17 @@ class MultiHeadAttention(nn.Module):
         )
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
+    def attend_keys_transposed(self, x: Tensor, k_t: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """:meth:`forward` (without dropout) with the keys given transposed, k_t (B, H,
+        head_dim, S): the exported decoder holds the encoder's keys this way, so that each
+        step multiplies by them instead of transposing them again (a quarter of its time)."""
+        q = self._split(self.q_proj(x)) * self.head_dim ** -0.5
+        scores = q @ k_t  # (B, H, Tq, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        out = scores.softmax(-1) @ v
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
 
 class FeedForward(nn.Module):
     def __init__(self, d_model: int, ffn_dim: int, activation_dropout: float):
@@ -348,6 +359,7 @@ class LayerCache:
     self_v: Tensor | None = None
     cross_k: Tensor | None = None  # computed once per source
     cross_v: Tensor | None = None
+    cross_k_transposed: bool = False  # cross_k is (B, H, head_dim, S) (the ONNX decoder graph)
 
 
 class DecoderCache:
@@ -396,13 +408,16 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.self_attn(h, k, v, self_mask))
 
         h = self.encoder_attn_layer_norm(x)
-        if cache is not None and cache.cross_k is not None:
-            k, v = cache.cross_k, cache.cross_v
+        if cache is not None and cache.cross_k is not None and cache.cross_k_transposed:
+            x = x + self.dropout(self.encoder_attn.attend_keys_transposed(h, cache.cross_k, cache.cross_v, cross_mask))
         else:
-            k, v = self.encoder_attn.keys_values(enc_out)
-            if cache is not None:
-                cache.cross_k, cache.cross_v = k, v
-        x = x + self.dropout(self.encoder_attn(h, k, v, cross_mask))
+            if cache is not None and cache.cross_k is not None:
+                k, v = cache.cross_k, cache.cross_v
+            else:
+                k, v = self.encoder_attn.keys_values(enc_out)
+                if cache is not None:
+                    cache.cross_k, cache.cross_v = k, v
+            x = x + self.dropout(self.encoder_attn(h, k, v, cross_mask))
         return x + self.dropout(self.ffn(self.final_layer_norm(x)))
 
 

@@ -17,7 +17,9 @@ cached tokens, ``N`` new tokens; every one of these axes is dynamic):
   ``src_tokens`` (B, T) int64, ``src_lens`` (B,) int64) ->
   ``enc_out`` (B, S, D), ``enc_lens`` (B,) int64, ``enc_mask`` (B, S) bool True at
   padding, and for every decoder layer ``i`` its cross-attention keys and values
-  ``cross_k_i``, ``cross_v_i`` (B, H_i, S, head_dim_i): the decoder never recomputes them.
+  ``cross_k_i`` (B, H_i, head_dim_i, S), transposed once here so that no decoder step
+  transposes them, and ``cross_v_i`` (B, H_i, S, head_dim_i): the decoder never recomputes
+  them.
 - ``decoder.onnx``, one step: ``tokens`` (B, N) int64 (the tokens not yet cached),
   ``enc_mask``, the ``cross_k_i``/``cross_v_i`` and the self-attention cache
   ``past_k_i``/``past_v_i`` (B, H_i, P, head_dim_i) -> ``logits`` (B, N, V) and
@@ -70,7 +72,7 @@ log = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"  # a model directory's own export, and the cache folder under $INTERPRES_HOME
 INDEX_FILE = "onnx.json"
-FORMAT = 2  # onnx.json's layout and the graphs' inputs and outputs; a change re-exports cached folders
+FORMAT = 3  # onnx.json's layout and the graphs' inputs and outputs; a change re-exports cached folders
 PRECISIONS = ("fp32", "int8")
 GRAPH_FILES = {"fp32": ("encoder.onnx", "decoder.onnx"), "int8": ("encoder.int8.onnx", "decoder.int8.onnx")}
 CTC_HEAD_FILE = "ctc_head.safetensors"
@@ -115,8 +117,8 @@ def decoder_io(n_layers: int) -> tuple[list[str], list[str]]:
 
 class EncoderGraph(nn.Module):
     """features (B, T, n_mels) or src_tokens (B, T), and their lengths (B,) -> enc_out,
-    enc_lens, enc_mask, then cross_k_i, cross_v_i (B, H_i, S, head_dim_i) for every decoder
-    layer i."""
+    enc_lens, enc_mask, then cross_k_i (B, H_i, head_dim_i, S) and cross_v_i (B, H_i, S,
+    head_dim_i) for every decoder layer i."""
 
     def __init__(self, model: S2TModel | MTModel):
         super().__init__()
@@ -124,7 +126,10 @@ class EncoderGraph(nn.Module):
 
     def forward(self, source: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
         enc_out, enc_lens, enc_mask = self.model.encode(source, lengths)
-        cross = [t for layer in self.model.decoder.layers for t in layer.encoder_attn.keys_values(enc_out)]
+        cross = []
+        for layer in self.model.decoder.layers:
+            k, v = layer.encoder_attn.keys_values(enc_out)
+            cross += [k.transpose(2, 3), v]
         return (enc_out, enc_lens, enc_mask, *cross)
 
 
@@ -132,7 +137,8 @@ class DecoderStepGraph(nn.Module):
     """One incremental decoder step, the caches as explicit inputs and outputs.
 
     tokens (B, N) the tokens not yet cached, enc_mask (B, S) True at padding,
-    cross [k_0, v_0, k_1, ...] (B, H_i, S, hd_i), past [k_0, v_0, ...] (B, H_i, P, hd_i)
+    cross [k_0, v_0, k_1, ...] (k: B, H_i, hd_i, S; v: B, H_i, S, hd_i), past [k_0, v_0, ...]
+    (B, H_i, P, hd_i)
     -> logits (B, N, V), then present_k_i, present_v_i (B, H_i, P + N, hd_i).
     The arithmetic is TextDecoder.forward's with a cache; the layers are the model's own.
     """
@@ -155,7 +161,7 @@ class DecoderStepGraph(nn.Module):
         cross_mask = ~enc_mask[:, None, None, :]
         present = []
         for i, layer in enumerate(dec.layers):
-            cache = LayerCache(past[2 * i], past[2 * i + 1], cross[2 * i], cross[2 * i + 1])
+            cache = LayerCache(past[2 * i], past[2 * i + 1], cross[2 * i], cross[2 * i + 1], cross_k_transposed=True)
             x = layer(x, None, self_mask, cross_mask, cache)  # appends to cache.self_k/self_v
             present += [cache.self_k, cache.self_v]
         logits = dec.layer_norm(x) @ self.output_weight
@@ -196,9 +202,9 @@ def export_graphs(model: S2TModel | MTModel, folder: Path) -> dict[str, Any]:
     export_onnx(EncoderGraph(model), enc_args, folder / GRAPH_FILES["fp32"][0], input_names=enc_in,
                 output_names=enc_out, dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn}))
     dec_in, dec_out = decoder_io(n)
-    kv = {0: dyn, 2: dyn}
+    kv, k_t = {0: dyn, 2: dyn}, {0: dyn, 3: dyn}  # cross keys come transposed: S is their last axis
     export_onnx(DecoderStepGraph(model), dec_args, folder / GRAPH_FILES["fp32"][1], input_names=dec_in,
-                output_names=dec_out, dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, [kv] * (2 * n),
+                output_names=dec_out, dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, [k_t, kv] * n,
                                                       [kv] * (2 * n)))
     return {"encoder": {"inputs": enc_in, "outputs": enc_out}, "decoder": {"inputs": dec_in, "outputs": dec_out}}
 

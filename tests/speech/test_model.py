@@ -133,6 +133,23 @@ def test_pruned_attention_heads_keep_working():
         torch.testing.assert_close(attn(x, *attn.keys_values(x)), want, atol=1e-6, rtol=0)
 
 
+def test_attention_with_keys_given_transposed_equals_attention():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(32, heads=4).eval()
+    x, source = torch.randn(2, 3, 32), torch.randn(2, 7, 32)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 4:] = False  # the second source is 4 positions long
+    k, v = attn.keys_values(source)
+    with torch.no_grad():
+        want = attn(x, k, v, mask)
+        got = attn.attend_keys_transposed(x, k.transpose(2, 3).contiguous(), v, mask)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        # the padding is not attended to: changing it changes nothing
+        v2 = v.clone()
+        v2[1, :, 4:] = 100.0
+        torch.testing.assert_close(attn.attend_keys_transposed(x, k.transpose(2, 3), v2, mask), got)
+
+
 def test_losses():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, VOCAB)

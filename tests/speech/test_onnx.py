@@ -74,6 +74,11 @@ def test_graphs_match_torch_with_dynamic_batch_and_lengths(exported):
         for g, w in zip(got, want):
             assert g.shape == tuple(w.shape) and g.dtype == w.numpy().dtype
             np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
+        # cross keys leave the encoder transposed (B, H, head_dim, S), values as (B, H, S, head_dim)
+        layer = model.decoder.layers[0].encoder_attn
+        s = got[0].shape[1]
+        assert got[3].shape == (len(lens), layer.heads, layer.head_dim, s)
+        assert got[4].shape == (len(lens), layer.heads, s, layer.head_dim)
 
         # the decoder: a 2-token prefix from an empty cache (past length 0), then one token at a time
         enc_out, _, enc_mask = model.encode(x, feat_lens)
