@@ -78,6 +78,9 @@ class TrainConfig(LoopConfig):
     seq_kd_beam: int = 5
     seq_kd_langs: list[str] = field(default_factory=list)  # targets the teachers rewrite; empty: all
     seq_kd_select: str = "best"  # the teachers' top hypothesis, or "closest": the n-best entry nearest the reference
+    # a teacher output caught in a loop (a 3-gram three times: compress.distill.degenerate) leaves
+    # the pair its reference, so the student does not learn the loop; false keeps every output
+    seq_kd_filter: bool = True
     # also let the teachers translate, into each seq_kd language, the English audio that has no
     # reference in it (the ASR corpus's sentences and the other pairs'): more pairs, their top hypothesis
     seq_kd_unpaired: bool = False
@@ -452,7 +455,9 @@ def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tok
     """Sequence-level KD: the training targets of ``seq_kd_langs`` (every language when empty)
     replaced by the teachers' beam-search output (an ensemble when several): its best
     hypothesis, or with ``seq_kd_select: closest`` the one of its n-best nearest the reference
-    (Seq-Inter). Cached in ``path`` and resumed after a kill (:class:`compress.distill.SeqKDCorpus`)."""
+    (Seq-Inter). Cached in ``path`` and resumed after a kill (:class:`compress.distill.SeqKDCorpus`).
+    With ``seq_kd_filter`` a degenerate output (:func:`compress.distill.degenerate`) keeps
+    the reference: the filter is applied to the cached outputs, so it leaves the cache as it is."""
     from speech.decode import encode, search  # noqa: PLC0415 - decode imports the model
 
     langs = [lang for lang in data if not cfg.seq_kd_langs or lang in cfg.seq_kd_langs]
@@ -486,11 +491,20 @@ def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tok
     outs = corpus.build(ids, translate, batch_size=32, progress=progress)
     progress.close()
     fresh = dict(data)  # the languages not in seq_kd_langs keep their references
+    kept = 0
     for lang in langs:
         d = data[lang]
-        targets = [d.targets[k][:1] + outs[f"{lang}:{k}"] + [d.targets[k][-1]] for k in range(len(d.items))]
+        targets = []
+        for k in range(len(d.items)):
+            out = outs[f"{lang}:{k}"]
+            if cfg.seq_kd_filter and degenerate(out):
+                targets.append(d.targets[k])
+                kept += 1
+            else:
+                targets.append(d.targets[k][:1] + out + [d.targets[k][-1]])
         fresh[lang] = dataclasses.replace(d, targets=targets)
-    log.info("seq-KD: %d targets (%s) from %s", len(ids), ", ".join(langs), ", ".join(cfg.teacher))
+    log.info("seq-KD: %d targets (%s) from %s%s", len(ids), ", ".join(langs), ", ".join(cfg.teacher),
+             f"; {kept} degenerate ones keep their reference" if cfg.seq_kd_filter else "")
     if cfg.seq_kd_unpaired:
         fresh = unpaired_seq_kd(fresh, teachers, tok, path.with_name("seq_kd_unpaired.jsonl"), cfg,
                                 [lang for lang in langs if lang != "en"])

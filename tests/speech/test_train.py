@@ -1,5 +1,6 @@
 """The training recipe end to end on a tiny synthesized corpus and the tiny model."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from speech.loop import (ActiveClock, LoopConfig, average_checkpoints, list_chec
                          resolve_device, save_checkpoint, to_device)
 from speech.features import FbankConfig
 from speech.tokenizer import Tokenizer
-from speech.train import TrainConfig, build_lang_data, init_encoder_from, read_texts, train
+from speech.train import TrainConfig, build_lang_data, init_encoder_from, read_texts, seq_kd_targets, train
 
 from builders import write_text_corpus
 
@@ -279,6 +280,23 @@ def test_distillation_word_and_sequence_level(home, tmp_path, caplog):
     assert json.loads(lines[0])["settings"]["beam"] == 2 and len(lines) > 10
     assert all(isinstance(json.loads(x)["tokens"], list) for x in lines[1:])
     assert {json.loads(x)["id"].split(":")[0] for x in lines[1:]} == {"de", "fr", "en"}
+    # a teacher output caught in a loop leaves its pair the reference (unless seq_kd_filter=false)
+    looping = tmp_path / "looping/seq_kd.jsonl"
+    looping.parent.mkdir()
+    first = json.loads(lines[1])
+    looping.write_text("\n".join([lines[0], json.dumps({**first, "tokens": [5, 6, 7] * 3}), *lines[2:]]) + "\n")
+    cached = {d["id"]: d["tokens"] for d in map(json.loads, looping.read_text().splitlines()[1:])}
+    tok = Tokenizer(tmp_path / "seq/spm.model")
+    data = build_lang_data(read_texts(seq, "train"), tok, FbankConfig())
+    teacher = load_model_dir(teacher_dir)[0]
+    for keep_loops in (False, True):
+        got = seq_kd_targets(data, [teacher], tok, looping, dataclasses.replace(seq, seq_kd_filter=not keep_loops))
+        for i, out in cached.items():
+            lang, k = i.split(":")
+            ref = data[lang].targets[int(k)]
+            want = ref if degenerate(out) and not keep_loops else ref[:1] + out + ref[-1:]
+            assert got[lang].targets[int(k)] == want, i
+    assert degenerate(cached[first["id"]])
     # seq_kd_langs: only the translations are rewritten; the English transcripts stay references
     train(cfg_for(home, "st", tmp_path / "seq-de", f"init={teacher_dir}", f"teacher=[{teacher_dir}]", "seq_kd=true",
                   "seq_kd_beam=2", "seq_kd_langs=[de,fr]", "kd.alpha=0", "max_updates=1"))
