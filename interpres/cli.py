@@ -36,6 +36,9 @@ RUNTIME_HELP = ("torch (default), or onnx: int8 onnxruntime, exported once per m
 CTC_WEIGHT_HELP = ("joint CTC/attention decoding of English (transcription) outputs: the weight of the "
                    "CTC prefix score, 0 for attention alone (default: 0.5 when the model has a CTC head, "
                    "else 0); translations always use attention alone")
+MAX_LEN_A_HELP = ("bound each output to A * encoder frames (40 ms each) + B pieces, as fairseq's "
+                  "--max-len-a (default: 0)")
+MAX_LEN_B_HELP = "the B of --max-len-a, as fairseq's --max-len-b (default: 200)"
 NO_REPEAT_HELP = ("never repeat an n-gram of N tokens in one output, as fairseq's --no-repeat-ngram-size "
                   "(default: 0, off)")
 
@@ -169,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     mustc.add_argument("--lenpen", type=float, default=1.0, help="length penalty (default: 1.0)")
     mustc.add_argument("--no-repeat-ngram-size", type=_non_negative_int, default=0, metavar="N",
                        help=NO_REPEAT_HELP)
+    mustc.add_argument("--max-len-a", type=_non_negative_float, default=0.0, metavar="A", help=MAX_LEN_A_HELP)
+    mustc.add_argument("--max-len-b", type=_non_negative_int, default=200, metavar="B", help=MAX_LEN_B_HELP)
     mustc.add_argument("--batch-frames", type=_positive_int, default=20000,
                        help="feature frames (10 ms each) per batch, padding included (default: 20000)")
     mustc.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=RUNTIME_HELP)
@@ -308,6 +313,13 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     """The options ``translate`` and ``transcribe`` share."""
     p.add_argument("--model", type=Path, action="append", metavar="DIR",
@@ -315,6 +327,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
     p.add_argument("--lenpen", type=float, default=1.0, help="length penalty: score / length**lenpen (default: 1.0)")
     p.add_argument("--no-repeat-ngram-size", type=_non_negative_int, default=0, metavar="N", help=NO_REPEAT_HELP)
+    p.add_argument("--max-len-a", type=_non_negative_float, default=0.0, metavar="A", help=MAX_LEN_A_HELP)
+    p.add_argument("--max-len-b", type=_non_negative_int, default=200, metavar="B", help=MAX_LEN_B_HELP)
     p.add_argument("--format", choices=["text", "json", "srt"], default="text", help="output format (default: text)")
     p.add_argument("--batch-frames", type=_positive_int, default=20000,
                    help="feature frames (10 ms each) per batch, padding included (default: 20000)")
@@ -349,6 +363,7 @@ def _translate_and_print(args: argparse.Namespace, pick_langs, task: str | None 
     translator.check_languages(langs)
     opts = DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen,
                            no_repeat_ngram_size=args.no_repeat_ngram_size,
+                           max_len_a=args.max_len_a, max_len_b=args.max_len_b,
                            ctc_weight=resolve_ctc_weight(translator, args.ctc_weight))
     results = translate_files(translator, args.files, langs, opts, batch_frames=args.batch_frames)
     if args.out is None:
@@ -404,13 +419,15 @@ def _cmd_eval_mustc(args: argparse.Namespace) -> int:
     pairs = list(dict.fromkeys(x.strip() for x in args.pairs.split(",") if x.strip()))
     opts = EvalOptions(root=args.root, pairs=pairs, split=args.split, models=args.model, task=args.task,
                        decoding=DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen,
-                                                no_repeat_ngram_size=args.no_repeat_ngram_size),
+                                                no_repeat_ngram_size=args.no_repeat_ngram_size,
+                                                max_len_a=args.max_len_a, max_len_b=args.max_len_b),
                        batch_frames=args.batch_frames, out=args.out, skip_bad=args.skip_bad,
                        also_asr=args.also_asr, runtime=args.runtime, ctc_weight=args.ctc_weight)
     if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         argv = ["eval", "mustc", "--root", str(args.root), "--pairs", ",".join(pairs), "--split", args.split,
                 "--beam", str(args.beam), "--lenpen", str(args.lenpen), "--batch-frames", str(args.batch_frames),
                 "--no-repeat-ngram-size", str(args.no_repeat_ngram_size),
+                "--max-len-a", str(args.max_len_a), "--max-len-b", str(args.max_len_b),
                 "--runtime", args.runtime, "--out", str(opts.out_dir)]
         argv += ["--ctc-weight", str(args.ctc_weight)] if args.ctc_weight is not None else []
         argv += [a for m in args.model or [] for a in ("--model", str(m))]

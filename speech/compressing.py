@@ -16,9 +16,10 @@ What compress asks of a family, for S2T models:
   test split, translated (or transcribed, for ``en-asr``) with beam search; mean chrF
   over the languages (the headline), BLEU, and WER on English;
 - ``open``: a :class:`Runner` per variant; a variant's ``decode`` (compress's
-  ``decodings``) may set its ``beam`` (1: greedy) and ``no_repeat_ngram_size`` (fairseq's
-  ban on repeating an n-gram; 0: none), nothing else. The family's options set both for
-  every variant, the teacher included.
+  ``decodings``) may set its ``beam`` (1: greedy), ``no_repeat_ngram_size`` (fairseq's
+  ban on repeating an n-gram; 0: none) and ``max_len_a`` / ``max_len_b`` (fairseq's
+  bound on the output length: a * encoder frames + b pieces), nothing else. The family's
+  options set them for every variant, the teacher included.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def _is_int_at_least(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
+def _is_non_negative_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
 @dataclass
 class Runner:
     """A variant opened for measuring: its translator and how it decodes."""
@@ -60,6 +65,8 @@ class Runner:
     translator: Translator
     beam: int
     no_repeat_ngram_size: int = 0
+    max_len_a: float = 0.0
+    max_len_b: int = 200
 
 
 class SpeechFamily:
@@ -67,11 +74,11 @@ class SpeechFamily:
 
     def __init__(self, corpus: str = "small", split: str = "tst-COMMON", per_lang: int = 20,
                  langs: Sequence[str] = ("de", "es", "fr", "it", "nl", "pt", "ro", "ru", "ja", "zh"),
-                 asr: bool = True, beam: int = 5, no_repeat_ngram_size: int = 0,
-                 train_config: str = str(REPO / "configs/speech/st_small.yaml")):
+                 asr: bool = True, beam: int = 5, no_repeat_ngram_size: int = 0, max_len_a: float = 0.0,
+                 max_len_b: int = 200, train_config: str = str(REPO / "configs/speech/st_small.yaml")):
         self.corpus, self.split, self.per_lang, self.langs = corpus, split, per_lang, list(langs)
         self.asr, self.beam, self.train_config = asr, beam, train_config
-        self.no_repeat_ngram_size = no_repeat_ngram_size
+        self.no_repeat_ngram_size, self.max_len_a, self.max_len_b = no_repeat_ngram_size, max_len_a, max_len_b
 
     # ------------------------------------------------------------------ models
 
@@ -158,10 +165,13 @@ class SpeechFamily:
         decode = dict(variant.get("decode") or {})
         beam = decode.pop("beam", self.beam)
         no_repeat = decode.pop("no_repeat_ngram_size", self.no_repeat_ngram_size)
-        if decode or not _is_int_at_least(beam, 1) or not _is_int_at_least(no_repeat, 0):
+        max_len_a = decode.pop("max_len_a", self.max_len_a)
+        max_len_b = decode.pop("max_len_b", self.max_len_b)
+        if (decode or not _is_int_at_least(beam, 1) or not _is_int_at_least(no_repeat, 0)
+                or not _is_non_negative_number(max_len_a) or not _is_int_at_least(max_len_b, 0)):
             raise CompressError(f"{variant.get('name', variant['path'])}: decoding settings {variant.get('decode')} "
-                                f"(the speech family takes beam: a positive integer, and "
-                                f"no_repeat_ngram_size: an integer >= 0)")
+                                f"(the speech family takes beam: a positive integer, no_repeat_ngram_size and "
+                                f"max_len_b: integers >= 0, max_len_a: a number >= 0)")
         torch.set_num_threads(threads)
         tr = load_translator(variant["path"])
         if runtime.startswith("onnx"):
@@ -175,13 +185,13 @@ class SpeechFamily:
             tr.models = [quantize_torch_int8(m) for m in tr.models]
         elif runtime == "torch-bf16":
             tr.models = [m.to(torch.bfloat16) for m in tr.models]
-        return Runner(tr, beam, no_repeat)
+        return Runner(tr, beam, no_repeat, float(max_len_a), max_len_b)
 
     def infer(self, runner: Runner, items: list[dict[str, Any]]) -> list[str]:
         tr = runner.translator
         tags = tuple(tr.tokenizer.lang_tag(lang) for lang in tr.tokenizer.languages)
         opts = DecodingOptions(beam_size=runner.beam, no_repeat_ngram_size=runner.no_repeat_ngram_size,
-                               suppress_tokens=tags)
+                               max_len_a=runner.max_len_a, max_len_b=runner.max_len_b, suppress_tokens=tags)
         x, lens = pad_features([it["feats"] for it in items])
         if isinstance(tr.models[0], nn.Module):  # bf16 models take bf16 features
             x = x.to(tr.models[0].encoder.subsample.conv_layers[0].weight.dtype)

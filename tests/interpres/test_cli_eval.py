@@ -61,13 +61,18 @@ def test_eval_writes_hypotheses_and_the_report(corpus, model_dir, tmp_path, caps
     assert all(len(text.split("\n")) == len(UTTS) + 1 for text in hyps(out).values())
 
 
-def test_no_repeat_ngram_size_reaches_the_decoding(corpus, model_dir, tmp_path, capsys):
+def test_no_repeat_ngram_size_and_max_len_reach_the_decoding(corpus, model_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main([*eval_args(corpus, model_dir, out), "--pairs", "en-de", "--no-repeat-ngram-size", "2"]) == 0
+    assert main([*eval_args(corpus, model_dir, out), "--pairs", "en-de", "--no-repeat-ngram-size", "2",
+                 "--max-len-a", "0", "--max-len-b", "3"]) == 0
     capsys.readouterr()
     report = json.loads((out / "scores.json").read_text())
     assert report["decoding"]["no_repeat_ngram_size"] == 2
+    assert (report["decoding"]["max_len_a"], report["decoding"]["max_len_b"]) == (0.0, 3)
+    lines = (out / "en-de" / f"{SPLIT}.hyp.de").read_text(encoding="utf-8").split("\n")
+    assert all(len(line.split()) <= 3 for line in lines)  # at most 3 pieces, so at most 3 words
     assert "must be at least 0" in error_of_usage(capsys, [*eval_args(corpus, model_dir, out), "--no-repeat-ngram-size", "-1"])
+    assert "must be at least 0" in error_of_usage(capsys, [*eval_args(corpus, model_dir, out), "--max-len-a", "-0.5"])
 
 
 def error_of_usage(capsys, argv) -> str:

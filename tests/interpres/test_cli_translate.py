@@ -99,7 +99,8 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
         main(["translate", "--help"])
     out = capsys.readouterr().out
-    for option in ("--tgt", "--model", "--beam", "--format", "--batch-frames", "--lenpen", "--no-repeat-ngram-size", "--out"):
+    for option in ("--tgt", "--model", "--beam", "--format", "--batch-frames", "--lenpen", "--no-repeat-ngram-size",
+                   "--max-len-a", "--max-len-b", "--out"):
         assert option in out
     with pytest.raises(SystemExit) as e:
         main(["translate", "a.wav", "--tgt", "de", "--beam", "0"])

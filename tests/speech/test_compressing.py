@@ -65,8 +65,28 @@ def test_no_repeat_ngram_size_per_variant_and_for_all(family_and_model, one_thre
     assert everywhere.open({**variant, "decode": {"no_repeat_ngram_size": 0}}, threads=1).no_repeat_ngram_size == 0
 
 
+def test_max_len_per_variant_and_for_all(family_and_model, one_thread):
+    family, model = family_and_model
+    items = family.test_items({})
+    variant = {"name": "student greedy", "path": str(model), "runtime": "torch"}
+    free = family.open({**variant, "decode": {"beam": 1}}, threads=1)
+    short = family.open({**variant, "decode": {"beam": 1, "max_len_a": 0.0, "max_len_b": 2}}, threads=1)
+    assert (free.max_len_a, free.max_len_b, short.max_len_b) == (0.0, 200, 2)
+    lengths = [len(r.tokens) for r in direct(free, items, greedy_search, 1)[0]]
+    assert max(lengths) > 2  # the random tiny model runs on without the bound
+    results, texts = direct(short, items, greedy_search, 1, max_len_b=2)
+    assert family.infer(short, items) == texts and all(len(r.tokens) <= 2 for r in results)
+    # a * encoder frames + b for every variant, the teacher included; a variant's decode overrides it
+    everywhere = SpeechFamily(corpus=family.corpus, split=family.split, per_lang=3, langs=["de", "fr"], beam=3,
+                              max_len_a=0.1, max_len_b=1)
+    teacher = everywhere.open({**variant, "name": "teacher"}, threads=1)
+    assert (teacher.max_len_a, teacher.max_len_b) == (0.1, 1)
+    assert everywhere.open({**variant, "decode": {"max_len_b": 200}}, threads=1).max_len_b == 200
+
+
 @pytest.mark.parametrize("decode", [{"beam": 0}, {"beam": "1"}, {"length_penalty": 1.0},
-                                    {"no_repeat_ngram_size": -1}, {"beam": True}])
+                                    {"no_repeat_ngram_size": -1}, {"beam": True}, {"max_len_a": -0.1},
+                                    {"max_len_b": 1.5}, {"max_len_a": "0.2"}])
 def test_decoding_settings_it_cannot_follow_are_named(family_and_model, decode):
     family, model = family_and_model
     with pytest.raises(CompressError, match="student greedy"):
