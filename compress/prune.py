@@ -31,8 +31,8 @@ Importance (``PruneConfig.importance``):
   2019), computed from the label loss the caller passes in.
 
 Within each attention / FFN / inner conv the lowest-scored heads / channels go, the same
-fraction in every layer (an even layout keeps batched matmuls regular); at least one head and one
-channel stay. Layers are ranked within their stack.
+fraction in every layer (an even layout keeps batched matmuls regular); at least one head
+and one channel stay. Layers are ranked within their stack.
 """
 
 from __future__ import annotations

@@ -315,8 +315,8 @@ _non_negative_int = _int_at_least(0)
 
 def _non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    if not 0 <= value < float("inf"):  # NaN and infinity too
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
     return value
 
 

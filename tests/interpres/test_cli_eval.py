@@ -72,7 +72,9 @@ def test_no_repeat_ngram_size_and_max_len_reach_the_decoding(corpus, model_dir, 
     lines = (out / "en-de" / f"{SPLIT}.hyp.de").read_text(encoding="utf-8").split("\n")
     assert all(len(line.split()) <= 3 for line in lines)  # at most 3 pieces, so at most 3 words
     assert "must be at least 0" in error_of_usage(capsys, [*eval_args(corpus, model_dir, out), "--no-repeat-ngram-size", "-1"])
-    assert "must be at least 0" in error_of_usage(capsys, [*eval_args(corpus, model_dir, out), "--max-len-a", "-0.5"])
+    for bad in ("-0.5", "inf", "nan"):
+        assert "must be a finite number of at least 0" in error_of_usage(
+            capsys, [*eval_args(corpus, model_dir, out), "--max-len-a", bad])
 
 
 def error_of_usage(capsys, argv) -> str:
