@@ -225,20 +225,29 @@ def taylor_scores(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any],
 # --------------------------------------------------------------------------- surgery
 
 
-def _sliced_linear(lin: nn.Linear, rows: Tensor | None = None, cols: Tensor | None = None) -> nn.Linear:
-    w = lin.weight.detach()
-    b = lin.bias.detach() if lin.bias is not None else None
+def _sliced(module: nn.Module, rows: Tensor | None, cols: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The weight (rows = output units, cols = inputs) and bias of a Linear or Conv1d, sliced."""
+    w = module.weight.detach()
+    b = module.bias.detach() if module.bias is not None else None
     if rows is not None:
         w = w.index_select(0, rows)
         b = b.index_select(0, rows) if b is not None else None
     if cols is not None:
         w = w.index_select(1, cols)
-    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+    return w, b
+
+
+def _filled(new: nn.Module, w: Tensor, b: Tensor | None) -> nn.Module:
     with torch.no_grad():
         new.weight.copy_(w)
         if b is not None:
             new.bias.copy_(b)
     return new
+
+
+def _sliced_linear(lin: nn.Linear, rows: Tensor | None = None, cols: Tensor | None = None) -> nn.Linear:
+    w, b = _sliced(lin, rows, cols)
+    return _filled(nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype), w, b)
 
 
 def prune_heads(attn: nn.Module, keep: list[int]) -> None:
@@ -266,21 +275,10 @@ def prune_channels(ffn: nn.Module, keep: list[int]) -> None:
 
 
 def _sliced_conv(conv: nn.Conv1d, rows: Tensor | None = None, cols: Tensor | None = None) -> nn.Conv1d:
-    w = conv.weight.detach()
-    b = conv.bias.detach() if conv.bias is not None else None
-    if rows is not None:
-        w = w.index_select(0, rows)
-        b = b.index_select(0, rows) if b is not None else None
-    if cols is not None:
-        w = w.index_select(1, cols)
-    new = nn.Conv1d(w.shape[1], w.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                    dilation=conv.dilation, bias=b is not None, padding_mode=conv.padding_mode,
-                    device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b)
-    return new
+    w, b = _sliced(conv, rows, cols)
+    return _filled(nn.Conv1d(w.shape[1], w.shape[0], conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                             dilation=conv.dilation, bias=b is not None, padding_mode=conv.padding_mode,
+                             device=w.device, dtype=w.dtype), w, b)
 
 
 def prune_glu_channels(stack: nn.Module, layer: int, keep: list[int]) -> None:
