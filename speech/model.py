@@ -359,7 +359,7 @@ class LayerCache:
     self_v: Tensor | None = None
     cross_k: Tensor | None = None  # computed once per source
     cross_v: Tensor | None = None
-    cross_k_transposed: bool = False  # cross_k is (B, H, head_dim, S) (the ONNX decoder graph)
+    cross_k_transposed: bool = False  # cross_k, given, is (B, H, head_dim, S) (the ONNX decoder graph)
 
 
 class DecoderCache:
@@ -408,16 +408,15 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.self_attn(h, k, v, self_mask))
 
         h = self.encoder_attn_layer_norm(x)
-        if cache is not None and cache.cross_k is not None and cache.cross_k_transposed:
-            x = x + self.dropout(self.encoder_attn.attend_keys_transposed(h, cache.cross_k, cache.cross_v, cross_mask))
+        if cache is not None and cache.cross_k is not None:
+            k, v = cache.cross_k, cache.cross_v
         else:
-            if cache is not None and cache.cross_k is not None:
-                k, v = cache.cross_k, cache.cross_v
-            else:
-                k, v = self.encoder_attn.keys_values(enc_out)
-                if cache is not None:
-                    cache.cross_k, cache.cross_v = k, v
-            x = x + self.dropout(self.encoder_attn(h, k, v, cross_mask))
+            k, v = self.encoder_attn.keys_values(enc_out)
+            if cache is not None:
+                cache.cross_k, cache.cross_v = k, v
+        attend = self.encoder_attn.attend_keys_transposed if cache is not None and cache.cross_k_transposed \
+            else self.encoder_attn
+        x = x + self.dropout(attend(h, k, v, cross_mask))
         return x + self.dropout(self.ffn(self.final_layer_norm(x)))
 
 
