@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RUNTIME_HELP = ("torch (default), or onnx: int8 onnxruntime, exported once per model into "
@@ -320,6 +320,15 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _decoding_options(args: argparse.Namespace, **extra: Any):
+    """The search settings the decoding options of translate, transcribe and eval mustc give."""
+    from speech.decode import DecodingOptions
+
+    return DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen,
+                           no_repeat_ngram_size=args.no_repeat_ngram_size, max_len_a=args.max_len_a,
+                           max_len_b=args.max_len_b, **extra)
+
+
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     """The options ``translate`` and ``transcribe`` share."""
     p.add_argument("--model", type=Path, action="append", metavar="DIR",
@@ -352,7 +361,6 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
 def _translate_and_print(args: argparse.Namespace, pick_langs, task: str | None = None) -> int:
     from speech.audio import AudioError
-    from speech.decode import DecodingOptions
     from speech.translate import format_results, load_translator, resolve_ctc_weight, translate_files, write_results
 
     missing = [f for f in args.files if not f.exists()]
@@ -361,10 +369,7 @@ def _translate_and_print(args: argparse.Namespace, pick_langs, task: str | None 
     translator = load_translator(args.model, runtime=args.runtime, task=task)
     langs = pick_langs(translator)
     translator.check_languages(langs)
-    opts = DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen,
-                           no_repeat_ngram_size=args.no_repeat_ngram_size,
-                           max_len_a=args.max_len_a, max_len_b=args.max_len_b,
-                           ctc_weight=resolve_ctc_weight(translator, args.ctc_weight))
+    opts = _decoding_options(args, ctc_weight=resolve_ctc_weight(translator, args.ctc_weight))
     results = translate_files(translator, args.files, langs, opts, batch_frames=args.batch_frames)
     if args.out is None:
         sys.stdout.write(format_results(results, args.format))
@@ -413,14 +418,11 @@ def _cmd_average(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_mustc(args: argparse.Namespace) -> int:
-    from speech.decode import DecodingOptions
     from speech.evaluate import EvalOptions, evaluate_mustc, launch_workers, report_markdown
 
     pairs = list(dict.fromkeys(x.strip() for x in args.pairs.split(",") if x.strip()))
     opts = EvalOptions(root=args.root, pairs=pairs, split=args.split, models=args.model, task=args.task,
-                       decoding=DecodingOptions(beam_size=args.beam, length_penalty=args.lenpen,
-                                                no_repeat_ngram_size=args.no_repeat_ngram_size,
-                                                max_len_a=args.max_len_a, max_len_b=args.max_len_b),
+                       decoding=_decoding_options(args),
                        batch_frames=args.batch_frames, out=args.out, skip_bad=args.skip_bad,
                        also_asr=args.also_asr, runtime=args.runtime, ctc_weight=args.ctc_weight)
     if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:

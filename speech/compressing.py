@@ -63,10 +63,7 @@ class Runner:
     """A variant opened for measuring: its translator and how it decodes."""
 
     translator: Translator
-    beam: int
-    no_repeat_ngram_size: int = 0
-    max_len_a: float = 0.0
-    max_len_b: int = 200
+    decoding: DecodingOptions
 
 
 class SpeechFamily:
@@ -185,19 +182,18 @@ class SpeechFamily:
             tr.models = [quantize_torch_int8(m) for m in tr.models]
         elif runtime == "torch-bf16":
             tr.models = [m.to(torch.bfloat16) for m in tr.models]
-        return Runner(tr, beam, no_repeat, float(max_len_a), max_len_b)
+        tags = tuple(tr.tokenizer.lang_tag(lang) for lang in tr.tokenizer.languages)
+        return Runner(tr, DecodingOptions(beam_size=beam, no_repeat_ngram_size=no_repeat, max_len_a=float(max_len_a),
+                                          max_len_b=max_len_b, suppress_tokens=tags))
 
     def infer(self, runner: Runner, items: list[dict[str, Any]]) -> list[str]:
         tr = runner.translator
-        tags = tuple(tr.tokenizer.lang_tag(lang) for lang in tr.tokenizer.languages)
-        opts = DecodingOptions(beam_size=runner.beam, no_repeat_ngram_size=runner.no_repeat_ngram_size,
-                               max_len_a=runner.max_len_a, max_len_b=runner.max_len_b, suppress_tokens=tags)
         x, lens = pad_features([it["feats"] for it in items])
         if isinstance(tr.models[0], nn.Module):  # bf16 models take bf16 features
             x = x.to(tr.models[0].encoder.subsample.conv_layers[0].weight.dtype)
         states = encode(tr.models, x, lens)
         prefix = [tr.prefix(it["lang"]) for it in items]
-        return [tr.text(r) for r in search(tr.models, states, prefix, opts)]
+        return [tr.text(r) for r in search(tr.models, states, prefix, runner.decoding)]
 
     def resampler(self, items: list[dict[str, Any]], outputs: list[str]):
         """chrF (the mean over the target languages) of any draw of the items, for the

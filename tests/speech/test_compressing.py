@@ -35,7 +35,7 @@ def test_a_variant_decodes_with_its_own_beam(family_and_model, one_thread):
     variant = {"name": "teacher", "path": str(model), "runtime": "torch"}
     default = family.open(variant, threads=1)
     greedy = family.open({**variant, "name": "teacher greedy", "decode": {"beam": 1}}, threads=1)
-    assert (default.beam, greedy.beam) == (3, 1)
+    assert (default.decoding.beam_size, greedy.decoding.beam_size) == (3, 1)
     assert family.infer(default, items) == direct(default, items, beam_search, 3)[1]
     assert family.infer(greedy, items) == direct(greedy, items, greedy_search, 1)[1]
     outputs = family.infer(greedy, items)
@@ -51,7 +51,7 @@ def test_no_repeat_ngram_size_per_variant_and_for_all(family_and_model, one_thre
     variant = {"name": "student greedy", "path": str(model), "runtime": "torch"}
     free = family.open({**variant, "decode": {"beam": 1}}, threads=1)
     banned = family.open({**variant, "decode": {"beam": 1, "no_repeat_ngram_size": 1}}, threads=1)
-    assert (free.no_repeat_ngram_size, banned.no_repeat_ngram_size) == (0, 1)
+    assert (free.decoding.no_repeat_ngram_size, banned.decoding.no_repeat_ngram_size) == (0, 1)
     results, texts = direct(banned, items, greedy_search, 1, no_repeat_ngram_size=1)
     assert family.infer(banned, items) == texts
     for r in results:  # no piece twice in one output: the random tiny model repeats without the ban
@@ -61,8 +61,9 @@ def test_no_repeat_ngram_size_per_variant_and_for_all(family_and_model, one_thre
     everywhere = SpeechFamily(corpus=family.corpus, split=family.split, per_lang=3, langs=["de", "fr"], beam=3,
                               no_repeat_ngram_size=2)
     teacher = everywhere.open({**variant, "name": "teacher"}, threads=1)
-    assert (teacher.beam, teacher.no_repeat_ngram_size) == (3, 2)
-    assert everywhere.open({**variant, "decode": {"no_repeat_ngram_size": 0}}, threads=1).no_repeat_ngram_size == 0
+    assert (teacher.decoding.beam_size, teacher.decoding.no_repeat_ngram_size) == (3, 2)
+    free_here = everywhere.open({**variant, "decode": {"no_repeat_ngram_size": 0}}, threads=1)
+    assert free_here.decoding.no_repeat_ngram_size == 0
 
 
 def test_max_len_per_variant_and_for_all(family_and_model, one_thread):
@@ -71,7 +72,7 @@ def test_max_len_per_variant_and_for_all(family_and_model, one_thread):
     variant = {"name": "student greedy", "path": str(model), "runtime": "torch"}
     free = family.open({**variant, "decode": {"beam": 1}}, threads=1)
     short = family.open({**variant, "decode": {"beam": 1, "max_len_a": 0.0, "max_len_b": 2}}, threads=1)
-    assert (free.max_len_a, free.max_len_b, short.max_len_b) == (0.0, 200, 2)
+    assert (free.decoding.max_len_a, free.decoding.max_len_b, short.decoding.max_len_b) == (0.0, 200, 2)
     lengths = [len(r.tokens) for r in direct(free, items, greedy_search, 1)[0]]
     assert max(lengths) > 2  # the random tiny model runs on without the bound
     results, texts = direct(short, items, greedy_search, 1, max_len_b=2)
@@ -80,8 +81,8 @@ def test_max_len_per_variant_and_for_all(family_and_model, one_thread):
     everywhere = SpeechFamily(corpus=family.corpus, split=family.split, per_lang=3, langs=["de", "fr"], beam=3,
                               max_len_a=0.1, max_len_b=1)
     teacher = everywhere.open({**variant, "name": "teacher"}, threads=1)
-    assert (teacher.max_len_a, teacher.max_len_b) == (0.1, 1)
-    assert everywhere.open({**variant, "decode": {"max_len_b": 200}}, threads=1).max_len_b == 200
+    assert (teacher.decoding.max_len_a, teacher.decoding.max_len_b) == (0.1, 1)
+    assert everywhere.open({**variant, "decode": {"max_len_b": 200}}, threads=1).decoding.max_len_b == 200
 
 
 @pytest.mark.parametrize("decode", [{"beam": 0}, {"beam": "1"}, {"length_penalty": 1.0},
