@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,12 @@ class TrainConfig(LoopConfig):
     # a teacher output caught in a loop (a 3-gram three times: compress.distill.degenerate) leaves
     # the pair its reference, so the student does not learn the loop; false keeps every output
     seq_kd_filter: bool = True
+    # the teachers' beam search: fairseq's ban on repeating an n-gram (0: none; 3 keeps the
+    # loops out of the targets in the first place, so none falls back to its reference) and
+    # its length bound, a * encoder frames + b pieces
+    seq_kd_no_repeat_ngram_size: int = 0
+    seq_kd_max_len_a: float = 0.0
+    seq_kd_max_len_b: int = 200
     # also let the teachers translate, into each seq_kd language, the English audio that has no
     # reference in it (the ASR corpus's sentences and the other pairs'): more pairs, their top hypothesis
     seq_kd_unpaired: bool = False
@@ -113,6 +120,14 @@ class TrainConfig(LoopConfig):
         if self.seq_kd_unpaired and not (self.seq_kd and self.task == "st" and self.transcripts):
             raise ConfigError("seq_kd_unpaired needs seq_kd: true, task: st and transcripts: true "
                               "(the English audio comes with the transcription data)")
+        if self.seq_kd_no_repeat_ngram_size < 0:
+            raise ConfigError(f"seq_kd_no_repeat_ngram_size must be >= 0, got {self.seq_kd_no_repeat_ngram_size}")
+        if not 0 <= self.seq_kd_max_len_a < math.inf:
+            raise ConfigError(f"seq_kd_max_len_a must be a finite number >= 0, got {self.seq_kd_max_len_a}")
+        if self.seq_kd_max_len_b < 0:
+            raise ConfigError(f"seq_kd_max_len_b must be >= 0, got {self.seq_kd_max_len_b}")
+        if self.seq_kd_max_len_a == 0 and self.seq_kd_max_len_b == 0:
+            raise ConfigError("seq_kd_max_len_a and seq_kd_max_len_b are both 0: the teachers could output nothing")
         unknown = [lang for lang in self.seq_kd_langs if lang not in self.targets]
         if unknown:
             raise ConfigError(f"seq_kd_langs: {', '.join(unknown)} not among the targets ({', '.join(self.targets)})")
@@ -439,15 +454,23 @@ def train(cfg: TrainConfig) -> Path:
 
 def _seq_kd_decoding(cfg: TrainConfig, tok: Tokenizer, nbest: int) -> tuple[dict[str, Any], Any]:
     """What every seq-KD cache records (teachers, by path and by the hash of their weights, so
-    that a teacher retrained in place is a new cache; beam; corpus) and the teachers' beam
-    search (``nbest`` hypotheses, never a language tag)."""
+    that a teacher retrained in place is a new cache; beam and the n-gram ban and length bound
+    where they are set; corpus) and the teachers' beam search (``nbest`` hypotheses, never a
+    language tag)."""
     from speech.decode import DecodingOptions  # noqa: PLC0415
 
     settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher],
                 "teacher_sha256": [model_dir_hash(t) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
                 "corpus": str(corpus_root(cfg.corpus))}
+    # recorded only when set, so the caches made before these options existed stay valid
+    if cfg.seq_kd_no_repeat_ngram_size:
+        settings["no_repeat_ngram_size"] = cfg.seq_kd_no_repeat_ngram_size
+    if (cfg.seq_kd_max_len_a, cfg.seq_kd_max_len_b) != (0.0, 200):
+        settings["max_len"] = [float(cfg.seq_kd_max_len_a), cfg.seq_kd_max_len_b]
     tags = tuple(tok.lang_tag(lang) for lang in tok.languages)
-    return settings, DecodingOptions(beam_size=cfg.seq_kd_beam, nbest=nbest, suppress_tokens=tags)
+    return settings, DecodingOptions(beam_size=cfg.seq_kd_beam, nbest=nbest, suppress_tokens=tags,
+                                     no_repeat_ngram_size=cfg.seq_kd_no_repeat_ngram_size,
+                                     max_len_a=float(cfg.seq_kd_max_len_a), max_len_b=cfg.seq_kd_max_len_b)
 
 
 def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tokenizer, path: Path,

@@ -297,6 +297,20 @@ def test_distillation_word_and_sequence_level(home, tmp_path, caplog):
             want = ref if degenerate(out) and not keep_loops else ref[:1] + out + ref[-1:]
             assert got[lang].targets[int(k)] == want, i
     assert degenerate(cached[first["id"]])
+    # the teacher's search with fairseq's n-gram ban and length bound: no target repeats a
+    # bigram or runs past 4 pieces; the default cache above records neither setting
+    train(cfg_for(home, "st", tmp_path / "banned", f"init={teacher_dir}", f"teacher=[{teacher_dir}]", "seq_kd=true",
+                  "seq_kd_beam=2", "seq_kd_langs=[de,fr]", "seq_kd_no_repeat_ngram_size=2", "seq_kd_max_len_a=0",
+                  "seq_kd_max_len_b=4", "kd.alpha=0", "max_updates=1"))
+    banned_lines = (tmp_path / "banned/seq_kd.jsonl").read_text().splitlines()
+    header = json.loads(banned_lines[0])["settings"]
+    assert header["no_repeat_ngram_size"] == 2 and header["max_len"] == [0.0, 4]
+    assert "no_repeat_ngram_size" not in json.loads(lines[0])["settings"] and "max_len" not in json.loads(lines[0])["settings"]
+    banned = [json.loads(x)["tokens"] for x in banned_lines[1:]]
+    assert banned and all(len(t) <= 4 for t in banned)
+    assert all(len(set(zip(t, t[1:]))) == len(t) - 1 for t in banned if len(t) > 1)
+    unbanned = [t for i, t in cached.items() if i.split(":")[0] in ("de", "fr") and i != first["id"]]
+    assert any(len(t) > 4 or len(set(zip(t, t[1:]))) < len(t) - 1 for t in unbanned)  # the bound did something
     # seq_kd_langs: only the translations are rewritten; the English transcripts stay references
     train(cfg_for(home, "st", tmp_path / "seq-de", f"init={teacher_dir}", f"teacher=[{teacher_dir}]", "seq_kd=true",
                   "seq_kd_beam=2", "seq_kd_langs=[de,fr]", "kd.alpha=0", "max_updates=1"))
@@ -355,5 +369,11 @@ def test_distillation_word_and_sequence_level(home, tmp_path, caplog):
         cfg_for(home, "st", tmp_path / "x", "seq_kd_langs=[it]")
     with pytest.raises(ConfigError, match="seq_kd needs teacher"):
         cfg_for(home, "st", tmp_path / "x", "seq_kd=true")
+    for bad, field_name in (("seq_kd_no_repeat_ngram_size=-1", "seq_kd_no_repeat_ngram_size"),
+                            ("seq_kd_max_len_a=.inf", "seq_kd_max_len_a"), ("seq_kd_max_len_b=1.5", "seq_kd_max_len_b")):
+        with pytest.raises(ConfigError, match=field_name):
+            cfg_for(home, "st", tmp_path / "x", bad)
+    with pytest.raises(ConfigError, match="both 0"):
+        cfg_for(home, "st", tmp_path / "x", "seq_kd_max_len_a=0", "seq_kd_max_len_b=0")
     with pytest.raises(ConfigError, match="init excludes init_encoder"):
         cfg_for(home, "st", tmp_path / "x", f"init={teacher_dir}", f"init_encoder={teacher_dir}")
