@@ -36,7 +36,8 @@ from typing import Any
 import sacrebleu
 import torch
 
-from compress.distill import KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, teacher_log_probs, truncate_targets
+from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, degenerate, kd_loss, teacher_log_probs,
+                             truncate_targets)
 from speech.config import ConfigError, config_to_dict
 from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
@@ -83,6 +84,9 @@ class SimulTrainConfig(LoopConfig):
     kd: KDConfig = field(default_factory=KDConfig)
     seq_kd: bool = False
     seq_kd_beam: int = 4
+    # a teacher output caught in a loop (a 3-gram three times: compress.distill.degenerate) leaves
+    # the pair its reference, as in the speech recipe; false keeps every output
+    seq_kd_filter: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -356,7 +360,9 @@ def train(cfg: SimulTrainConfig) -> Path:
 
 def seq_kd_examples(ex: Examples, teachers: list[MTModel], path: Path, cfg: SimulTrainConfig) -> Examples:
     """Sequence-level KD: each target replaced by the teachers' beam output (an ensemble when
-    several), cached and resumable in ``path`` (:class:`compress.distill.SeqKDCorpus`)."""
+    several), cached and resumable in ``path`` (:class:`compress.distill.SeqKDCorpus`). With
+    ``seq_kd_filter`` a degenerate output keeps the reference; the filter reads the cached
+    outputs, so it leaves the cache as it is."""
     settings = {"teachers": [str(Path(t).resolve()) for t in cfg.teacher],
                 "teacher_sha256": [model_dir_hash(t) for t in cfg.teacher], "beam": cfg.seq_kd_beam,
                 "stage": cfg.stage, "corpus": cfg.corpus, "items": len(ex.src)}
@@ -374,6 +380,8 @@ def seq_kd_examples(ex: Examples, teachers: list[MTModel], path: Path, cfg: Simu
     progress = Progress(len(ids), "seq-KD targets", "sent")
     outs = corpus.build(ids, translate, batch_size=64, progress=progress)
     progress.close()
-    tgt = [[t[0]] + outs[str(i)] + [t[-1]] for i, t in enumerate(ex.tgt)]
-    log.info("seq-KD: %d targets from %s", len(tgt), ", ".join(cfg.teacher))
+    loops = [cfg.seq_kd_filter and degenerate(outs[str(i)]) for i in range(len(ex.tgt))]
+    tgt = [t if loop else [t[0]] + outs[str(i)] + [t[-1]] for i, (t, loop) in enumerate(zip(ex.tgt, loops))]
+    log.info("seq-KD: %d targets from %s%s", len(tgt), ", ".join(cfg.teacher),
+             f"; {sum(loops)} degenerate ones keep their reference" if cfg.seq_kd_filter else "")
     return dataclasses.replace(ex, tgt=tgt)

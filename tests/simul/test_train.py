@@ -1,6 +1,7 @@
 """The simul recipe's stages on the tiny corpus: exact resume after SIGKILL, fine-tuning
 stages that keep their tokenizers, and the prefix-to-prefix (wait-k) model."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,9 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from speech.config import ConfigError, load_config
-from speech.model import model_dir_hash
-from simul.model import load_mt_model
-from simul.train import SimulTrainConfig, segment_pairs, train
+from compress.distill import degenerate
+from speech.model import BOS_ID, EOS_ID, load_model_dir, model_dir_hash
+from simul.model import MTConfig, MTModel, load_mt_model
+from simul.train import Examples, SimulTrainConfig, segment_pairs, seq_kd_examples, train
 from simul.data import load_split
 from simul.segmenter import Segmenter
 
@@ -121,5 +123,19 @@ def test_sequence_level_distillation_caches_the_teachers_outputs(tiny_simul, tmp
     assert header["settings"]["teacher_sha256"] == [model_dir_hash(tiny_simul.model)]  # a retrained teacher: a new cache
     outs = [json.loads(x)["tokens"] for x in lines[1:]]
     assert all(isinstance(t, list) for t in outs) and sum(map(len, outs)) > 0
+    # a cached output caught in a loop leaves its pair the reference, unless seq_kd_filter=false
+    looping = tmp_path / "looping/seq_kd.jsonl"
+    looping.parent.mkdir()
+    first = json.loads(lines[1])
+    looping.write_text("\n".join([lines[0], json.dumps({**first, "tokens": [7, 8, 9] * 3}), *lines[2:]]) + "\n")
+    cached = {int(d["id"]): d["tokens"] for d in map(json.loads, looping.read_text().splitlines()[1:])}
+    ex = Examples([[1]] * len(cached), [[BOS_ID, 4, 5, EOS_ID] for _ in cached], [""] * len(cached), [""] * len(cached))
+    teacher = load_model_dir(tiny_simul.model, config_cls=MTConfig, model_cls=MTModel)[0]
+    for keep_loops in (False, True):
+        got = seq_kd_examples(ex, [teacher], looping, dataclasses.replace(run, seq_kd_filter=not keep_loops)).tgt
+        for i, out in cached.items():
+            ref = ex.tgt[i]
+            assert got[i] == (ref if degenerate(out) and not keep_loops else ref[:1] + out + ref[-1:]), i
+    assert degenerate(cached[int(first["id"])]) and sum(map(degenerate, cached.values())) < len(cached)
     with pytest.raises(ConfigError, match="seq_kd needs teacher"):
         cfg(tiny_simul.corpus, tmp_path / "x", "seq_kd=true")
