@@ -64,7 +64,7 @@ from compress.quantize import DEFAULT_ONNX_OPS, quantize_onnx_int8
 from compress.runtime import OrtSession
 from speech.config import config_to_dict
 from speech.data.cache import atomic_dir, interpres_home, write_json_atomic
-from speech.model import (CONFIG_FILE, LayerCache, ModelConfig, S2TModel, load_model_dir,
+from speech.model import (CONFIG_FILE, LayerCache, ModelConfig, S2TModel, additive_mask, load_model_dir,
                           model_config_from_dict, model_dir_hash, sinusoids)
 from speech.text_model import MTConfig, MTModel
 
@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"  # a model directory's own export, and the cache folder under $INTERPRES_HOME
 INDEX_FILE = "onnx.json"
-FORMAT = 3  # onnx.json's layout and the graphs' inputs and outputs; a change re-exports cached folders
+FORMAT = 4  # onnx.json's layout, the graphs' inputs and outputs, or how the graphs compute
+# (4: float attention masks); a change re-exports cached folders
 PRECISIONS = ("fp32", "int8")
 GRAPH_FILES = {"fp32": ("encoder.onnx", "decoder.onnx"), "int8": ("encoder.int8.onnx", "decoder.int8.onnx")}
 CTC_HEAD_FILE = "ctc_head.safetensors"
@@ -157,8 +158,10 @@ class DecoderStepGraph(nn.Module):
         q_pos = torch.arange(start, total, device=tokens.device)
         emb = dec.embed_tokens(tokens)
         x = dec.embed_scale * emb + sinusoids(q_pos, dec.embed_tokens.embedding_dim).to(emb.dtype)
-        self_mask = torch.arange(total, device=tokens.device)[None, :] <= q_pos[:, None]  # (N, P + N)
-        cross_mask = ~enc_mask[:, None, None, :]
+        # float masks, built once per step: boolean ones cost every layer's attention two
+        # Where and an IsNaN in the graph (speech.model.additive_mask)
+        self_mask = additive_mask(torch.arange(total, device=tokens.device)[None, :] <= q_pos[:, None], x.dtype)
+        cross_mask = additive_mask(~enc_mask[:, None, None, :], x.dtype)
         present = []
         for i, layer in enumerate(dec.layers):
             cache = LayerCache(past[2 * i], past[2 * i + 1], cross[2 * i], cross[2 * i + 1], cross_k_transposed=True)

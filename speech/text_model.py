@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from speech.config import ConfigError
-from speech.model import (BOS_ID, EOS_ID, PAD_ID, EncoderLayer, TextDecoder, _check_length, check_layout,
-                          lengths_to_padding_mask, load_model_dir, sinusoids)
+from speech.model import (BOS_ID, EOS_ID, PAD_ID, EncoderLayer, TextDecoder, _check_length, additive_mask,
+                          check_layout, lengths_to_padding_mask, load_model_dir, sinusoids)
 
 
 @dataclass
@@ -93,6 +93,7 @@ class TextEncoder(nn.Module):
         attn_mask = ~mask[:, None, None, :]
         if self.causal:
             attn_mask = attn_mask & (pos[None, :] <= pos[:, None])[None, None]
+        attn_mask = additive_mask(attn_mask, x.dtype)  # each row may attend to its first token at least
         for layer in self.layers:
             x = layer(x, attn_mask)
         x = self.layer_norm(x).masked_fill(mask[..., None], 0.0)

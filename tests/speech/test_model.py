@@ -12,6 +12,7 @@ from speech.model import (
     CheckpointError,
     MultiHeadAttention,
     S2TModel,
+    additive_mask,
     ctc_loss,
     label_smoothed_nll_loss,
     load_model_dir,
@@ -148,6 +149,11 @@ def test_attention_with_keys_given_transposed_equals_attention():
         v2 = v.clone()
         v2[1, :, 4:] = 100.0
         torch.testing.assert_close(attn.attend_keys_transposed(x, k.transpose(2, 3), v2, mask), got)
+        # the mask as an additive float bias (what the exported graphs use): the same attention
+        bias = additive_mask(mask, torch.float32)
+        assert bias[0].eq(0).all() and bias[1, ..., :4].eq(0).all() and bias[1, ..., 4:].eq(-math.inf).all()
+        torch.testing.assert_close(attn(x, k, v, bias), want, atol=1e-6, rtol=0)
+        torch.testing.assert_close(attn.attend_keys_transposed(x, k.transpose(2, 3), v, bias), got, atol=1e-6, rtol=0)
 
 
 def test_losses():

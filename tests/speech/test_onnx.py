@@ -4,6 +4,7 @@ import json
 import logging
 
 import numpy as np
+import onnx
 import pytest
 import soundfile as sf
 import torch
@@ -60,6 +61,10 @@ def test_the_folder_describes_its_graphs(exported):
     assert index["io"]["decoder"]["outputs"][-1] == "present_v_1"
     for name in ("encoder", "decoder"):
         assert (folder / f"{name}.int8.onnx").stat().st_size < 0.7 * (folder / f"{name}.onnx").stat().st_size
+    # float attention masks: no attention pays the exporter's IsNaN/Where guard of a boolean mask
+    for graph in ("encoder.onnx", "decoder.onnx", "encoder.int8.onnx", "decoder.int8.onnx"):
+        ops = {n.op_type for n in onnx.load(str(folder / graph)).graph.node}
+        assert "IsNaN" not in ops and "Softmax" in ops, graph
 
 
 def test_graphs_match_torch_with_dynamic_batch_and_lengths(exported):
