@@ -33,8 +33,11 @@ are kept with its first round for that.
 Results are cached per variant in ``OUT/report/measure-NAME.json`` with a fingerprint of
 the variant, its files and the settings (``rounds`` excepted), with every round measured so
 far: a rerun, or a run killed half-way, measures only the rounds that are missing, and
-raising ``rounds`` adds rounds to the old ones. The report always compares results from one
-machine and one settings block.
+raising ``rounds`` adds rounds to the old ones. A round is kept only where every variant
+has it: when one variant changed (new weights, a new export), or a kill cut a round short,
+that round and the later ones are measured again for every variant, so that no round pairs
+a new measurement with one taken in an earlier run. The report always compares results
+from one machine and one settings block.
 """
 
 from __future__ import annotations
@@ -176,7 +179,8 @@ def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
     """Measure every variant in its own process, in ``rounds`` interleaved rounds (cached per
-    variant and round); results in the order of ``variants``."""
+    variant and round, and reused only where every variant has that round); results in the
+    order of ``variants``."""
     out.mkdir(parents=True, exist_ok=True)
     n_rounds = rounds_setting(cfg.report)
     settings = {k: v for k, v in cfg.report.items() if k != "rounds"}
@@ -196,6 +200,17 @@ def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dic
         slots.append((v, path, fp, done))
         if done and cached.get("outputs") is not None:
             outputs_of[v["name"]] = cached["outputs"]
+    # A round is measured for every variant together: a round's ratios compare measurements
+    # taken minutes apart, not a variant measured today against a teacher measured in an
+    # earlier run (a changed variant, or a kill mid-round, re-measures the whole round).
+    complete = min((len(done) for *_, done in slots), default=0)
+    for v, path, _, done in slots:
+        if len(done) > complete:
+            log.info("%s: %d of its %d earlier round(s) kept: the other variants have only %d", v["name"],
+                     complete, len(done), complete)
+            del done[complete:]
+            if not done:
+                outputs_of.pop(v["name"], None)
     for r in range(n_rounds):
         for v, path, fp, done in slots:
             if len(done) > r:

@@ -4,6 +4,7 @@ real (tiny) matrix workloads measured in child processes, as every family's are.
 quality intervals: sacrebleu scores of bootstrap draws from summed sentence statistics, and
 the paired intervals of the quality retained."""
 
+import logging
 import random
 import statistics
 from pathlib import Path
@@ -26,7 +27,7 @@ VARIANTS = [{"name": "teacher", "path": "big", "runtime": "torch", "decode": {"s
             {"name": "small", "path": "small", "runtime": "torch", "decode": {"size": 8}, "stage": "quantize"}]
 
 
-def test_interleaved_rounds_medians_ratios_and_resume(tmp_path, monkeypatch):
+def test_interleaved_rounds_medians_ratios_and_resume(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PYTHONPATH", str(SUPPORT))
     out = tmp_path / "report"
     results = measure_all(config(tmp_path, 2), VARIANTS, out)
@@ -54,10 +55,16 @@ def test_interleaved_rounds_medians_ratios_and_resume(tmp_path, monkeypatch):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("measure-*.json")}
     assert measure_all(config(tmp_path, 3), VARIANTS, out) == again
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("measure-*.json")}
-    # a changed variant is measured again from its first round; the other keeps its rounds
+    # a changed variant is measured again from its first round, and so is every other
+    # variant: a round's ratios never pair a new measurement with one from an earlier run
     changed = [VARIANTS[0], {**VARIANTS[1], "decode": {"size": 9}}]
+    caplog.set_level(logging.INFO, logger="compress.report")
     third = measure_all(config(tmp_path, 1), changed, out)
-    assert third[0] == again[0] and len(third[1]["rounds"]) == 1
+    assert [len(r["rounds"]) for r in third] == [1, 1]
+    measured = [r.getMessage() for r in caplog.records if r.getMessage().startswith("measuring ")]
+    assert [m.split(" (")[0] for m in measured] == ["measuring teacher", "measuring small"]
+    assert any("teacher: 0 of its 3 earlier round(s) kept" in r.getMessage() for r in caplog.records)
+    assert len(third[0]["outputs"]) == 6
 
 
 def test_rounds_must_be_a_positive_integer():
