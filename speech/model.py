@@ -21,9 +21,11 @@ its own. The decoder's first input token is the start token (the target-language
 or bos for a model without tags); the targets are the inputs shifted left, ending in eos.
 
 Masks: ``enc_mask`` is (B, T') bool, **True at padding frames** (fairseq's and
-nn.Transformer's key-padding convention). Inside attention it becomes a boolean
-``attn_mask`` with True = may attend, as ``scaled_dot_product_attention`` wants; all
-masks are built from ``torch.arange`` so they export with dynamic batch and length.
+nn.Transformer's key-padding convention). Inside attention it becomes an ``attn_mask``
+as ``scaled_dot_product_attention`` takes it: boolean with True = may attend, or (the
+encoders, and the exported decoder step) the same mask as an additive float bias,
+0 or -inf (:func:`additive_mask`: cheaper once exported); all masks are built from
+``torch.arange`` so they export with dynamic batch and length.
 
 A model directory holds ``config.json`` (``{"model": ModelConfig fields, ...extra}``) and
 ``model.safetensors``; :func:`save_model_dir` and :func:`load_model_dir` write and read it
@@ -314,8 +316,8 @@ class MultiHeadAttention(nn.Module):
         return self._split(self.k_proj(source)), self._split(self.v_proj(source))
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x (B, Tq, D), k/v (B, H, S, head_dim), mask bool broadcastable to (B, H, Tq, S),
-        True = may attend -> (B, Tq, D)"""
+        """x (B, Tq, D), k/v (B, H, S, head_dim), mask broadcastable to (B, H, Tq, S): bool,
+        True = may attend, or an additive float one (:func:`additive_mask`) -> (B, Tq, D)"""
         q = self._split(self.q_proj(x))
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
