@@ -270,6 +270,22 @@ def degenerate(tokens: Sequence[int], n: int = 3, times: int = 3) -> bool:
     return False
 
 
+def targets_from_outputs(references: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]],
+                         filter_loops: bool = True) -> tuple[list[list[int]], int]:
+    """Sequence-level KD targets: each teacher output between its reference's first token
+    (bos or a language tag) and last (eos); with ``filter_loops`` the reference itself where
+    the output is :func:`degenerate`, so the student does not learn the loop. Returns the
+    targets and how many kept their reference."""
+    targets, kept = [], 0
+    for ref, out in zip(references, outputs, strict=True):
+        if filter_loops and degenerate(out):
+            targets.append(list(ref))
+            kept += 1
+        else:
+            targets.append([ref[0], *out, ref[-1]])
+    return targets, kept
+
+
 def teacher_log_probs(teachers: Sequence[torch.nn.Module], forward: Callable[[torch.nn.Module], Tensor]) -> Tensor | None:
     """The teachers' log-probabilities (B, U, V) for one batch: ``forward(teacher)`` gives a
     teacher's logits; an ensemble is the log of the mean probability. None without teachers."""

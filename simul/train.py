@@ -36,8 +36,8 @@ from typing import Any
 import sacrebleu
 import torch
 
-from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, degenerate, kd_loss, teacher_log_probs,
-                             truncate_targets)
+from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, targets_from_outputs,
+                             teacher_log_probs, truncate_targets)
 from speech.config import ConfigError, config_to_dict
 from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
@@ -380,8 +380,7 @@ def seq_kd_examples(ex: Examples, teachers: list[MTModel], path: Path, cfg: Simu
     progress = Progress(len(ids), "seq-KD targets", "sent")
     outs = corpus.build(ids, translate, batch_size=64, progress=progress)
     progress.close()
-    loops = [cfg.seq_kd_filter and degenerate(outs[str(i)]) for i in range(len(ex.tgt))]
-    tgt = [t if loop else [t[0]] + outs[str(i)] + [t[-1]] for i, (t, loop) in enumerate(zip(ex.tgt, loops))]
+    tgt, kept = targets_from_outputs(ex.tgt, [outs[str(i)] for i in range(len(ex.tgt))], cfg.seq_kd_filter)
     log.info("seq-KD: %d targets from %s%s", len(tgt), ", ".join(cfg.teacher),
-             f"; {sum(loops)} degenerate ones keep their reference" if cfg.seq_kd_filter else "")
+             f"; {kept} degenerate ones keep their reference" if cfg.seq_kd_filter else "")
     return dataclasses.replace(ex, tgt=tgt)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, check_seq_kd_select, closest_to_reference, degenerate,
-                              kd_loss, teacher_log_probs, truncate_targets)
+                              kd_loss, targets_from_outputs, teacher_log_probs, truncate_targets)
 from speech.augment import POLICIES, SpecAugmentConfig, spec_augment
 from speech.config import ConfigError
 from speech.data.cache import interpres_home
@@ -517,15 +517,10 @@ def seq_kd_targets(data: dict[str, LangData], teachers: list[S2TModel], tok: Tok
     kept = 0
     for lang in langs:
         d = data[lang]
-        targets = []
-        for k in range(len(d.items)):
-            out = outs[f"{lang}:{k}"]
-            if cfg.seq_kd_filter and degenerate(out):
-                targets.append(d.targets[k])
-                kept += 1
-            else:
-                targets.append(d.targets[k][:1] + out + [d.targets[k][-1]])
+        targets, n = targets_from_outputs(d.targets, [outs[f"{lang}:{k}"] for k in range(len(d.items))],
+                                          cfg.seq_kd_filter)
         fresh[lang] = dataclasses.replace(d, targets=targets)
+        kept += n
     log.info("seq-KD: %d targets (%s) from %s%s", len(ids), ", ".join(langs), ", ".join(cfg.teacher),
              f"; {kept} degenerate ones keep their reference" if cfg.seq_kd_filter else "")
     if cfg.seq_kd_unpaired:

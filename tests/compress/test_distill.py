@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from compress.distill import (KDConfig, SeqKDCorpus, SeqKDError, check_seq_kd_select, closest_to_reference, degenerate,
-                              kd_loss, prefix_mask, section_mask, sentence_chrf, teacher_log_probs, truncate_targets)
+                              kd_loss, prefix_mask, section_mask, sentence_chrf, targets_from_outputs, teacher_log_probs,
+                              truncate_targets)
 from speech.model import label_smoothed_nll_loss
 
 PAD = 0
@@ -162,6 +163,15 @@ def test_degenerate_finds_runaway_repetition():
     assert not degenerate([]) and not degenerate([4, 4])
     with pytest.raises(ValueError, match="n must be >= 1 and times >= 2"):
         degenerate([1], n=0)
+
+
+def test_targets_from_outputs_frame_each_output_and_keep_the_reference_for_loops():
+    refs = [[2, 10, 11, 3], [9, 12, 3]]  # bos or a language tag first, eos last
+    outs = [[20, 21], [5, 6, 7] * 3]
+    assert targets_from_outputs(refs, outs) == ([[2, 20, 21, 3], [9, 12, 3]], 1)
+    assert targets_from_outputs(refs, outs, filter_loops=False) == ([[2, 20, 21, 3], [9, *[5, 6, 7] * 3, 3]], 0)
+    with pytest.raises(ValueError):
+        targets_from_outputs(refs, outs[:1])  # one output per reference
 
 
 def test_bad_kd_settings_are_named():
