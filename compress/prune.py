@@ -30,9 +30,13 @@ Importance (``PruneConfig.importance``):
   zeroed, ``|sum_group w * dL/dw|``, summed over calibration batches (Molchanov et al.
   2019), computed from the label loss the caller passes in.
 
-Within each attention / FFN / inner conv the lowest-scored heads / channels go, the same
-fraction in every layer (an even layout keeps batched matmuls regular); at least one head
-and one channel stay. Layers are ranked within their stack.
+Within each attention / FFN / inner conv the lowest-scored heads / channels go; at least
+one head and one channel stay. Layers are ranked within their stack. ``heads``, ``ffn``
+and ``conv`` are either one fraction for every module of the kind or a mapping from module
+paths to fractions (``ffn: {encoder: 0.5, decoder: 0.75}``): a module takes the value of
+the longest path that is its own name or a dotted prefix of it (names as in the unpruned
+model), and a module that no path names is kept whole. A path that names no module of its
+kind is an error, so a typo cannot pass for "keep everything".
 """
 
 from __future__ import annotations
@@ -47,12 +51,51 @@ from torch import Tensor, nn
 IMPORTANCES = ("taylor", "magnitude")
 
 
+Fraction = float | dict[str, float]  # one for all modules, or module path -> fraction
+
+
+def fraction_for(spec: Fraction, name: str) -> float:
+    """The fraction ``spec`` gives the module ``name``: a number for every module, or the
+    value of the longest path in the mapping that is ``name`` or a dotted prefix of it
+    (1.0, keep all, when none is)."""
+    if not isinstance(spec, dict):
+        return float(spec)
+    paths = [p for p in spec if p == name or name.startswith(f"{p}.")]
+    return float(spec[max(paths, key=len)]) if paths else 1.0
+
+
+def _check_fraction(field_name: str, spec: Any) -> None:
+    items = spec.items() if isinstance(spec, dict) else [(None, spec)]
+    for path, value in items:
+        where = field_name if path is None else f"{field_name}.{path}"
+        if path is not None and (not isinstance(path, str) or not path):
+            raise ValueError(f"prune: '{field_name}' maps module paths to fractions; {path!r} is not a module path")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+            raise ValueError(f"prune: '{where}' is the fraction kept, in (0, 1], got {value!r}")
+
+
+def _unmatched(field_name: str, spec: Fraction, names: Iterable[str], kind: str) -> None:
+    """Raise for a path in ``spec`` that names none of the modules ``names``."""
+    if not isinstance(spec, dict):
+        return
+    names = list(names)
+    for path in spec:
+        if not any(n == path or n.startswith(f"{path}.") for n in names):
+            listed = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            raise ValueError(f"prune: '{field_name}.{path}' names no {kind} (the model's: {listed or 'none'})")
+
+
+def _wants(spec: Fraction) -> bool:
+    """Whether ``spec`` prunes anything."""
+    return any(v < 1.0 for v in (spec.values() if isinstance(spec, dict) else [spec]))
+
+
 @dataclass
 class PruneConfig:
     importance: str = "taylor"
-    heads: float = 1.0  # fraction of the heads of each attention kept
-    ffn: float = 1.0  # fraction of the channels of each feed-forward block kept
-    conv: float = 1.0  # fraction of the GLU channels of each inner conv of a GLU conv stack kept
+    heads: Fraction = 1.0  # fraction of the heads of each attention kept
+    ffn: Fraction = 1.0  # fraction of the channels of each feed-forward block kept
+    conv: Fraction = 1.0  # fraction of the GLU channels of each inner conv of a GLU conv stack kept
     layers: dict[str, int] = field(default_factory=dict)  # ModuleList path -> layers kept
     calibration_batches: int = 8  # taylor: batches the scores are summed over
 
@@ -60,9 +103,7 @@ class PruneConfig:
         if self.importance not in IMPORTANCES:
             raise ValueError(f"prune: 'importance' must be one of {', '.join(IMPORTANCES)}, got '{self.importance}'")
         for name in ("heads", "ffn", "conv"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"prune: '{name}' is the fraction kept, in (0, 1], got {value}")
+            _check_fraction(name, getattr(self, name))
         for path, n in self.layers.items():
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"prune: 'layers.{path}' must be a number of layers kept (at least 1), got {n!r}")
@@ -339,8 +380,12 @@ def prune(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any] = (),
     """Score every group on the unpruned model, then remove layers, heads and channels in place."""
     before = count_params(model)
     glu_names = {id(m): n for n, m in find_glu_convs(model).items()}  # names before layer removal
-    if cfg.conv < 1.0 and not glu_names:
+    if _wants(cfg.conv) and not glu_names:
         raise ValueError(f"prune: 'conv' is {cfg.conv}, but the model has no GLU conv stack to prune")
+    _unmatched("heads", cfg.heads, find_attentions(model), "attention")
+    _unmatched("ffn", cfg.ffn, find_ffns(model), "feed-forward block")
+    _unmatched("conv", cfg.conv, [f"{n}.conv_layers.{i}" for n, m in find_glu_convs(model).items()
+                                  for i in range(len(m.conv_layers) - 1)], "inner conv of a GLU conv stack")
     if cfg.importance == "taylor":
         if loss_fn is None:
             raise ValueError("prune: taylor importance needs a loss function and calibration batches")
@@ -363,22 +408,22 @@ def prune(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any] = (),
     ffn_names = {id(m): n for n, m in _named_before(scores.channels, model, kept_layers, find_ffns)}
     kept_heads, kept_channels = {}, {}
     for name, attn in find_attentions(model).items():
-        s = scores.heads[attn_names[id(attn)]]
-        keep = _top(s, max(1, math.ceil(cfg.heads * attn.heads - 1e-9)))
+        old = attn_names[id(attn)]
+        keep = _top(scores.heads[old], max(1, math.ceil(fraction_for(cfg.heads, old) * attn.heads - 1e-9)))
         if len(keep) < attn.heads:
             prune_heads(attn, keep)
         kept_heads[name] = keep
     for name, ffn in find_ffns(model).items():
-        s = scores.channels[ffn_names[id(ffn)]]
-        n = max(1, math.ceil(cfg.ffn * ffn.fc1.out_features - 1e-9))
+        old = ffn_names[id(ffn)]
+        n = max(1, math.ceil(fraction_for(cfg.ffn, old) * ffn.fc1.out_features - 1e-9))
         if n < ffn.fc1.out_features:
-            prune_channels(ffn, _top(s, n))
+            prune_channels(ffn, _top(scores.channels[old], n))
         kept_channels[name] = ffn.fc1.out_features
     kept_glu = {}
     for name, stack in find_glu_convs(model).items():
         for i in range(len(stack.conv_layers) - 1):
             key, h = f"{glu_names[id(stack)]}.conv_layers.{i}", stack.conv_layers[i].out_channels // 2
-            n = max(1, math.ceil(cfg.conv * h - 1e-9))
+            n = max(1, math.ceil(fraction_for(cfg.conv, key) * h - 1e-9))
             if n < h:
                 prune_glu_channels(stack, i, _top(scores.glu[key], n))
             kept_glu[f"{name}.conv_layers.{i}"] = stack.conv_layers[i].out_channels // 2

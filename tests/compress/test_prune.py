@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from compress.prune import (PruneConfig, count_params, find_attentions, find_ffns, find_glu_convs, magnitude_scores,
-                            prune, prune_channels, prune_glu_channels, prune_heads, taylor_scores)
+from compress.prune import (PruneConfig, count_params, find_attentions, find_ffns, find_glu_convs, fraction_for,
+                            magnitude_scores, prune, prune_channels, prune_glu_channels, prune_heads, taylor_scores)
 from speech.model import S2TModel, label_smoothed_nll_loss, layout_of, load_model_dir, preset, save_model_dir
 
 
@@ -138,6 +138,25 @@ def test_prune_shrinks_and_the_model_loads_from_its_own_config(tmp_path, importa
         p.numel() * 4 for p in tiny().parameters())
 
 
+def test_fractions_per_module_path(tmp_path):
+    """A mapping gives each module the fraction of the longest path naming it; the rest stay whole."""
+    m, b = tiny(), batch()
+    cfg = PruneConfig(importance="magnitude", heads={"decoder": 0.5, "decoder.layers.1.encoder_attn": 0.25},
+                      ffn={"encoder": 0.5, "encoder.layers.1.ffn": 0.25}, conv={"encoder.subsample": 0.5},
+                      layers={"encoder.layers": 2})
+    prune(m, cfg)
+    layout = layout_of(m)
+    assert layout["encoder_layout"] == [[4, 64], [4, 32]]  # heads whole, FFN 1/2 then 1/4
+    assert layout["decoder_layout"] == [[2, 2, 128], [2, 1, 128]]  # decoder FFNs whole
+    assert layout["conv_channels"] == 32
+    cfg2 = dataclasses.replace(m.cfg, **layout)
+    save_model_dir(m, cfg2, tmp_path / "pruned")
+    loaded, _ = load_model_dir(tmp_path / "pruned")
+    torch.testing.assert_close(logits(loaded, b), logits(m, b))
+    assert fraction_for(0.5, "anything") == 0.5
+    assert fraction_for({"encoder.layers.1": 0.5}, "encoder.layers.10.ffn") == 1.0  # dotted prefixes only
+
+
 def test_keeping_everything_changes_nothing():
     m, b = tiny(), batch()
     before = logits(m, b)
@@ -153,6 +172,12 @@ def test_bad_settings_are_named():
         PruneConfig(conv=1.5)
     with pytest.raises(ValueError, match="no GLU conv stack"):
         prune(torch.nn.Sequential(torch.nn.Linear(4, 4)), PruneConfig(importance="magnitude", conv=0.5))
+    with pytest.raises(ValueError, match="'ffn.encoder'"):
+        PruneConfig(ffn={"encoder": 0})
+    with pytest.raises(ValueError, match="'heads'.*not a module path"):
+        PruneConfig(heads={"": 0.5})
+    with pytest.raises(ValueError, match="'ffn.encoder.layer' names no feed-forward block"):
+        prune(tiny(), PruneConfig(importance="magnitude", ffn={"encoder.layer": 0.5}))
     with pytest.raises(ValueError, match="importance"):
         PruneConfig(importance="random")
     with pytest.raises(ValueError, match="layers.encoder.layers"):
