@@ -13,9 +13,11 @@ family's test items:
   the resident set just before loading it.
 
 Interleaved rounds (``rounds: R`` in the report settings, default 1): every variant is
-measured once, then every variant again, R times over, each time in a fresh process. A
-machine whose speed drifts over minutes (a shared VM drifts by +-20%) then slows every
-variant of a round alike, so the report's ratios are the median over rounds of each round's
+measured once, then every variant again, R times over, each time in a fresh process, the
+odd rounds in reverse order (teacher first, then teacher last: a drift within a round
+does not always favour the same side of a ratio). A machine whose speed drifts over
+minutes (a shared VM drifts by +-20%) then slows every variant of a round alike, so the
+report's ratios are the median over rounds of each round's
 ratio to the teacher (its range over rounds is in the table), and its times and memory are
 the medians of the rounds. Quality is scored in every round and should not change between
 rounds (decoding is deterministic; a change is logged); the first round's scores are
@@ -212,7 +214,10 @@ def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dic
             if not done:
                 outputs_of.pop(v["name"], None)
     for r in range(n_rounds):
-        for v, path, fp, done in slots:
+        # odd rounds run the variants in reverse order (ABBA): a drift over the minutes of a
+        # round then slows the teacher in one round and the last variant in the next, rather
+        # than always the same side of every ratio
+        for v, path, fp, done in (slots if r % 2 == 0 else slots[::-1]):
             if len(done) > r:
                 if r == 0:
                     log.info("%s: measured before (%s, %d round(s))", v["name"], path, len(done))

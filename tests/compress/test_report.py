@@ -30,7 +30,11 @@ VARIANTS = [{"name": "teacher", "path": "big", "runtime": "torch", "decode": {"s
 def test_interleaved_rounds_medians_ratios_and_resume(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PYTHONPATH", str(SUPPORT))
     out = tmp_path / "report"
+    caplog.set_level(logging.INFO, logger="compress.report")
     results = measure_all(config(tmp_path, 2), VARIANTS, out)
+    order = [r.getMessage().split(" (")[0] for r in caplog.records if r.getMessage().startswith("measuring ")]
+    assert order == ["measuring teacher", "measuring small", "measuring small", "measuring teacher"]  # ABBA
+    caplog.clear()
     for r in results:
         assert len(r["rounds"]) == 2
         for key in ("latency_p50_ms", "throughput", "peak_rss_mb"):
@@ -58,7 +62,7 @@ def test_interleaved_rounds_medians_ratios_and_resume(tmp_path, monkeypatch, cap
     # a changed variant is measured again from its first round, and so is every other
     # variant: a round's ratios never pair a new measurement with one from an earlier run
     changed = [VARIANTS[0], {**VARIANTS[1], "decode": {"size": 9}}]
-    caplog.set_level(logging.INFO, logger="compress.report")
+    caplog.clear()
     third = measure_all(config(tmp_path, 1), changed, out)
     assert [len(r["rounds"]) for r in third] == [1, 1]
     measured = [r.getMessage() for r in caplog.records if r.getMessage().startswith("measuring ")]
