@@ -28,7 +28,9 @@ cached tokens, ``N`` new tokens; every one of these axes is dynamic):
 
 Heads and head sizes are read per layer from the modules (``layer.self_attn.heads``,
 ``.head_dim``), never from ``ModelConfig.heads``. The int8 graphs are onnxruntime's dynamic
-quantization of every MatMul (:mod:`compress.quantize`).
+quantization of every MatMul (:mod:`compress.quantize`); the speech encoder's conv
+subsampler is exported as matrix products over unfolded frames
+(:class:`UnfoldedSubsampler`), so it is one of them.
 
 :class:`OnnxS2TModel` has the decoding interface of :class:`speech.model.S2TModel`
 (``cfg``, ``encode``, ``decoder(tokens, enc_out, enc_mask, cache)``, ``decoder.new_cache()``,
@@ -57,6 +59,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compress.export import export_onnx
@@ -64,16 +67,16 @@ from compress.quantize import DEFAULT_ONNX_OPS, quantize_onnx_int8
 from compress.runtime import OrtSession
 from speech.config import config_to_dict
 from speech.data.cache import atomic_dir, interpres_home, write_json_atomic
-from speech.model import (CONFIG_FILE, LayerCache, ModelConfig, S2TModel, additive_mask, load_model_dir,
-                          model_config_from_dict, model_dir_hash, sinusoids)
+from speech.model import (CONFIG_FILE, Conv1dSubsampler, LayerCache, ModelConfig, S2TModel, additive_mask,
+                          lengths_to_padding_mask, load_model_dir, model_config_from_dict, model_dir_hash, sinusoids)
 from speech.text_model import MTConfig, MTModel
 
 log = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"  # a model directory's own export, and the cache folder under $INTERPRES_HOME
 INDEX_FILE = "onnx.json"
-FORMAT = 4  # onnx.json's layout, the graphs' inputs and outputs, or how the graphs compute
-# (4: float attention masks); a change re-exports cached folders
+FORMAT = 5  # onnx.json's layout, the graphs' inputs and outputs, or how the graphs compute
+# (4: float attention masks; 5: the conv subsampler as int8 matmuls); a change re-exports cached folders
 PRECISIONS = ("fp32", "int8")
 GRAPH_FILES = {"fp32": ("encoder.onnx", "decoder.onnx"), "int8": ("encoder.int8.onnx", "decoder.int8.onnx")}
 CTC_HEAD_FILE = "ctc_head.safetensors"
@@ -114,6 +117,57 @@ def encoder_io(n_layers: int, family: str = "s2t") -> tuple[list[str], list[str]
 def decoder_io(n_layers: int) -> tuple[list[str], list[str]]:
     return (["tokens", "enc_mask", *_names("cross", n_layers), *_names("past", n_layers)],
             ["logits", *_names("present", n_layers)])
+
+
+class UnfoldedSubsampler(nn.Module):
+    """A :class:`speech.model.Conv1dSubsampler` as matrix products, for export: the same
+    function, time-major throughout. Each strided conv (kernel k, stride 2, padding k // 2)
+    gathers the padded frames into windows of k frames every 2, (B, T', k * C), and
+    multiplies them by the conv's weights laid out tap by tap in a (C_out, k * C)
+    nn.Linear, then the GLU halves the last axis. Exported, a conv is then a MatMul that onnxruntime's dynamic
+    quantization makes int8 like every other (it leaves Conv in float32), with no (B, C, T)
+    transposes around it. On 2 cores a batch of 16 x 863
+    frames went from 44 ms (two float32 Conv) to 39 ms (float32 MatMul) and 27 ms (int8)."""
+
+    def __init__(self, sub: nn.Module):
+        super().__init__()
+        self.kernels = [conv.kernel_size[0] for conv in sub.conv_layers]
+        for conv in sub.conv_layers:
+            if conv.stride != (2,) or conv.padding != (conv.kernel_size[0] // 2,) or conv.dilation != (1,):
+                raise ValueError(f"UnfoldedSubsampler: a conv with stride 2, padding kernel // 2 and no dilation "
+                                 f"expected, got {conv}")
+        self.linears = nn.ModuleList()
+        for conv in sub.conv_layers:
+            out_ch, in_ch, k = conv.weight.shape
+            linear = nn.Linear(k * in_ch, out_ch, bias=conv.bias is not None)
+            with torch.no_grad():  # weight[o, j * C + c] = conv.weight[o, c, j]: tap-major columns
+                linear.weight.copy_(conv.weight.permute(0, 2, 1).reshape(out_ch, k * in_ch))
+                if conv.bias is not None:
+                    linear.bias.copy_(conv.bias)
+            self.linears.append(linear)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        for k, linear in zip(self.kernels, self.linears):
+            frames = x.shape[1]
+            x = x.masked_fill(lengths_to_padding_mask(lengths, frames)[:, :, None], 0.0)
+            padded = F.pad(x, (0, 0, k // 2, k // 2))  # (B, T + k - 1, C)
+            out = (frames - 1) // 2 + 1
+            # frames 2t .. 2t + k - 1 of padded for every output t, gathered in one Gather:
+            # (B, T' * k, C) is (B, T', k * C) without a copy (Tensor.unfold puts the taps
+            # last, and its export transposes every frame)
+            index = (2 * torch.arange(out, device=x.device)[:, None] + torch.arange(k, device=x.device)).flatten()
+            taps = padded.index_select(1, index).reshape(x.shape[0], out, k * x.shape[2])
+            x = F.glu(linear(taps), dim=2)
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        return x, lengths
+
+
+def for_export(model: S2TModel | MTModel) -> S2TModel | MTModel:
+    """``model`` (a copy the caller owns) with its conv subsampler as :class:`UnfoldedSubsampler`."""
+    sub = getattr(getattr(model, "encoder", None), "subsample", None)
+    if isinstance(sub, Conv1dSubsampler):
+        model.encoder.subsample = UnfoldedSubsampler(sub)
+    return model
 
 
 class EncoderGraph(nn.Module):
@@ -195,7 +249,7 @@ def _example_inputs(model: S2TModel | MTModel, batch: int = 2, frames: int = 37,
 
 def export_graphs(model: S2TModel | MTModel, folder: Path) -> dict[str, Any]:
     """Write ``encoder.onnx`` and ``decoder.onnx`` (float32, verified against torch) into ``folder``."""
-    model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype and mode
+    model = for_export(copy.deepcopy(model).float().eval())  # the caller's model keeps its dtype and mode
     n = len(model.decoder.layers)
     dyn = torch.export.Dim.DYNAMIC
     enc_args, dec_args = _example_inputs(model)

@@ -14,7 +14,7 @@ from compress.runtime import RuntimeSessionError
 from interpres.cli import main
 from speech import onnx as sonnx
 from speech.decode import DecodingOptions, encode, repeat_states, search
-from speech.model import S2TModel
+from speech.model import Conv1dSubsampler, S2TModel
 from speech.onnx import EncoderGraph, EncoderOutput, OnnxModelError, OnnxS2TModel, export_s2t
 from speech.translate import load_translator
 
@@ -65,6 +65,27 @@ def test_the_folder_describes_its_graphs(exported):
     for graph in ("encoder.onnx", "decoder.onnx", "encoder.int8.onnx", "decoder.int8.onnx"):
         ops = {n.op_type for n in onnx.load(str(folder / graph)).graph.node}
         assert "IsNaN" not in ops and "Softmax" in ops, graph
+        # the conv subsampler is exported as matmuls, which int8 quantization covers
+        assert not ops & {"Conv", "ConvInteger"}, graph
+
+
+@pytest.mark.parametrize("kernels", [[5, 5], [3, 5, 7]])
+def test_unfolded_subsampler_is_the_conv_subsampler(kernels):
+    torch.manual_seed(0)
+    sub = Conv1dSubsampler(12, 16, 10, kernels).eval()
+    unfolded = sonnx.UnfoldedSubsampler(sub)
+    for lens in ([37], [40, 23, 9], [2, 1], [64, 63]):
+        x = torch.randn(len(lens), max(lens), 12)
+        x[0, -1] = 1e3  # padding frames must not leak into the output
+        lens_t = torch.tensor(lens)
+        with torch.no_grad():
+            want, want_lens = sub(x, lens_t)
+            got, got_lens = unfolded(x, lens_t)
+        assert torch.equal(got_lens, want_lens) and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    sub.conv_layers[0].stride = (1,)
+    with pytest.raises(ValueError, match="stride 2"):
+        sonnx.UnfoldedSubsampler(sub)
 
 
 def test_graphs_match_torch_with_dynamic_batch_and_lengths(exported):
