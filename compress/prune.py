@@ -54,13 +54,18 @@ IMPORTANCES = ("taylor", "magnitude")
 Fraction = float | dict[str, float]  # one for all modules, or module path -> fraction
 
 
+def _covers(path: str, name: str) -> bool:
+    """Whether ``path`` is the module ``name`` or a dotted prefix of it."""
+    return name == path or name.startswith(f"{path}.")
+
+
 def fraction_for(spec: Fraction, name: str) -> float:
     """The fraction ``spec`` gives the module ``name``: a number for every module, or the
     value of the longest path in the mapping that is ``name`` or a dotted prefix of it
     (1.0, keep all, when none is)."""
     if not isinstance(spec, dict):
         return float(spec)
-    paths = [p for p in spec if p == name or name.startswith(f"{p}.")]
+    paths = [p for p in spec if _covers(p, name)]
     return float(spec[max(paths, key=len)]) if paths else 1.0
 
 
@@ -80,7 +85,7 @@ def _unmatched(field_name: str, spec: Fraction, names: Iterable[str], kind: str)
         return
     names = list(names)
     for path in spec:
-        if not any(n == path or n.startswith(f"{path}.") for n in names):
+        if not any(_covers(path, n) for n in names):
             listed = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
             raise ValueError(f"prune: '{field_name}.{path}' names no {kind} (the model's: {listed or 'none'})")
 

@@ -133,12 +133,11 @@ class UnfoldedSubsampler(nn.Module):
     def __init__(self, sub: nn.Module):
         super().__init__()
         self.kernels = [conv.kernel_size[0] for conv in sub.conv_layers]
+        self.linears = nn.ModuleList()
         for conv in sub.conv_layers:
             if conv.stride != (2,) or conv.padding != (conv.kernel_size[0] // 2,) or conv.dilation != (1,):
                 raise ValueError(f"UnfoldedSubsampler: a conv with stride 2, padding kernel // 2 and no dilation "
                                  f"expected, got {conv}")
-        self.linears = nn.ModuleList()
-        for conv in sub.conv_layers:
             out_ch, in_ch, k = conv.weight.shape
             linear = nn.Linear(k * in_ch, out_ch, bias=conv.bias is not None)
             with torch.no_grad():  # weight[o, j * C + c] = conv.weight[o, c, j]: tap-major columns
