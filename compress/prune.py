@@ -384,13 +384,14 @@ def prune(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any] = (),
           loss_fn: Callable[[nn.Module, Any], Tensor] | None = None) -> PruneResult:
     """Score every group on the unpruned model, then remove layers, heads and channels in place."""
     before = count_params(model)
-    glu_names = {id(m): n for n, m in find_glu_convs(model).items()}  # names before layer removal
+    glus = find_glu_convs(model)
+    glu_names = {id(m): n for n, m in glus.items()}  # names before layer removal
     if _wants(cfg.conv) and not glu_names:
         raise ValueError(f"prune: 'conv' is {cfg.conv}, but the model has no GLU conv stack to prune")
     _unmatched("heads", cfg.heads, find_attentions(model), "attention")
     _unmatched("ffn", cfg.ffn, find_ffns(model), "feed-forward block")
-    _unmatched("conv", cfg.conv, [f"{n}.conv_layers.{i}" for n, m in find_glu_convs(model).items()
-                                  for i in range(len(m.conv_layers) - 1)], "inner conv of a GLU conv stack")
+    inner_convs = [f"{n}.conv_layers.{i}" for n, m in glus.items() for i in range(len(m.conv_layers) - 1)]
+    _unmatched("conv", cfg.conv, inner_convs, "inner conv of a GLU conv stack")
     if cfg.importance == "taylor":
         if loss_fn is None:
             raise ValueError("prune: taylor importance needs a loss function and calibration batches")
