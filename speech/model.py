@@ -91,6 +91,11 @@ class ModelConfig:
     head_dim: int = 0  # 0: d_model // heads
     encoder_layout: list[list[int]] = field(default_factory=list)  # per encoder layer: [heads, ffn_dim]
     decoder_layout: list[list[int]] = field(default_factory=list)  # per decoder layer: [self heads, cross heads, ffn_dim]
+    # The family's variants (the "whisper" preset sets all four to Whisper's choices):
+    frontend: str = "glu"  # "glu": stride-2 Conv1d + GLU layers; "gelu": Conv1d + GELU, the first of stride 1
+    activation: str = "relu"  # of the feed-forward blocks: "relu" or "gelu"
+    scale_embedding: bool = True  # multiply token embeddings and subsampled frames by sqrt(d_model)
+    decoder_positions: str = "sinusoidal"  # or "learned": max_target_positions embeddings
 
     def __post_init__(self) -> None:
         positive = ("n_mels", "conv_channels", "d_model", "encoder_layers", "decoder_layers",
@@ -101,7 +106,11 @@ class ModelConfig:
         if self.vocab_size < 0:
             raise ValueError(f"'vocab_size' must be positive (or 0 = not set), got {self.vocab_size}")
         check_layout(self)
-        if self.conv_channels % 2:
+        for name, known in (("frontend", FRONTENDS), ("activation", ACTIVATIONS),
+                            ("decoder_positions", ("sinusoidal", "learned"))):
+            if getattr(self, name) not in known:
+                raise ValueError(f"'{name}' must be one of {', '.join(known)}, got {getattr(self, name)!r}")
+        if self.frontend == "glu" and self.conv_channels % 2:
             raise ValueError(f"'conv_channels' must be even (GLU halves it), got {self.conv_channels}")
         if not self.conv_kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.conv_kernel_sizes):
             raise ValueError(f"'conv_kernel_sizes' must be odd sizes, got {self.conv_kernel_sizes}")
@@ -114,6 +123,9 @@ class ModelConfig:
                 raise ValueError(f"'{name}' ({value}) is outside the vocabulary of {self.vocab_size}")
 
 
+FRONTENDS = ("glu", "gelu")
+ACTIVATIONS = ("relu", "gelu")
+
 PRESETS: dict[str, dict[str, Any]] = {
     # for tests: builds and runs in milliseconds
     "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, heads=4, ffn_dim=128, conv_channels=64),
@@ -123,11 +135,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(d_model=192, encoder_layers=6, decoder_layers=3, heads=4, ffn_dim=768, conv_channels=384),
     # fairseq s2t_transformer_s
     "s": dict(d_model=256, encoder_layers=12, decoder_layers=6, heads=4, ffn_dim=2048, conv_channels=1024),
+    # OpenAI's Whisper base (74M): GELU conv front end (30 s = 3000 frames in, 1500 out), no
+    # embedding scale, learned decoder positions, no CTC head; speech.whisper imports its weights
+    "whisper-base": dict(d_model=512, encoder_layers=6, decoder_layers=6, heads=8, ffn_dim=2048, conv_channels=512,
+                         conv_kernel_sizes=[3, 3], frontend="gelu", activation="gelu", scale_embedding=False,
+                         decoder_positions="learned", max_source_positions=3000, max_target_positions=448,
+                         ctc=False, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
 }
 
 
 # fields a config.json written before they existed may lack (their defaults mean "uniform")
-OPTIONAL_FIELDS = ("head_dim", "encoder_layout", "decoder_layout")
+OPTIONAL_FIELDS = ("head_dim", "encoder_layout", "decoder_layout", "frontend", "activation", "scale_embedding",
+                   "decoder_positions")
 
 
 def check_layout(cfg: Any) -> None:
@@ -284,6 +303,36 @@ class Conv1dSubsampler(nn.Module):
         return x.transpose(1, 2), lengths
 
 
+class GeluConvFrontEnd(nn.Module):
+    """Whisper's front end: Conv1d + GELU layers, the first of stride 1, the others of stride 2.
+
+    features (B, T, in_channels), lengths (B,) -> (B, T', channels), lengths' (B,)
+    with T' = floor((T - 1) / 2) + 1 per stride-2 layer (kernel k, padding k // 2). Padded
+    frames are zeroed before each conv, as in :class:`Conv1dSubsampler`.
+    """
+
+    def __init__(self, in_channels: int, channels: int, kernel_sizes: list[int]):
+        super().__init__()
+        self.conv_layers = nn.ModuleList(
+            nn.Conv1d(in_channels if i == 0 else channels, channels, k, stride=1 if i == 0 else 2, padding=k // 2)
+            for i, k in enumerate(kernel_sizes)
+        )
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        for conv in list(self.conv_layers)[1:]:
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        return lengths
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.transpose(1, 2)  # (B, C, T)
+        for conv in self.conv_layers:
+            x = x.masked_fill(lengths_to_padding_mask(lengths, x.shape[-1])[:, None, :], 0.0)
+            x = F.gelu(conv(x))
+            if conv.stride[0] == 2:
+                lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+        return x.transpose(1, 2), lengths
+
+
 class MultiHeadAttention(nn.Module):
     """Attention with separate q/k/v/out projections, computed by scaled_dot_product_attention.
 
@@ -337,14 +386,15 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, d_model: int, ffn_dim: int, activation_dropout: float):
+    def __init__(self, d_model: int, ffn_dim: int, activation_dropout: float, activation: str = "relu"):
         super().__init__()
         self.fc1 = nn.Linear(d_model, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, d_model)
         self.activation_dropout = nn.Dropout(activation_dropout)
+        self.activation = F.gelu if activation == "gelu" else F.relu
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
+        return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
 
 
 class EncoderLayer(nn.Module):
@@ -354,7 +404,7 @@ class EncoderLayer(nn.Module):
         self.self_attn_layer_norm = nn.LayerNorm(cfg.d_model)
         self.self_attn = MultiHeadAttention(cfg.d_model, heads, cfg.attention_dropout, head_dim(cfg))
         self.final_layer_norm = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg.d_model, ffn_dim, cfg.activation_dropout)
+        self.ffn = FeedForward(cfg.d_model, ffn_dim, cfg.activation_dropout, getattr(cfg, "activation", "relu"))
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
@@ -406,7 +456,7 @@ class DecoderLayer(nn.Module):
         self.encoder_attn_layer_norm = nn.LayerNorm(cfg.d_model)
         self.encoder_attn = MultiHeadAttention(cfg.d_model, cross_heads, cfg.attention_dropout, head_dim(cfg))
         self.final_layer_norm = nn.LayerNorm(cfg.d_model)
-        self.ffn = FeedForward(cfg.d_model, ffn_dim, cfg.activation_dropout)
+        self.ffn = FeedForward(cfg.d_model, ffn_dim, cfg.activation_dropout, getattr(cfg, "activation", "relu"))
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, enc_out: Tensor, self_mask: Tensor | None, cross_mask: Tensor | None,
@@ -436,8 +486,14 @@ class AudioEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.max_source_positions = cfg.max_source_positions
-        self.subsample = Conv1dSubsampler(cfg.n_mels, cfg.conv_channels, cfg.d_model, cfg.conv_kernel_sizes)
-        self.embed_scale = math.sqrt(cfg.d_model)
+        if cfg.frontend == "gelu":
+            if cfg.conv_channels != cfg.d_model:
+                raise ConfigError(f"ModelConfig: the gelu front end's 'conv_channels' ({cfg.conv_channels}) "
+                                  f"must equal 'd_model' ({cfg.d_model})")
+            self.subsample: nn.Module = GeluConvFrontEnd(cfg.n_mels, cfg.d_model, cfg.conv_kernel_sizes)
+        else:
+            self.subsample = Conv1dSubsampler(cfg.n_mels, cfg.conv_channels, cfg.d_model, cfg.conv_kernel_sizes)
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(EncoderLayer(cfg, i) for i in range(cfg.encoder_layers))
         self.layer_norm = nn.LayerNorm(cfg.d_model)
@@ -464,7 +520,12 @@ class TextDecoder(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=cfg.d_model**-0.5)
         nn.init.zeros_(self.embed_tokens.weight[cfg.pad_id])
-        self.embed_scale = math.sqrt(cfg.d_model)
+        # simul's MTConfig has neither field: its decoders are fairseq's (scaled, sinusoidal)
+        self.embed_scale = math.sqrt(cfg.d_model) if getattr(cfg, "scale_embedding", True) else 1.0
+        self.embed_positions = (nn.Embedding(cfg.max_target_positions, cfg.d_model)
+                                if getattr(cfg, "decoder_positions", "sinusoidal") == "learned" else None)
+        if self.embed_positions is not None:
+            nn.init.normal_(self.embed_positions.weight, mean=0.0, std=0.01)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.decoder_layers))
         self.layer_norm = nn.LayerNorm(cfg.d_model)
@@ -476,6 +537,14 @@ class TextDecoder(nn.Module):
 
     def new_cache(self) -> DecoderCache:
         return DecoderCache(len(self.layers))
+
+    def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """tokens (B, N), positions (N,) -> the layers' input (B, N, D): scaled token
+        embeddings plus sinusoidal or learned positions."""
+        emb = self.embed_scale * self.embed_tokens(tokens)
+        if self.embed_positions is not None:
+            return emb + self.embed_positions(positions)
+        return emb + sinusoids(positions, self.embed_tokens.embedding_dim).to(emb.dtype)
 
     def forward(self, tokens: Tensor, enc_out: Tensor, enc_mask: Tensor | None,
                 cache: DecoderCache | None = None, source_limit: Tensor | None = None) -> Tensor:
@@ -497,9 +566,7 @@ class TextDecoder(nn.Module):
         _check_length(total, self.max_target_positions, "target tokens")
         new = tokens[:, start:]
         q_pos = torch.arange(start, total, device=tokens.device)
-        x = self.embed_scale * self.embed_tokens(new) + sinusoids(q_pos, self.embed_tokens.embedding_dim).to(
-            self.embed_tokens.weight.dtype)
-        x = self.dropout(x)
+        x = self.dropout(self.embed(new, q_pos))
         # token i may attend to every position up to its own (cached ones included)
         self_mask = torch.arange(total, device=tokens.device)[None, :] <= q_pos[:, None]  # (N, U)
         cross_mask = None if enc_mask is None else ~enc_mask[:, None, None, :]

@@ -68,7 +68,7 @@ from compress.runtime import OrtSession
 from speech.config import config_to_dict
 from speech.data.cache import atomic_dir, interpres_home, write_json_atomic
 from speech.model import (CONFIG_FILE, Conv1dSubsampler, LayerCache, ModelConfig, S2TModel, additive_mask,
-                          lengths_to_padding_mask, load_model_dir, model_config_from_dict, model_dir_hash, sinusoids)
+                          lengths_to_padding_mask, load_model_dir, model_config_from_dict, model_dir_hash)
 from speech.text_model import MTConfig, MTModel
 
 log = logging.getLogger(__name__)
@@ -210,8 +210,7 @@ class DecoderStepGraph(nn.Module):
         start = past[0].shape[2]
         total = start + tokens.shape[1]
         q_pos = torch.arange(start, total, device=tokens.device)
-        emb = dec.embed_tokens(tokens)
-        x = dec.embed_scale * emb + sinusoids(q_pos, dec.embed_tokens.embedding_dim).to(emb.dtype)
+        x = dec.embed(tokens, q_pos)
         # float masks, built once per step: boolean ones cost every layer's attention two
         # Where and an IsNaN in the graph (speech.model.additive_mask)
         self_mask = additive_mask(torch.arange(total, device=tokens.device)[None, :] <= q_pos[:, None], x.dtype)

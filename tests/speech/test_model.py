@@ -98,6 +98,15 @@ def test_incremental_decoding_matches_teacher_forcing():
             model.decoder(tokens[:, :4], enc_out, enc_mask, cache)
 
 
+def test_whisper_base_preset_has_whisper_size():
+    with torch.device("meta"):
+        m = S2TModel(preset("whisper-base", 51865))
+    # Hugging Face counts Whisper base at 72,593,920: less its stored encoder positions
+    # (1500 x 512; ours are computed), plus the zero key biases Whisper lacks (18 x 512)
+    assert param_count(m) == 72_593_920 - 1500 * 512 + 18 * 512
+    assert m.decoder.embed_positions.weight.shape == (448, 512) and m.ctc_head is None
+
+
 def test_s_preset_has_fairseq_size():
     with torch.device("meta"):
         s = S2TModel(preset("s", 10000))
@@ -108,8 +117,8 @@ def test_s_preset_has_fairseq_size():
     assert param_count(s_no_ctc) == 29_536_256
     assert param_count(s) == 32_106_256
     assert 29e6 < param_count(s_no_ctc) < param_count(s) < 33e6
-    assert set(PRESETS) == {"tiny", "small", "s"}
-    with pytest.raises(ConfigError, match="known: tiny, small, s"):
+    assert set(PRESETS) == {"tiny", "small", "s", "whisper-base"}
+    with pytest.raises(ConfigError, match="known: tiny, small, s, whisper-base"):
         preset("xl", 100)
     with pytest.raises(ConfigError, match="'head'"):
         preset("tiny", 100, head=3)
