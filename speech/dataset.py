@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from speech.data.cache import atomic_path, interpres_home
 from speech.data.mustc import MustcSplit, load_segment
-from speech.features import FbankConfig, fbank, utterance_cmvn
+from speech.features import FbankConfig, FeatureConfig, features_of
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class SplitFeatures:
         return torch.from_numpy(self.feats[s:s + int(self.lengths[i])].astype(np.float32))
 
     @staticmethod
-    def cache_key(split: MustcSplit, cfg: FbankConfig) -> str:
+    def cache_key(split: MustcSplit, cfg: FeatureConfig) -> str:
         h = hashlib.sha1(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
         for seg in split:
             st = seg.wav.stat()
@@ -60,7 +60,7 @@ class SplitFeatures:
         return h.hexdigest()[:16]
 
     @classmethod
-    def load_or_compute(cls, split: MustcSplit, cfg: FbankConfig | None = None,
+    def load_or_compute(cls, split: MustcSplit, cfg: FeatureConfig | None = None,
                         cache_dir: Path | None = None) -> "SplitFeatures":
         cfg = cfg or FbankConfig()
         cache_dir = cache_dir or interpres_home() / "features"
@@ -70,9 +70,9 @@ class SplitFeatures:
             ids = json.loads(bytes(data["ids"]).decode("utf-8"))
             return cls(ids, data["feats"], data["starts"], data["lengths"])
         chunks, lengths = [], []
-        for seg in tqdm(split, desc=f"fbank {split.pair}/{split.split}", unit="utt", disable=None):
+        for seg in tqdm(split, desc=f"features {split.pair}/{split.split}", unit="utt", disable=None):
             wave = torch.from_numpy(load_segment(seg))
-            f = utterance_cmvn(fbank(wave, cfg))
+            f = features_of(wave, cfg)
             chunks.append(f.numpy().astype(np.float16))
             lengths.append(len(f))
         lengths_a = np.asarray(lengths, dtype=np.int64)

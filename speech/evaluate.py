@@ -82,7 +82,7 @@ from speech.data.cache import atomic_path, write_json_atomic, write_text_atomic
 from speech.data.mustc import MustcError, MustcSplit, Segment, load_segment
 from speech.dataset import batches_by_frames
 from speech.decode import DecodingOptions
-from speech.features import num_frames
+from speech.features import frames_of
 from speech.model import CONFIG_FILE, WEIGHTS_FILE
 from speech.translate import TOKENIZER_FILE, Translator, load_translator, resolve_ctc_weight
 
@@ -383,7 +383,7 @@ def shard_batches(plan: PairPlan, translator: Translator, batch_frames: int, ran
     their length estimated from the YAML durations; the same on every run."""
     mine = [seg.index for seg in plan.split if seg.index % world == rank]
     cap = _max_frames(translator)
-    lengths = [min(cap, num_frames(round(plan.split[i].duration * SAMPLE_RATE), translator.fbank)) for i in mine]
+    lengths = [min(cap, frames_of(round(plan.split[i].duration * SAMPLE_RATE), translator.feature_cfg)) for i in mine]
     return [[mine[k] for k in batch] for batch in batches_by_frames(lengths, batch_frames, shuffle=False)]
 
 
@@ -406,7 +406,7 @@ def _segment_features(plan: PairPlan, seg: Segment, translator: Translator, skip
     cap = _max_frames(translator)
     if len(feats) > cap:
         log.warning("%s: segment %s has %d frames; the model takes %d: decoding its first %.1f s",
-                    seg.where, seg.id, len(feats), cap, cap * translator.fbank.frame_shift_ms / 1000)
+                    seg.where, seg.id, len(feats), cap, cap * translator.feature_cfg.frame_shift_ms / 1000)
         feats, extra = feats[:cap], {"truncated": True}
     return feats, extra
 

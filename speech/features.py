@@ -223,3 +223,83 @@ def utterance_cmvn(feats: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     mean = feats.mean(dim=-2, keepdim=True)
     std = feats.std(dim=-2, correction=0, keepdim=True).clamp_min(eps)
     return (feats - mean) / std
+
+
+# --------------------------------------------------------------------------- Whisper's log-mel
+
+
+@dataclass
+class LogMelConfig:
+    """Whisper's features (``whisper.audio.log_mel_spectrogram``): a centred 400-point STFT
+    with a Hann window every 160 samples, the power of each bin through librosa's Slaney
+    mel filters, log10 floored at 1e-10 and at 8 below the utterance's maximum, then
+    ``(x + 4) / 4``. One frame per 10 ms (the STFT's last frame is dropped, as Whisper does).
+
+    ``pad_to_s`` > 0 pads every input with digital silence to that length first, as Whisper
+    was trained (30 s windows); 0 feeds the audio as it is (the encoder's positions sliced).
+    """
+
+    type: str = "log_mel"  # how config.json's "features" tells this from an FbankConfig
+    num_mel_bins: int = 80
+    n_fft: int = 400
+    hop_length: int = 160
+    sample_rate: int = 16000
+    pad_to_s: float = 0.0
+
+    @property
+    def frame_shift_ms(self) -> float:
+        return 1000.0 * self.hop_length / self.sample_rate
+
+    def check(self) -> None:
+        if self.type != "log_mel":
+            raise ValueError(f"LogMelConfig.type must be 'log_mel', got {self.type!r}")
+        for name in ("num_mel_bins", "n_fft", "hop_length", "sample_rate"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LogMelConfig.{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.pad_to_s <= 3600.0:
+            raise ValueError(f"LogMelConfig.pad_to_s must be in [0, 3600] seconds, got {self.pad_to_s}")
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames :func:`log_mel` makes of ``num_samples`` samples."""
+        return max(num_samples, round(self.pad_to_s * self.sample_rate)) // self.hop_length
+
+
+@lru_cache(maxsize=4)
+def slaney_mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1): librosa's Slaney-normalised mel filters, which Whisper's
+    ``mel_filters.npz`` holds."""
+    import librosa
+
+    return torch.from_numpy(librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)).float()
+
+
+def log_mel(waveform: torch.Tensor, cfg: LogMelConfig = LogMelConfig()) -> torch.Tensor:
+    """waveform (samples,) float in [-1, 1] -> (frames, num_mel_bins) float32."""
+    x = waveform.to(torch.float32)
+    pad = round(cfg.pad_to_s * cfg.sample_rate) - x.shape[-1]
+    if pad > 0:
+        x = F.pad(x, (0, pad))
+    if x.shape[-1] < cfg.hop_length:
+        return torch.zeros(0, cfg.num_mel_bins)
+    stft = torch.stft(x, cfg.n_fft, cfg.hop_length, window=torch.hann_window(cfg.n_fft, device=x.device),
+                      return_complex=True)
+    power = stft[..., :-1].abs().square()  # (bins, frames)
+    mel = slaney_mel_filters(cfg.sample_rate, cfg.n_fft, cfg.num_mel_bins).to(x.device) @ power
+    log_spec = mel.clamp_min(1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).T.contiguous()
+
+
+FeatureConfig = FbankConfig | LogMelConfig
+
+
+def features_of(waveform: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """What a model takes of a waveform: fbank then utterance CMVN, or Whisper's log-mel."""
+    if isinstance(cfg, LogMelConfig):
+        return log_mel(waveform, cfg)
+    return utterance_cmvn(fbank(waveform, cfg))
+
+
+def frames_of(num_samples: int, cfg: FeatureConfig) -> int:
+    """Frames :func:`features_of` makes of ``num_samples`` samples."""
+    return cfg.num_frames(num_samples) if isinstance(cfg, LogMelConfig) else num_frames(num_samples, cfg)

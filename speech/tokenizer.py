@@ -190,6 +190,11 @@ class Tokenizer:
         """The languages that have a tag, sorted."""
         return sorted(self._lang_ids)
 
+    @property
+    def suppress_ids(self) -> tuple[int, ...]:
+        """Ids a decoder never emits: the language tags (pad and bos are the model's own rule)."""
+        return tuple(self._lang_ids[lang] for lang in self.languages)
+
     def lang_tag(self, lang: str) -> int:
         """The id of ``<lang:xx>``."""
         try:

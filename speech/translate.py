@@ -9,7 +9,8 @@ The steps, each a function you can call on its own:
 1. :func:`speech.audio.load_audio` reads a file as 16 kHz mono;
 2. :func:`split_on_pauses` cuts it at pauses (energy-based voice activity detection),
    no piece longer than 20 s;
-3. each piece becomes features (Kaldi fbank with the model's settings, utterance CMVN);
+3. each piece becomes features (Kaldi fbank with the model's settings and utterance CMVN,
+   or Whisper's log-mel for an imported Whisper model);
 4. pieces of all files are decoded in length-sorted batches, each encoded once and
    decoded once per target language (:mod:`speech.decode`);
 5. :func:`format_results` / :func:`write_results` render text, JSON or SRT.
@@ -44,9 +45,12 @@ from speech.audio import SAMPLE_RATE, load_audio
 from speech.config import ConfigError
 from speech.dataset import batches_by_frames, pad_features
 from speech.decode import DecodingOptions, DecodingResult, encode, repeat_states, search
-from speech.features import FbankConfig, fbank, num_frames, utterance_cmvn
+from speech.features import FbankConfig, FeatureConfig, LogMelConfig, features_of, frames_of
 from speech.model import CONFIG_FILE, WEIGHTS_FILE, S2TModel, load_model_dir, model_device
 from speech.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from speech.whisper import WhisperTokenizer
 
 if TYPE_CHECKING:
     from speech.onnx import OnnxS2TModel
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "spm.model"
+WHISPER_TOKENIZER_FILE = "tokenizer.json"  # a model directory with "tokenizer": "whisper" (speech.whisper)
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"  # the translator
 BUNDLED_ASR_DIR = Path(__file__).resolve().parent / "models" / "asr"  # the ASR model shipped beside it
 TASKS = ("st", "asr")
@@ -77,8 +82,8 @@ class Translator:
     """A loaded model directory (or an ensemble of several with one vocabulary)."""
 
     models: list[S2TModel | OnnxS2TModel]
-    tokenizer: Tokenizer
-    fbank: FbankConfig
+    tokenizer: Tokenizer | WhisperTokenizer
+    feature_cfg: FeatureConfig
     languages: list[str]  # target languages; ["en"] for an ASR model
     task: str  # "st" or "asr"
     model_dirs: list[Path]
@@ -110,15 +115,15 @@ class Translator:
         return self.tokenizer.prefix(None)
 
     def features(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """wave (samples,) at 16 kHz -> (frames, n_mels): fbank then utterance CMVN."""
-        wave = torch.as_tensor(wave, dtype=torch.float32)
-        return utterance_cmvn(fbank(wave, self.fbank))
+        """wave (samples,) at 16 kHz -> (frames, n_mels): fbank then utterance CMVN, or
+        Whisper's log-mel (:func:`speech.features.features_of`)."""
+        return features_of(torch.as_tensor(wave, dtype=torch.float32), self.feature_cfg)
 
     @property
     def max_segment_s(self) -> float:
         """The longest piece of audio the encoder takes (its max_source_positions)."""
         frames = min(m.cfg.max_source_positions for m in self.models)
-        return (frames - 1) * self.fbank.frame_shift_ms / 1000.0
+        return (frames - 1) * self.feature_cfg.frame_shift_ms / 1000.0
 
     @property
     def has_ctc(self) -> bool:
@@ -141,8 +146,7 @@ class Translator:
         self.check_languages(langs)
         if opts.ctc_weight > 0 and not self.has_ctc:
             raise TranslateError(f"{self.name}: ctc_weight {opts.ctc_weight} needs a CTC head on every model")
-        tags = tuple(self.tokenizer.lang_tag(lang) for lang in self.tokenizer.languages)
-        opts = dataclasses.replace(opts, suppress_tokens=tuple(opts.suppress_tokens) + tags)
+        opts = dataclasses.replace(opts, suppress_tokens=tuple(opts.suppress_tokens) + self.tokenizer.suppress_ids)
         device = model_device(self.models[0])
         x, lens = pad_features(list(feats))
         states = encode(self.models, x.to(device), lens.to(device))
@@ -174,24 +178,26 @@ def resolve_ctc_weight(translator: Translator, requested: float | None) -> float
     return DEFAULT_CTC_WEIGHT if translator.has_ctc else 0.0
 
 
-def _fbank_config(data: object, where: str, n_mels: int) -> FbankConfig:
+def feature_config(data: object, where: str, n_mels: int) -> FeatureConfig:
+    """config.json's "features": FbankConfig fields, or LogMelConfig's with ``type: log_mel``."""
     if data is None:
-        cfg = FbankConfig(num_mel_bins=n_mels)
+        cfg: FeatureConfig = FbankConfig(num_mel_bins=n_mels)
     else:
         if not isinstance(data, dict):
-            raise TranslateError(f"{where}: 'features' must be a mapping of FbankConfig fields")
-        known = [f.name for f in dataclasses.fields(FbankConfig)]
+            raise TranslateError(f"{where}: 'features' must be a mapping of FbankConfig or LogMelConfig fields")
+        cls = LogMelConfig if data.get("type") == "log_mel" else FbankConfig
+        known = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in known:
                 raise TranslateError(f"{where}: unknown key 'features.{key}' (known keys: {', '.join(known)})")
         try:
-            cfg = FbankConfig(**data)
+            cfg = cls(**data)
             cfg.check()
         except (TypeError, ValueError) as e:
             raise TranslateError(f"{where}: 'features': {e}") from e
     if cfg.num_mel_bins != n_mels:
         raise TranslateError(f"{where}: 'features.num_mel_bins' is {cfg.num_mel_bins} but the model takes {n_mels}")
-    if cfg.dither:
+    if isinstance(cfg, FbankConfig) and cfg.dither:
         cfg = dataclasses.replace(cfg, dither=0.0)  # dither is for training
     return cfg
 
@@ -211,16 +217,17 @@ def _read_config(path: Path) -> dict:
 def _load_one(path: Path, runtime: str = "torch", onnx_precision: str = "int8") -> Translator:
     if not path.is_dir():
         raise TranslateError(f"{path}: no such model directory")
-    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+    config = _read_config(path) if (path / CONFIG_FILE).is_file() else {}
+    tok_file = tokenizer_file(config)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, tok_file):
         if not (path / name).is_file():
             raise TranslateError(f"{path / name}: not found (a model directory holds {CONFIG_FILE}, "
-                                 f"{WEIGHTS_FILE} and {TOKENIZER_FILE})")
+                                 f"{WEIGHTS_FILE} and {tok_file})")
     model: S2TModel | OnnxS2TModel
     if runtime == "onnx":
         from speech.onnx import OnnxS2TModel, onnx_export_for
 
         model = OnnxS2TModel(onnx_export_for(path, onnx_precision), precision=onnx_precision)
-        config = _read_config(path)
     else:
         model, config = load_model_dir(path)
     where = str(path / CONFIG_FILE)
@@ -230,15 +237,32 @@ def _load_one(path: Path, runtime: str = "torch", onnx_precision: str = "int8") 
     languages = config.get("languages")
     if not isinstance(languages, list) or not languages or not all(isinstance(x, str) for x in languages):
         raise TranslateError(f"{where}: 'languages' must be a non-empty list of language codes, got {languages!r}")
-    feats = _fbank_config(config.get("features"), where, model.cfg.n_mels)
-    tokenizer = Tokenizer(path / TOKENIZER_FILE)
+    feats = feature_config(config.get("features"), where, model.cfg.n_mels)
+    tokenizer = load_tokenizer(path, config, model.cfg.vocab_size)
     if tokenizer.vocab_size != model.cfg.vocab_size:
-        raise TranslateError(f"{path / TOKENIZER_FILE}: {tokenizer.vocab_size} pieces, but the model's "
+        raise TranslateError(f"{path / tok_file}: {tokenizer.vocab_size} pieces, but the model's "
                              f"vocab_size is {model.cfg.vocab_size}")
     translator = Translator([model], tokenizer, feats, list(languages), task, [path])
     for lang in languages:
         translator.prefix(lang)  # a language without a tag fails here, naming spm.model
     return translator
+
+
+def tokenizer_file(config: dict) -> str:
+    """The tokenizer file a model directory's config.json names: spm.model, or Whisper's."""
+    return WHISPER_TOKENIZER_FILE if config.get("tokenizer") == "whisper" else TOKENIZER_FILE
+
+
+def load_tokenizer(path: Path, config: dict, vocab_size: int) -> Tokenizer | WhisperTokenizer:
+    """A model directory's tokenizer: sentencepiece, or Whisper's BPE (``"tokenizer": "whisper"``)."""
+    if config.get("tokenizer") == "whisper":
+        from speech.whisper import WhisperImportError, load_tokenizer_for
+
+        try:
+            return load_tokenizer_for(path, config, vocab_size)
+        except WhisperImportError as e:
+            raise TranslateError(str(e)) from None
+    return Tokenizer(path / TOKENIZER_FILE)
 
 
 def bundled_model(task: str | None = None) -> Path:
@@ -281,7 +305,7 @@ def load_translator(model_dir: str | Path | Sequence[str | Path] | None = None, 
         if (other.tokenizer.path.read_bytes() != first.tokenizer.path.read_bytes()):
             raise TranslateError(f"{other.tokenizer.path}: differs from {first.tokenizer.path}; "
                                  "an ensemble needs one vocabulary")
-        if other.task != first.task or other.fbank != first.fbank:
+        if other.task != first.task or other.feature_cfg != first.feature_cfg:
             raise TranslateError(f"{path}: its task or feature settings differ from {dirs[0]}'s")
         first.models += other.models
         first.model_dirs += other.model_dirs
@@ -410,7 +434,7 @@ def translate_files(translator: Translator, paths: Sequence[str | Path], tgt_lan
         log.info("%s: %.1f s, %d segments", path, len(wave) / SAMPLE_RATE, len(cuts))
         for start, end in cuts:
             piece = wave[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
-            if num_frames(len(piece), translator.fbank) == 0:
+            if frames_of(len(piece), translator.feature_cfg) == 0:
                 continue
             spans.append((f, start, end))
             feats.append(translator.features(piece))

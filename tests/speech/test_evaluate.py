@@ -51,7 +51,7 @@ def options(root, out, **kw) -> EvalOptions:
 
 def oracle(translator):
     """Make ``translator`` answer each utterance with its reference (known by its frame count)."""
-    by_frames = {num_frames(round(d * SR), translator.fbank): i for i, (_, _, d) in enumerate(UTTS)}
+    by_frames = {num_frames(round(d * SR), translator.feature_cfg): i for i, (_, _, d) in enumerate(UTTS)}
     translator.decode = lambda feats, langs, opts: [[(by_frames[len(f)], lang) for lang in langs] for f in feats]
     translator.text = lambda r: TEXTS[r[1]][r[0]]
     return translator

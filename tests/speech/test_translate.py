@@ -109,7 +109,7 @@ def test_formats(tmp_path):
 
 def test_load_translator_reads_a_model_directory(model_dir):
     tr = load_translator(model_dir)
-    assert tr.task == "st" and tr.languages == ["de", "fr"] and tr.fbank.num_mel_bins == 20
+    assert tr.task == "st" and tr.languages == ["de", "fr"] and tr.feature_cfg.num_mel_bins == 20
     assert len(tr.models) == 1 and not tr.models[0].training
     assert tr.prefix("de") == [tr.tokenizer.lang_tag("de")]
     with pytest.raises(TranslateError, match="cannot transcribe English"):
