@@ -24,12 +24,13 @@ transcribes. The steps:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,11 +43,14 @@ from speech.data.mustc import MustcSplit
 from speech.data.text import TARGET_LANGS
 from speech.dataset import SplitFeatures, batches_by_frames, interleave_by_weight, language_weights, pad_features
 from speech.evaluate import score_hypotheses  # one scoring rule for training and evaluation
-from speech.features import FbankConfig
+from speech.features import FbankConfig, FeatureConfig
 from speech.loop import LoopConfig, Progress, barrier, resolve_device, run, start_run, to_device
 from speech.model import (PAD_ID, ModelConfig, S2TModel, ctc_loss, label_smoothed_nll_loss, load_model_dir,
                           model_device, model_dir_hash, param_count, preset, save_model_dir)
 from speech.tokenizer import Tokenizer, train_st_tokenizer
+
+if TYPE_CHECKING:
+    from speech.whisper import WhisperTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,10 @@ class TrainConfig(LoopConfig):
     init_encoder: str | None = None  # model directory whose encoder starts this one (ASR pretraining)
     # text model directory (interpres train mt) whose decoder and spm.model start this one
     init_decoder: str | None = None
-    init: str | None = None  # model directory to start from whole: weights, spm.model, architecture (a student)
+    init: str | None = None  # model directory to start from whole: weights, tokenizer, architecture (a student)
+    # modules (dotted prefixes of parameter names) kept as they are, e.g. [encoder]: no gradient,
+    # no optimizer state, and in eval mode (their dropout off)
+    freeze: list[str] = field(default_factory=list)
     # distillation (compress/): teachers' model directories (several = an ensemble), word-level KD
     # settings (kd.alpha 0 = none), and sequence-level KD (train on the teachers' beam outputs)
     teacher: list[str] = field(default_factory=list)
@@ -201,8 +208,8 @@ def read_texts(cfg: TrainConfig, split: str) -> dict[str, list[tuple[MustcSplit,
     return out
 
 
-def build_lang_data(texts: dict[str, list[tuple[MustcSplit, int, str, str]]], tok: Tokenizer,
-                    fbank_cfg: FbankConfig) -> dict[str, LangData]:
+def build_lang_data(texts: dict[str, list[tuple[MustcSplit, int, str, str]]], tok: Tokenizer | WhisperTokenizer,
+                    fbank_cfg: FeatureConfig) -> dict[str, LangData]:
     cache: dict[tuple[str, str], SplitFeatures] = {}
     data = {}
     for lang, rows in texts.items():
@@ -227,21 +234,21 @@ def build_lang_data(texts: dict[str, list[tuple[MustcSplit, int, str, str]]], to
 
 
 def make_batch(data: LangData, idx: list[int], augment: SpecAugmentConfig | None,
-               gen: torch.Generator | None) -> dict[str, torch.Tensor]:
+               gen: torch.Generator | None, pad: int = PAD_ID) -> dict[str, torch.Tensor]:
     feats = [data.features(k) for k in idx]
     if augment is not None:
         feats = [spec_augment(f, augment, generator=gen) for f in feats]
     x, x_lens = pad_features(feats)
     seqs = [data.targets[k] for k in idx]
     u = max(len(s) for s in seqs) - 1
-    prev = torch.full((len(idx), u), PAD_ID, dtype=torch.long)
-    tgt = torch.full((len(idx), u), PAD_ID, dtype=torch.long)
+    prev = torch.full((len(idx), u), pad, dtype=torch.long)
+    tgt = torch.full((len(idx), u), pad, dtype=torch.long)
     for b, s in enumerate(seqs):
         prev[b, : len(s) - 1] = torch.tensor(s[:-1])
         tgt[b, : len(s) - 1] = torch.tensor(s[1:])
     ctc = [data.ctc[k] for k in idx]
     ctc_lens = torch.tensor([len(c) for c in ctc], dtype=torch.long)
-    ctc_t = torch.full((len(idx), max(1, int(ctc_lens.max()))), PAD_ID, dtype=torch.long)
+    ctc_t = torch.full((len(idx), max(1, int(ctc_lens.max()))), pad, dtype=torch.long)
     for b, c in enumerate(ctc):
         ctc_t[b, : len(c)] = torch.tensor(c, dtype=torch.long)
     return {"features": x, "feat_lens": x_lens, "prev": prev, "target": tgt, "ctc": ctc_t, "ctc_lens": ctc_lens}
@@ -282,14 +289,14 @@ def init_encoder_from(model: S2TModel, path: str) -> int:
 @torch.no_grad()
 def dev_loss(model: S2TModel, data: dict[str, LangData], cfg: TrainConfig) -> float:
     total, tokens = 0.0, 0
-    device = model_device(model)
+    device, pad = model_device(model), model.cfg.pad_id
     for lang, d in data.items():
         for idx in batches_by_frames(d.lengths, cfg.max_frames, cfg.max_items, shuffle=False):
-            b = to_device(make_batch(d, idx, None, None), device)
+            b = to_device(make_batch(d, idx, None, None, pad), device)
             out = model(b["features"], b["feat_lens"], b["prev"])
-            _, nll = label_smoothed_nll_loss(out["logits"], b["target"], 0.0, PAD_ID)
+            _, nll = label_smoothed_nll_loss(out["logits"], b["target"], 0.0, pad)
             total += float(nll)
-            tokens += int((b["target"] != PAD_ID).sum())
+            tokens += int((b["target"] != pad).sum())
     return total / max(1, tokens)
 
 
@@ -304,9 +311,10 @@ def dev_scores(model: S2TModel, tok: Tokenizer, data: dict[str, LangData], cfg: 
         n = min(cfg.dev_bleu_max, len(d.items))
         hyps = [""] * n
         for idx in batches_by_frames(d.lengths[:n], cfg.max_frames, cfg.max_items, shuffle=False):
-            b = to_device(make_batch(d, idx, None, None), model_device(model))
+            b = to_device(make_batch(d, idx, None, None, model.cfg.pad_id), model_device(model))
             enc = model.encode(b["features"], b["feat_lens"])
-            results = greedy_search([model], [enc], [tok.prefix(lang)] * len(idx), DecodingOptions(beam_size=1))
+            opts = DecodingOptions(beam_size=1, suppress_tokens=tok.suppress_ids)
+            results = greedy_search([model], [enc], [tok.prefix(lang)] * len(idx), opts)
             for k, r in zip(idx, results):
                 hyps[k] = tok.decode(r.tokens)
         scores.update(score_hypotheses(lang, hyps, d.refs[:n]))
@@ -327,11 +335,13 @@ def epoch_batches(data: dict[str, LangData], cfg: TrainConfig, epoch: int) -> li
 class SpeechRecipe:
     """ASR or ST for :func:`speech.loop.run`: batches by frames, label-smoothed CE + CTC."""
 
-    def __init__(self, cfg: TrainConfig, tok: Tokenizer, data: dict[str, LangData], dev: dict[str, LangData],
-                 mcfg: ModelConfig, fbank_cfg: FbankConfig, recipe: dict, world: int,
-                 teachers: list[S2TModel] | None = None):
+    def __init__(self, cfg: TrainConfig, tok: Tokenizer | WhisperTokenizer, data: dict[str, LangData],
+                 dev: dict[str, LangData], mcfg: ModelConfig, fbank_cfg: FeatureConfig, recipe: dict, world: int,
+                 teachers: list[S2TModel] | None = None, carried: dict[str, Any] | None = None):
         self.cfg, self.tok, self.data, self.dev, self.mcfg = cfg, tok, data, dev, mcfg
         self.fbank_cfg, self.recipe, self.world = fbank_cfg, recipe, world
+        self.pad = mcfg.pad_id
+        self.carried = carried or {}  # config.json keys of the init model that describe its tokenizer
         self.name = cfg.task if not teachers else f"{cfg.task} (distill)"
         self.augment = POLICIES[cfg.specaugment] if cfg.specaugment != "none" else None
         # word-level KD only when it weighs something; seq-KD teachers have done their work already
@@ -342,23 +352,24 @@ class SpeechRecipe:
 
     def make_batch(self, key: tuple[str, list[int]], gen: torch.Generator) -> dict[str, torch.Tensor]:
         lang, idx = key
-        return make_batch(self.data[lang], idx, self.augment, gen)
+        return make_batch(self.data[lang], idx, self.augment, gen, self.pad)
 
     def backward(self, module: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         cfg = self.cfg
         kd = dataclasses.replace(cfg.kd, label_smoothing=cfg.label_smoothing)
         # selective KD may train on the first part of each target only (kd.truncate)
-        cut = [truncate_targets(b["prev"], b["target"], kd.truncate, PAD_ID) for b in batches]
-        n_tok = sum(int((target != PAD_ID).sum()) for _, target in cut)
+        pad = self.pad
+        cut = [truncate_targets(b["prev"], b["target"], kd.truncate, pad) for b in batches]
+        n_tok = sum(int((target != pad).sum()) for _, target in cut)
         n_ctc = sum(int(b["ctc_lens"].sum()) for b in batches)
         loss_sum, nll_sum, ctc_sum, kd_sum = 0.0, 0.0, 0.0, 0.0
         for b, (prev, target) in zip(batches, cut):
             out = module(b["features"], b["feat_lens"], prev)
             teacher = teacher_log_probs(self.teachers, lambda t: t(b["features"], b["feat_lens"], prev)["logits"])
-            ls, parts = kd_loss(out["logits"], teacher, target, kd, PAD_ID, batch_kd_mask(target, PAD_ID, kd))
+            ls, parts = kd_loss(out["logits"], teacher, target, kd, pad, batch_kd_mask(target, pad, kd))
             loss = (1 - cfg.ctc_weight) * ls / max(1, n_tok)
             if cfg.ctc_weight > 0 and out["ctc_logits"] is not None:
-                c = ctc_loss(out["ctc_logits"], out["enc_lens"], b["ctc"], b["ctc_lens"], PAD_ID)
+                c = ctc_loss(out["ctc_logits"], out["enc_lens"], b["ctc"], b["ctc_lens"], self.mcfg.blank_id)
                 loss = loss + cfg.ctc_weight * c / max(1, n_ctc)
                 ctc_sum += float(c.detach())
             loss.backward()
@@ -377,12 +388,13 @@ class SpeechRecipe:
         cfg = self.cfg
         final = Path(cfg.out) / "model"
         scores = dev_scores(model, self.tok, self.dev, cfg) if cfg.dev_bleu_max > 0 else {}
-        extra = {"task": cfg.task, "languages": cfg.targets, "features": dataclasses.asdict(self.fbank_cfg),
+        extra = {**self.carried, "task": cfg.task, "languages": cfg.targets,
+                 "features": dataclasses.asdict(self.fbank_cfg),
                  "recipe": self.recipe, "averaged": [p.name for p in averaged], "dev_scores": scores,
                  "train_seconds": round(state["seconds"], 1), "updates": state["update"],
                  "threads": torch.get_num_threads(), "processes": self.world}
         save_model_dir(model, self.mcfg, final, extra=extra)
-        shutil.copyfile(self.tok.path, final / "spm.model")
+        shutil.copyfile(self.tok.path, final / self.tok.path.name)
         log.info("model written to %s (dev: %s)", final, scores)
 
 
@@ -390,10 +402,21 @@ def train(cfg: TrainConfig) -> Path:
     """Run (or resume) the recipe; return the final model directory."""
     rank, world, recipe = start_run(cfg)
     out = Path(cfg.out)
+    init_config = _init_config(cfg.init) if cfg.init else {}
     fbank_cfg = FbankConfig()
+    if cfg.init:  # a model keeps the features it was trained on (Whisper's log-mel, say)
+        from speech.translate import feature_config  # noqa: PLC0415
+
+        fbank_cfg = feature_config(init_config.get("features"), f"{cfg.init}/config.json",
+                                   int(init_config.get("model", {}).get("n_mels", 80)))
+    # config.json keys that describe the init model's tokenizer, carried into this run's model
+    carried = {k: init_config[k] for k in ("tokenizer", "whisper") if k in init_config}
 
     # 1. data and 2. tokenizer (rank 0 trains it; the others wait and read it)
     train_texts = read_texts(cfg, "train")
+    if carried.get("tokenizer") == "whisper":
+        return _train(cfg, rank, world, recipe, train_texts, _whisper_tokenizer(cfg.init, init_config),
+                      fbank_cfg, carried)
     spm_path = out / "spm.model"
     vocab_from = cfg.init or cfg.init_decoder
     given_spm = Path(vocab_from) / "spm.model" if vocab_from else None
@@ -413,7 +436,49 @@ def train(cfg: TrainConfig) -> Path:
         by_lang["en"] = by_lang["en"] + [src for rows in train_texts.values() for _, _, _, src in rows]
         train_st_tokenizer(by_lang, spm_path, cfg.vocab_size)
     barrier(world)
-    tok = Tokenizer(spm_path)
+    return _train(cfg, rank, world, recipe, train_texts, Tokenizer(spm_path), fbank_cfg, carried)
+
+
+def _init_config(path: str) -> dict[str, Any]:
+    config_path = Path(path) / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"init: {config_path}: not found (init names a model directory)") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{config_path}: must be a mapping")
+    return config
+
+
+def _whisper_tokenizer(path: str, config: dict) -> WhisperTokenizer:
+    from speech.whisper import load_tokenizer_for  # noqa: PLC0415
+
+    vocab = config.get("model", {}).get("vocab_size", 0)
+    return load_tokenizer_for(Path(path), config, int(vocab))
+
+
+def freeze_modules(model: torch.nn.Module, prefixes: list[str]) -> int:
+    """Stop the gradients of every parameter under the dotted ``prefixes``; the number of
+    parameters frozen. A prefix that names no parameter is a ConfigError listing the modules."""
+    frozen = 0
+    for prefix in prefixes:
+        hits = [p for name, p in model.named_parameters() if name == prefix or name.startswith(prefix + ".")]
+        if not hits:
+            top = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
+            raise ConfigError(f"freeze: '{prefix}' names no parameters (the model's modules: {', '.join(top)}, ...)")
+        for p in hits:
+            if p.requires_grad:
+                p.requires_grad_(False)
+                frozen += p.numel()
+    return frozen
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, recipe: dict, train_texts: dict,
+           tok: Tokenizer | WhisperTokenizer, fbank_cfg: FeatureConfig, carried: dict[str, Any]) -> Path:
+    """Steps 1 (features) and 3 to 5, once the tokenizer is known."""
+    out = Path(cfg.out)
     data = build_lang_data(train_texts, tok, fbank_cfg)
     dev = build_lang_data(read_texts(cfg, "dev"), tok, fbank_cfg)
     log.info("train: %s", {lang: len(d.items) for lang, d in data.items()})
@@ -427,7 +492,7 @@ def train(cfg: TrainConfig) -> Path:
         mcfg = preset(cfg.model, vocab_size=tok.vocab_size, **cfg.model_overrides)
         model = S2TModel(mcfg)
     if mcfg.vocab_size != tok.vocab_size:
-        raise ConfigError(f"{spm_path}: {tok.vocab_size} pieces, but the model's vocab_size is {mcfg.vocab_size}")
+        raise ConfigError(f"{tok.path}: {tok.vocab_size} pieces, but the model's vocab_size is {mcfg.vocab_size}")
     # teachers decode (seq-KD) and score (word KD) on the training device
     teachers = [load_model_dir(t, device=resolve_device(cfg.device))[0] for t in cfg.teacher]
     for path, t in zip(cfg.teacher, teachers):
@@ -446,10 +511,13 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.init_decoder:
         n = init_decoder_from(model, cfg.init_decoder)
         log.info("decoder initialized from %s (%d tensors)", cfg.init_decoder, n)
-    log.info("model %s: %.2fM parameters", cfg.model, param_count(model) / 1e6)
+    if cfg.freeze:
+        log.info("frozen: %s (%.2fM parameters)", ", ".join(cfg.freeze), freeze_modules(model, cfg.freeze) / 1e6)
+    log.info("model %s: %.2fM parameters", cfg.init or cfg.model, param_count(model) / 1e6)
 
     # 4. and 5.: the shared loop, checkpoints and averaging
-    return run(SpeechRecipe(cfg, tok, data, dev, mcfg, fbank_cfg, recipe, world, teachers), model, cfg, rank, world)
+    return run(SpeechRecipe(cfg, tok, data, dev, mcfg, fbank_cfg, recipe, world, teachers, carried), model, cfg,
+               rank, world)
 
 
 def _seq_kd_decoding(cfg: TrainConfig, tok: Tokenizer, nbest: int) -> tuple[dict[str, Any], Any]:

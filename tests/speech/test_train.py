@@ -377,3 +377,33 @@ def test_distillation_word_and_sequence_level(home, tmp_path, caplog):
         cfg_for(home, "st", tmp_path / "x", "seq_kd_max_len_a=0", "seq_kd_max_len_b=0")
     with pytest.raises(ConfigError, match="init excludes init_encoder"):
         cfg_for(home, "st", tmp_path / "x", f"init={teacher_dir}", f"init_encoder={teacher_dir}")
+
+
+def test_st_fine_tunes_an_imported_whisper_with_the_encoder_frozen(home, tmp_path):
+    """`init` of an imported Whisper: its tokenizer, log-mel features and prompt carry over;
+    `freeze: [encoder]` keeps the encoder as it was while the decoder learns."""
+    pytest.importorskip("ctranslate2")
+    from speech.translate import load_translator
+    from speech.whisper import WhisperTokenizer, import_whisper
+    from whisper_fixtures import tiny_ct2_whisper
+
+    base = import_whisper(str(tiny_ct2_whisper(tmp_path / "ct2")), tmp_path / "base", pad_to_s=0.0)
+    out = train(cfg_for(home, "st", tmp_path / "ft", f"init={base}", "freeze=[encoder]", "ctc_weight=0",
+                        "max_updates=20", "lr=0.002", "label_smoothing=0", "specaugment=none"))
+    assert (out / "tokenizer.json").exists() and not (out / "spm.model").exists()
+    tuned, conf = load_model_dir(out)
+    assert conf["tokenizer"] == "whisper" and conf["features"]["type"] == "log_mel"
+    assert conf["languages"] == ["de", "fr", "en"] and conf["whisper"]["format"] == "ctranslate2"
+    start, _ = load_model_dir(base)
+    for name, t in start.state_dict().items():
+        if name.startswith("encoder."):
+            assert torch.equal(tuned.state_dict()[name], t), name
+    assert not torch.equal(tuned.decoder.layers[0].ffn.fc1.weight, start.decoder.layers[0].ffn.fc1.weight)
+    history = json.loads((list_checkpoints(tmp_path / "ft/checkpoints")[-1] / "state.json").read_text())["history"]
+    dev = [h["dev_nll"] for h in history if "dev_nll" in h]  # at updates 10 and 20
+    assert len(dev) == 2 and dev[1] < dev[0]  # it learns
+    tr = load_translator(out)
+    assert isinstance(tr.tokenizer, WhisperTokenizer) and tr.prefix("fr")[1] == 260
+
+    with pytest.raises(ConfigError, match="freeze: 'encoder.nope' names no parameters"):
+        train(cfg_for(home, "st", tmp_path / "bad", f"init={base}", "freeze=[encoder.nope]", "max_updates=1"))

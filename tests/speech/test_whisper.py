@@ -126,7 +126,7 @@ def test_translator_loads_an_imported_model(tiny_imported):
     tr = load_translator(tiny_imported)
     assert isinstance(tr.tokenizer, WhisperTokenizer) and tr.languages == ["en"]
     assert tr.tokenizer.prefix("en") == [SOT, EN, TRANSCRIBE, NO_TIMESTAMPS]
-    assert tr.tokenizer.languages == ["de", "en"]
+    assert tr.tokenizer.languages == ["de", "en", "fr"]
     # every special id but eot is suppressed, and the config's non-speech ids
     assert EOT not in tr.tokenizer.suppress_ids and {1, 2, SOT, 299} <= set(tr.tokenizer.suppress_ids)
     feats = tr.features(np.zeros(8000, np.float32))

@@ -2,8 +2,8 @@
 with a tokenizer.json made by the ``tokenizers`` library: the fixture the import is checked on.
 
 Ids: 256 plain tokens ``t0``..``t255``, then Whisper's special tokens in Whisper's order (eot
-256, sot 257, languages en 258 and de 259, translate, transcribe, startoflm, startofprev,
-nocaptions, notimestamps 265), then timestamps up to the vocabulary size.
+256, sot 257, languages en 258, de 259 and fr 260, translate, transcribe, startoflm, startofprev,
+nocaptions, notimestamps 266), then timestamps up to the vocabulary size.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>", "<|transcribe|>",
-            "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-EOT, SOT, EN, DE, TRANSCRIBE, NO_TIMESTAMPS = 256, 257, 258, 259, 261, 265
+SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|fr|>", "<|translate|>",
+            "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+EOT, SOT, EN, DE, FR, TRANSCRIBE, NO_TIMESTAMPS = 256, 257, 258, 259, 260, 262, 266
 D_MODEL, FFN, HEADS, VOCAB, N_MELS = 32, 64, 4, 300, 80
 
 
@@ -92,7 +92,7 @@ def tiny_ct2_whisper(out: Path, seed: int = 0, layers: int = 2) -> Path:
     spec.register_vocabulary(tokens)
     spec.config.suppress_ids = [1, 2]
     spec.config.suppress_ids_begin = [EOT]
-    spec.config.lang_ids = [EN, DE]
+    spec.config.lang_ids = [EN, DE, FR]
     spec.config.alignment_heads = [[layers - 1, 0]]
     spec.validate()
     spec.optimize(quantization="float16")
