@@ -25,7 +25,8 @@ from typing import Sequence
 
 from speech.data.cache import atomic_dir
 from speech.loop import average_checkpoints, list_checkpoints
-from speech.model import CheckpointError, load_model_dir, save_model_dir
+from speech.model import CONFIG_FILE, CheckpointError, load_model_dir, save_model_dir
+from speech.tokenizer import tokenizer_file
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
@@ -65,9 +66,12 @@ def average_into_model_dir(checkpoints: Sequence[str | Path], like: str | Path, 
         if not (p / CHECKPOINT_FILE).is_file():
             raise CheckpointError(f"{p}: no {CHECKPOINT_FILE} (a checkpoint folder of a training run)")
     like = Path(like)
-    if not (like / "spm.model").is_file():
-        raise CheckpointError(f"{like / 'spm.model'}: not found (--like names a model directory)")
+    if not (like / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{like / CONFIG_FILE}: not found (--like names a model directory)")
     model, conf = load_model_dir(like)
+    tok_file = tokenizer_file(conf)
+    if not (like / tok_file).is_file():
+        raise CheckpointError(f"{like / tok_file}: not found (--like names a model directory)")
     try:
         model.load_state_dict(average_checkpoints(paths))
     except RuntimeError as e:
@@ -78,7 +82,7 @@ def average_into_model_dir(checkpoints: Sequence[str | Path], like: str | Path, 
     out = Path(out)
     with atomic_dir(out) as tmp:
         save_model_dir(model, model.cfg, tmp, extra=extra)
-        shutil.copyfile(like / "spm.model", tmp / "spm.model")
+        shutil.copyfile(like / tok_file, tmp / tok_file)
         (tmp / "README.md").write_text(
             f"# Checkpoint average of {like}\n\nAverage of {', '.join(str(p) for p in paths)} "
             f"(`interpres average`); architecture, tokenizer and settings of `{like}`. "

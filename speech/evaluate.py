@@ -84,7 +84,8 @@ from speech.dataset import batches_by_frames
 from speech.decode import DecodingOptions
 from speech.features import frames_of
 from speech.model import CONFIG_FILE, WEIGHTS_FILE
-from speech.translate import TOKENIZER_FILE, Translator, load_translator, resolve_ctc_weight
+from speech.tokenizer import tokenizer_file
+from speech.translate import Translator, load_translator, resolve_ctc_weight
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +253,10 @@ def progress_settings(plan: PairPlan, translator: Translator, opts: EvalOptions,
     models = []
     for d in translator.model_dirs:
         d = Path(d)
-        models.append({"dir": str(d.resolve()),
-                       "config_sha1": hashlib.sha1((d / CONFIG_FILE).read_bytes()).hexdigest(),
-                       "files": [_file_stamp(d / name) for name in (WEIGHTS_FILE, TOKENIZER_FILE)]})
+        config = (d / CONFIG_FILE).read_bytes()
+        tok_file = tokenizer_file(json.loads(config))
+        models.append({"dir": str(d.resolve()), "config_sha1": hashlib.sha1(config).hexdigest(),
+                       "files": [_file_stamp(d / name) for name in (WEIGHTS_FILE, tok_file)]})
     split = plan.split
     corpus = [_file_stamp(p) for p in (split.yaml_path, split.src_path, split.tgt_path) if p is not None]
     corpus += [_file_stamp(talk) for talk in split.talks]

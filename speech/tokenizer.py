@@ -156,6 +156,15 @@ def train_st_tokenizer(
                            user_defined_symbols=tags + extra, **kwargs)
 
 
+TOKENIZER_FILE = "spm.model"
+WHISPER_TOKENIZER_FILE = "tokenizer.json"  # a model directory with "tokenizer": "whisper" (speech.whisper)
+
+
+def tokenizer_file(config: dict) -> str:
+    """The tokenizer file a model directory's config.json names: spm.model, or Whisper's."""
+    return WHISPER_TOKENIZER_FILE if config.get("tokenizer") == "whisper" else TOKENIZER_FILE
+
+
 class Tokenizer:
     """A trained ``spm.model`` (a protobuf, no pickle) with our id conventions."""
 

@@ -47,7 +47,7 @@ from speech.dataset import batches_by_frames, pad_features
 from speech.decode import DecodingOptions, DecodingResult, encode, repeat_states, search
 from speech.features import FbankConfig, FeatureConfig, LogMelConfig, features_of, frames_of
 from speech.model import CONFIG_FILE, WEIGHTS_FILE, S2TModel, load_model_dir, model_device
-from speech.tokenizer import Tokenizer
+from speech.tokenizer import TOKENIZER_FILE, Tokenizer, tokenizer_file
 
 if TYPE_CHECKING:
     from speech.whisper import WhisperTokenizer
@@ -57,8 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILE = "spm.model"
-WHISPER_TOKENIZER_FILE = "tokenizer.json"  # a model directory with "tokenizer": "whisper" (speech.whisper)
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"  # the translator
 BUNDLED_ASR_DIR = Path(__file__).resolve().parent / "models" / "asr"  # the ASR model shipped beside it
 TASKS = ("st", "asr")
@@ -246,11 +244,6 @@ def _load_one(path: Path, runtime: str = "torch", onnx_precision: str = "int8") 
     for lang in languages:
         translator.prefix(lang)  # a language without a tag fails here, naming spm.model
     return translator
-
-
-def tokenizer_file(config: dict) -> str:
-    """The tokenizer file a model directory's config.json names: spm.model, or Whisper's."""
-    return WHISPER_TOKENIZER_FILE if config.get("tokenizer") == "whisper" else TOKENIZER_FILE
 
 
 def load_tokenizer(path: Path, config: dict, vocab_size: int) -> Tokenizer | WhisperTokenizer:

@@ -298,3 +298,15 @@ def test_whisper_base_transcribes_real_speech_as_faster_whisper(tmp_path_factory
         segs, _ = fw.transcribe(str(clip), language="en", beam_size=5, without_timestamps=True,
                                 condition_on_previous_text=False)
         assert tr.text(res) == " ".join(s.text.strip() for s in segs), clip.name
+
+
+def test_onnx_runtime_decodes_an_imported_model_as_torch(tiny_ct2, tmp_path, monkeypatch):
+    """The whisper preset exports (GELU front end, learned positions) and decodes the same tokens."""
+    monkeypatch.setenv("INTERPRES_HOME", str(tmp_path / "home"))
+    model = import_whisper(str(tiny_ct2), tmp_path / "trimmed", pad_to_s=0.0)
+    feats = _features(1.0, 0.0)
+    opts = DecodingOptions(beam_size=2, max_len_b=8, repetition_guard=False)
+    (want,), = load_translator(model).decode([feats], ["en"], opts)
+    for precision in ("fp32", "int8"):
+        (got,), = load_translator(model, runtime="onnx", onnx_precision=precision).decode([feats], ["en"], opts)
+        assert got.tokens == want.tokens, precision
