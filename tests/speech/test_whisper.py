@@ -310,3 +310,23 @@ def test_onnx_runtime_decodes_an_imported_model_as_torch(tiny_ct2, tmp_path, mon
     for precision in ("fp32", "int8"):
         (got,), = load_translator(model, runtime="onnx", onnx_precision=precision).decode([feats], ["en"], opts)
         assert got.tokens == want.tokens, precision
+
+
+def test_model_name_imports_from_the_package_once(tiny_ct2, tmp_path, monkeypatch):
+    """`--model whisper-base` where no such folder exists: imported once into the cache."""
+    import speech.whisper as whisper
+
+    monkeypatch.setenv("INTERPRES_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(whisper.MODEL_NAMES, "tiny-test", "tiny-pkg")
+    calls = []
+
+    def fake_import(src, out, pad_to_s=0.0):
+        calls.append(src)
+        return import_whisper(str(tiny_ct2), out, pad_to_s)
+
+    monkeypatch.setattr(whisper, "import_whisper", fake_import)
+    for _ in range(2):
+        tr = load_translator("tiny-test")
+        assert tr.model_dirs == [tmp_path / "home" / "whisper" / "tiny-pkg"] and tr.feature_cfg.pad_to_s == 30.0
+    assert calls == ["tiny-pkg"]
