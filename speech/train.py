@@ -36,9 +36,10 @@ import torch
 
 from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, check_seq_kd_select, closest_to_reference, degenerate,
                               kd_loss, targets_from_outputs, teacher_log_probs, truncate_targets)
+from compress.lora import LoraConfig, add_lora, lora_state_dict, merge_lora
 from speech.augment import POLICIES, SpecAugmentConfig, spec_augment
 from speech.config import ConfigError
-from speech.data.cache import interpres_home
+from speech.data.cache import atomic_path, interpres_home
 from speech.data.mustc import MustcSplit
 from speech.data.text import TARGET_LANGS
 from speech.dataset import SplitFeatures, batches_by_frames, interleave_by_weight, language_weights, pad_features
@@ -78,6 +79,9 @@ class TrainConfig(LoopConfig):
     # modules (dotted prefixes of parameter names) kept as they are, e.g. [encoder]: no gradient,
     # no optimizer state, and in eval mode (their dropout off)
     freeze: list[str] = field(default_factory=list)
+    # low-rank adapters (lora.rank > 0): only they train; the model directory holds the merged
+    # weights, and lora.safetensors the adapters alone
+    lora: LoraConfig = field(default_factory=LoraConfig)
     # distillation (compress/): teachers' model directories (several = an ensemble), word-level KD
     # settings (kd.alpha 0 = none), and sequence-level KD (train on the teachers' beam outputs)
     teacher: list[str] = field(default_factory=list)
@@ -393,7 +397,13 @@ class SpeechRecipe:
                  "recipe": self.recipe, "averaged": [p.name for p in averaged], "dev_scores": scores,
                  "train_seconds": round(state["seconds"], 1), "updates": state["update"],
                  "threads": torch.get_num_threads(), "processes": self.world}
+        adapters = lora_state_dict(model)
+        if adapters:
+            merge_lora(model)
+            extra["lora"] = dataclasses.asdict(cfg.lora)
         save_model_dir(model, self.mcfg, final, extra=extra)
+        if adapters:
+            _save_tensors(adapters, final / "lora.safetensors")
         shutil.copyfile(self.tok.path, final / self.tok.path.name)
         log.info("model written to %s (dev: %s)", final, scores)
 
@@ -459,6 +469,13 @@ def _whisper_tokenizer(path: str, config: dict) -> WhisperTokenizer:
     return load_tokenizer_for(Path(path), config, int(vocab))
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file  # noqa: PLC0415
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+
+
 def freeze_modules(model: torch.nn.Module, prefixes: list[str]) -> int:
     """Stop the gradients of every parameter under the dotted ``prefixes``; the number of
     parameters frozen. A prefix that names no parameter is a ConfigError listing the modules."""
@@ -513,6 +530,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, recipe: dict, train_texts: d
         log.info("decoder initialized from %s (%d tensors)", cfg.init_decoder, n)
     if cfg.freeze:
         log.info("frozen: %s (%.2fM parameters)", ", ".join(cfg.freeze), freeze_modules(model, cfg.freeze) / 1e6)
+    if cfg.lora.rank:
+        wrapped = add_lora(model, cfg.lora)
+        log.info("LoRA rank %d on %d layers; %.2fM parameters train", cfg.lora.rank, len(wrapped),
+                 sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
     log.info("model %s: %.2fM parameters", cfg.init or cfg.model, param_count(model) / 1e6)
 
     # 4. and 5.: the shared loop, checkpoints and averaging

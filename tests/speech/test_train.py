@@ -407,3 +407,22 @@ def test_st_fine_tunes_an_imported_whisper_with_the_encoder_frozen(home, tmp_pat
 
     with pytest.raises(ConfigError, match="freeze: 'encoder.nope' names no parameters"):
         train(cfg_for(home, "st", tmp_path / "bad", f"init={base}", "freeze=[encoder.nope]", "max_updates=1"))
+
+
+def test_st_trains_low_rank_adapters_and_writes_them_merged(home, tmp_path):
+    pytest.importorskip("ctranslate2")
+    from speech.whisper import import_whisper
+    from whisper_fixtures import tiny_ct2_whisper
+
+    base = import_whisper(str(tiny_ct2_whisper(tmp_path / "ct2")), tmp_path / "base", pad_to_s=0.0)
+    out = train(cfg_for(home, "st", tmp_path / "lora", f"init={base}", "lora.rank=2", "lora.modules=[decoder]",
+                        "ctc_weight=0", "max_updates=20", "lr=0.01", "specaugment=none"))
+    tuned, conf = load_model_dir(out)  # a plain model directory: the adapters merged
+    start, _ = load_model_dir(base)
+    assert conf["lora"]["rank"] == 2
+    adapters = load_file(str(out / "lora.safetensors"))
+    assert set(adapters) == {f"decoder.layers.{i}.{a}.{p}.lora_{ab}" for i in range(2)
+                             for a in ("self_attn", "encoder_attn") for p in ("q_proj", "v_proj") for ab in "ab"}
+    changed = {n for n, t in start.state_dict().items() if not torch.equal(tuned.state_dict()[n], t)}
+    assert changed and all(n.startswith("decoder.") and n.endswith(("q_proj.weight", "v_proj.weight"))
+                           for n in changed)
