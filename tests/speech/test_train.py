@@ -426,3 +426,22 @@ def test_st_trains_low_rank_adapters_and_writes_them_merged(home, tmp_path):
     changed = {n for n, t in start.state_dict().items() if not torch.equal(tuned.state_dict()[n], t)}
     assert changed and all(n.startswith("decoder.") and n.endswith(("q_proj.weight", "v_proj.weight"))
                            for n in changed)
+
+
+def test_bf16_autocast_trains_with_float32_weights(home, tmp_path):
+    """precision=bf16: forward and backward under bfloat16 autocast; the run learns, what it
+    stores stays float32, and it is a different computation from fp32's (the same seed)."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = train(cfg_for(home, "st", tmp_path / precision, f"precision={precision}", "max_updates=20",
+                            "validate_interval_updates=10", "specaugment=none"))
+        ckpt = list_checkpoints(tmp_path / precision / "checkpoints")[-1]
+        history = json.loads((ckpt / "state.json").read_text())["history"]
+        dev = [h["dev_nll"] for h in history if "dev_nll" in h]
+        assert len(dev) == 2 and dev[1] < dev[0], (precision, dev)
+        weights = load_file(str(ckpt / "checkpoint.safetensors"))  # weights, Adam moments, RNGs
+        assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+        runs[precision] = load_model_dir(out)[0].state_dict()
+    assert any(not torch.equal(runs["fp32"][n], runs["bf16"][n]) for n in runs["fp32"])
+    with pytest.raises(ConfigError, match="precision='fp16': expected one of fp32, bf16"):
+        load_config(TrainConfig, None, ["precision=fp16"])
