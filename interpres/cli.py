@@ -11,6 +11,7 @@
     interpres train asr|st|mt [YAML] [key=value ...]
     interpres average RUN --last N --out DIR
     interpres import whisper SRC OUT [--pad-to-s 30]
+    interpres overlay MODEL OUT --base whisper-base [--max-file-mb 25] [--card README.md]
     interpres data simul  [--config YAML] [key=value ...]
     interpres train simul [YAML] [key=value ...]
     interpres simul [FILE] [--realtime CHARS_PER_SEC] [--format text|jsonl] [--model DIR]
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     mustc.add_argument("--split", default="tst-COMMON", help="split to evaluate (default: tst-COMMON)")
     mustc.add_argument("--model", type=Path, action="append", metavar="DIR",
                        help="model directory (default: the bundled translator; with --task asr, or en-asr alone, the "
-                            "bundled ASR model); repeat it to decode with an ensemble")
+                            "bundled ASR model); repeat it to decode with an ensemble; 'teacher' or 'whisper-base' "
+                            "as for translate")
     mustc.add_argument("--task", choices=["st", "asr"], default=None,
                        help="st: translate into XX; asr: transcribe every pair into English (default: the model's)")
     mustc.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
@@ -233,6 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default: 30; 0 feeds the audio trimmed, which the untuned model does not "
                               "handle: BENCHMARKS.md, Whisper import)")
     whisper.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+    ov = sub.add_parser(
+        "overlay", help="write a fine-tuned model as the tensors it changed over its pinned base",
+        description="Write the model directory MODEL, fine-tuned from an imported base (whisper-base), as an "
+                    "overlay directory OUT: config.json naming the base and its pinned sha256, the tensors that "
+                    "differ from the base in float16 (or the LoRA adapters of a LoRA run), each file at most "
+                    "--max-file-mb, the tokenizer and a model card. Any command that takes --model reads OUT as "
+                    "it reads MODEL, importing the base from its package once.")
+    ov.add_argument("model", type=Path, help="fine-tuned model directory")
+    ov.add_argument("out", type=Path, help="overlay directory to write")
+    ov.add_argument("--base", required=True, help="the base MODEL was fine-tuned from (whisper-base)")
+    ov.add_argument("--max-file-mb", type=float, default=25.0, help="largest file to write (default: 25)")
+    ov.add_argument("--card", type=Path, default=None, help="model card to write as OUT/README.md "
+                                                            "(default: MODEL/README.md where it exists)")
+    ov.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
     avg = sub.add_parser(
         "average", help="average checkpoints of a training run into a model directory",
@@ -354,6 +371,7 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     """The options ``translate`` and ``transcribe`` share."""
     p.add_argument("--model", type=Path, action="append", metavar="DIR",
                    help="model directory (default: the bundled model); repeat it to decode with an ensemble; "
+                        "'teacher': the bundled fine-tuned Whisper base (all ten languages); "
                         "'whisper-base': Whisper base, imported from its pinned package on first use")
     p.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
     p.add_argument("--lenpen", type=float, default=1.0, help="length penalty: score / length**lenpen (default: 1.0)")
@@ -435,6 +453,22 @@ def _cmd_import_whisper(args: argparse.Namespace) -> int:
         raise WhisperImportError(f"--pad-to-s must be in [0, 30] seconds, got {args.pad_to_s}")
     out = import_whisper(args.src, args.out, pad_to_s=args.pad_to_s)
     print(f"model directory: {out}")
+    return 0
+
+
+def _cmd_overlay(args: argparse.Namespace) -> int:
+    from speech.model import CheckpointError
+    from speech.overlay import write_overlay
+
+    card = args.card if args.card is not None else args.model / "README.md"
+    if args.card is not None and not card.is_file():
+        raise CheckpointError(f"--card {card}: not found")
+    if not 0 < args.max_file_mb:
+        raise CheckpointError(f"--max-file-mb must be positive, got {args.max_file_mb}")
+    out = write_overlay(args.model, args.base, args.out, args.max_file_mb,
+                        card.read_text(encoding="utf-8") if card.is_file() else None)
+    sizes = sorted((p.stat().st_size for p in out.iterdir()), reverse=True)
+    print(f"overlay directory: {out} ({len(sizes)} files, largest {sizes[0] / 1e6:.1f} MB)")
     return 0
 
 
@@ -562,6 +596,7 @@ COMMANDS = {
     ("simul", None): _cmd_simul,
     ("compress", None): _cmd_compress,
     ("average", None): _cmd_average,
+    ("overlay", None): _cmd_overlay,
     ("import", "whisper"): _cmd_import_whisper,
 }
 

@@ -83,7 +83,8 @@ from speech.data.mustc import MustcError, MustcSplit, Segment, load_segment
 from speech.dataset import batches_by_frames
 from speech.decode import DecodingOptions
 from speech.features import frames_of
-from speech.model import CONFIG_FILE, WEIGHTS_FILE
+from speech.model import CONFIG_FILE
+from speech.overlay import weight_files
 from speech.tokenizer import tokenizer_file
 from speech.translate import Translator, load_translator, resolve_ctc_weight
 
@@ -256,7 +257,7 @@ def progress_settings(plan: PairPlan, translator: Translator, opts: EvalOptions,
         config = (d / CONFIG_FILE).read_bytes()
         tok_file = tokenizer_file(json.loads(config))
         models.append({"dir": str(d.resolve()), "config_sha1": hashlib.sha1(config).hexdigest(),
-                       "files": [_file_stamp(d / name) for name in (WEIGHTS_FILE, tok_file)]})
+                       "files": [_file_stamp(f) for f in (*weight_files(d, json.loads(config)), d / tok_file)]})
     split = plan.split
     corpus = [_file_stamp(p) for p in (split.yaml_path, split.src_path, split.tgt_path) if p is not None]
     corpus += [_file_stamp(talk) for talk in split.talks]

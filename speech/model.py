@@ -743,18 +743,24 @@ def load_weights(model: nn.Module, weights_path: Path, error: type[Exception] = 
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError) as e:
         raise error(f"{weights_path}: cannot read ({e})") from e
+    fill_weights(model, tensors, str(weights_path), error)
+
+
+def fill_weights(model: nn.Module, tensors: dict[str, Tensor], where: str,
+                 error: type[Exception] = CheckpointError) -> None:
+    """Copy ``tensors`` into ``model`` strictly (see :func:`load_weights`); errors name ``where``."""
     state = model.state_dict()
     expected = _saved_names(state)
     for name in expected:
         if name not in tensors:
-            raise error(f"{weights_path}: missing tensor '{name}'")
+            raise error(f"{where}: missing tensor '{name}'")
         got, want = tensors[name], state[name]
         if tuple(got.shape) != tuple(want.shape) or got.is_floating_point() != want.is_floating_point():
-            raise error(f"{weights_path}: tensor '{name}' has shape {tuple(got.shape)} ({got.dtype}), "
+            raise error(f"{where}: tensor '{name}' has shape {tuple(got.shape)} ({got.dtype}), "
                         f"the config wants {tuple(want.shape)} ({want.dtype})")
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
-        raise error(f"{weights_path}: unexpected tensor '{unexpected[0]}'"
+        raise error(f"{where}: unexpected tensor '{unexpected[0]}'"
                     + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
     with torch.no_grad():
         for name in expected:
@@ -762,12 +768,14 @@ def load_weights(model: nn.Module, weights_path: Path, error: type[Exception] = 
 
 
 def model_dir_hash(model_dir: str | Path) -> str:
-    """sha256 of a model directory's config.json and model.safetensors: what an export, or a
-    teacher's cached translations, depends on."""
+    """sha256 of a model directory's config.json and weight files (model.safetensors, or an
+    overlay's): what an export, or a teacher's cached translations, depends on."""
+    from speech.overlay import weight_files  # noqa: PLC0415 - overlays build on this module
+
     h = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        path = Path(model_dir) / name
-        h.update(name.encode() + b"\0")
+    config = json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    for path in [Path(model_dir) / CONFIG_FILE, *weight_files(Path(model_dir), config)]:
+        h.update(path.name.encode() + b"\0")
         with open(path, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
@@ -796,7 +804,12 @@ def load_model_dir(path: str | Path, dtype: torch.dtype | None = None, device: s
     cfg = model_config_from_dict(config["model"], str(config_path), config_cls)
 
     model = model_cls(cfg)
-    load_weights(model, path / WEIGHTS_FILE)
+    if "base" in config:  # an overlay over a base model (speech.overlay)
+        from speech.overlay import load_overlay  # noqa: PLC0415 - overlays build on this module
+
+        load_overlay(model, path, config)
+    else:
+        load_weights(model, path / WEIGHTS_FILE)
     model.to(device=device, dtype=dtype or torch.float32)
     return model.eval(), config
 

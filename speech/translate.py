@@ -47,6 +47,7 @@ from speech.dataset import batches_by_frames, pad_features
 from speech.decode import DecodingOptions, DecodingResult, encode, repeat_states, search
 from speech.features import FbankConfig, FeatureConfig, LogMelConfig, features_of, frames_of
 from speech.model import CONFIG_FILE, WEIGHTS_FILE, S2TModel, load_model_dir, model_device
+from speech.overlay import weight_files
 from speech.tokenizer import TOKENIZER_FILE, Tokenizer, tokenizer_file
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"  # the translator
 BUNDLED_ASR_DIR = Path(__file__).resolve().parent / "models" / "asr"  # the ASR model shipped beside it
+# the teacher: Whisper base fine-tuned into the ten languages, an overlay over the pinned base
+BUNDLED_TEACHER_DIR = Path(__file__).resolve().parent / "models" / "teacher"
 TASKS = ("st", "asr")
 RUNTIMES = ("torch", "onnx")
 FORMATS = ("text", "json", "srt")
@@ -217,10 +220,10 @@ def _load_one(path: Path, runtime: str = "torch", onnx_precision: str = "int8") 
         raise TranslateError(f"{path}: no such model directory")
     config = _read_config(path) if (path / CONFIG_FILE).is_file() else {}
     tok_file = tokenizer_file(config)
-    for name in (CONFIG_FILE, WEIGHTS_FILE, tok_file):
-        if not (path / name).is_file():
-            raise TranslateError(f"{path / name}: not found (a model directory holds {CONFIG_FILE}, "
-                                 f"{WEIGHTS_FILE} and {tok_file})")
+    for file in [path / CONFIG_FILE, *weight_files(path, config), path / tok_file]:
+        if not file.is_file():
+            raise TranslateError(f"{file}: not found (a model directory holds {CONFIG_FILE}, "
+                                 f"{WEIGHTS_FILE} or an overlay's files, and {tok_file})")
     model: S2TModel | OnnxS2TModel
     if runtime == "onnx":
         from speech.onnx import OnnxS2TModel, onnx_export_for
@@ -259,10 +262,15 @@ def load_tokenizer(path: Path, config: dict, vocab_size: int) -> Tokenizer | Whi
 
 
 def _named_model(path: Path) -> Path:
-    """A model name such as ``whisper-base`` (speech.whisper.MODEL_NAMES) where no such
-    folder exists: the model imported from its pinned package."""
+    """A model name where no such folder exists: ``teacher`` (the bundled fine-tuned Whisper,
+    an overlay over Whisper base), or ``whisper-base`` (speech.whisper.MODEL_NAMES: the model
+    imported from its pinned package)."""
     if path.exists() or path.parent != Path("."):
         return path
+    if str(path) == "teacher":
+        if not (BUNDLED_TEACHER_DIR / CONFIG_FILE).is_file():
+            raise TranslateError(f"--model teacher: {BUNDLED_TEACHER_DIR} is not in this package")
+        return BUNDLED_TEACHER_DIR
     from speech.whisper import MODEL_NAMES, WhisperImportError, imported_model
 
     if str(path) not in MODEL_NAMES:
