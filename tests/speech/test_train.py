@@ -121,6 +121,27 @@ def test_killed_run_resumes_to_the_same_weights(home, tmp_path):
     assert again.returncode == 0 and "already finished (checkpoint_12)" in again.stderr
 
 
+def test_a_killed_lora_run_of_an_imported_whisper_resumes_to_the_same_weights(home, tmp_path):
+    """The teacher's recipe (Whisper init, adapters, bf16) killed mid-run ends as an uninterrupted run."""
+    pytest.importorskip("ctranslate2")
+    from whisper_fixtures import tiny_ct2_whisper
+    from speech.whisper import import_whisper
+
+    base = import_whisper(str(tiny_ct2_whisper(tmp_path / "ct2")), tmp_path / "base", pad_to_s=0.0)
+    args = ["train", "st", str(TINY / "st_tiny.yaml"), "corpus=t", "threads=1", "max_updates=8", f"init={base}",
+            "lora.rank=2", "lora.modules=[decoder]", "precision=bf16", "ctc_weight=0", "specaugment=none",
+            "save_interval_updates=4", "validate_interval_updates=4", "average_last=1", "dev_bleu_max=0"]
+    a = run_cli(home, *args, f"out={tmp_path / 'a'}")
+    assert a.returncode == 0, a.stderr
+    b = run_cli(home, *args, f"out={tmp_path / 'b'}", env_extra={"INTERPRES_TEST_KILL_AT_UPDATE": "4"})
+    assert b.returncode == -signal.SIGKILL
+    b2 = run_cli(home, *args, f"out={tmp_path / 'b'}")
+    assert b2.returncode == 0, b2.stderr
+    for name in ("model.safetensors", "lora.safetensors"):
+        wa, wb = load_file(str(tmp_path / "a/model" / name)), load_file(str(tmp_path / "b/model" / name))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
+
+
 def test_lowered_max_updates_finishes_at_that_checkpoint(home, tmp_path):
     """A longer run's checkpoint, resumed under max_updates equal to its update, ends with the
     weights of a run trained under that limit from the start; below it, a clear error."""
