@@ -91,8 +91,10 @@ teacher-model: install
 	for split in tst-COMMON tst-VOICE; do \
 	  $(VENV)/bin/interpres eval mustc --root $(SPEECH_SMALL) --pairs $(ST_PAIRS) --split $$split \
 	    --model runs/st_whisper/model --beam 5 --out runs/st_whisper/eval-$$split || exit 1; done
+	$(PY) benchmarks/bench_whisper.py --teacher runs/st_whisper/model --rounds 1 --json runs/st_whisper/librivox.json
 	$(PY) -m speech.model_card bundle runs/st_whisper/model speech/models/teacher --over whisper-base \
-	  --scores runs/st_whisper/eval-tst-COMMON/scores.json --scores runs/st_whisper/eval-tst-VOICE/scores.json
+	  --scores runs/st_whisper/eval-tst-COMMON/scores.json --scores runs/st_whisper/eval-tst-VOICE/scores.json \
+	  --real-speech runs/st_whisper/librivox.json
 
 # The bundled simultaneous translator's recipe (about 40 minutes on 2 cores); each step
 # resumes. The bundle itself: benchmarks/bench_simul.py, then python -m simul.model_card.

@@ -55,11 +55,13 @@ def _scores_table(scores: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None) -> str:
-    """The README.md of a model directory: the translator's (task st) or the ASR model's."""
+def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None,
+               real_speech: list[dict[str, Any]] | None = None) -> str:
+    """The README.md of a model directory: the translator's (task st) or the ASR model's.
+    ``real_speech``: the rows of ``benchmarks/bench_whisper.py --json`` (Whisper teachers only)."""
     model, conf = load_model_dir(model_dir)
     if conf.get("tokenizer") == "whisper":
-        return _whisper_card(model, conf, model_dir, scores)
+        return _whisper_card(model, conf, model_dir, scores, real_speech)
     if conf.get("task") == "asr":
         return _asr_card(model, conf, model_dir, scores)
     recipe = conf.get("recipe", {})
@@ -196,7 +198,22 @@ def _asr_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: list[di
     return "\n".join(lines) + "\n"
 
 
-def _whisper_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: list[dict[str, Any]] | None) -> str:
+def _real_speech_line(rows: list[dict[str, Any]] | None) -> list[str]:
+    """The LibriVox line of a teacher's card, from bench_whisper's rows: the base read by faster-whisper,
+    and the fine-tuned model (the row whose system is not the base's)."""
+    if not rows:
+        return []
+    base = next((r for r in rows if r["system"].startswith("faster-whisper")), None)
+    tuned = [r for r in rows if r["system"].endswith("(its own features)")]
+    if base is None or not tuned:
+        return []
+    return [f"- Real speech: on the 5 LibriVox clips a person reads (Debian's pocketsphinx-testdata, "
+            f"`benchmarks/bench_whisper.py`), English WER {tuned[0]['wer']:.1f} against Whisper base's "
+            f"{base['wer']:.1f}: fine-tuning on synthetic voices cost transcription of real speech."]
+
+
+def _whisper_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: list[dict[str, Any]] | None,
+                  real_speech: list[dict[str, Any]] | None = None) -> str:
     """The card of a Whisper fine-tuned by this project (the teacher)."""
     recipe = conf.get("recipe", {})
     m, lora = conf["model"], conf.get("lora") or {}
@@ -240,7 +257,8 @@ def _whisper_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: lis
         + (f" max_seconds={recipe['max_seconds']:g}   # make teacher-model TEACHER_ARGS=max_seconds="
            f"{recipe['max_seconds']:g}" if recipe.get("max_seconds") not in (None, 10800) else ""),
         "python -m speech.model_card bundle runs/st_whisper/model speech/models/teacher --over whisper-base \\",
-        "    --scores runs/st_whisper/eval-tst-COMMON/scores.json --scores runs/st_whisper/eval-tst-VOICE/scores.json",
+        "    --scores runs/st_whisper/eval-tst-COMMON/scores.json --scores runs/st_whisper/eval-tst-VOICE/scores.json"
+        + (" \\\n    --real-speech runs/st_whisper/librivox.json" if real_speech else ""),
         "```",
         f"- training: {conf.get('updates', '?')} updates in {conf.get('train_seconds', 0) / 60:.1f} min, "
         f"{conf.get('processes', 1)} process(es) x {conf.get('threads', '?')} CPU threads, precision "
@@ -261,23 +279,27 @@ def _whisper_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: lis
         *_scores_section(conf, scores, "greedy", "`interpres eval mustc`", "English outputs with joint"),
         "## Limits",
         "- Synthetic voices and software-message text: the fine-tuning saw nothing else."
-        + (" Whisper's encoder is unchanged, so real speech is heard as Whisper base hears it." if encoder_kept
+        + (" Whisper's encoder is unchanged (real speech is heard as Whisper base hears it), but the decoder's"
+           " adapters learned from nothing but this data." if encoder_kept
            else "")
         + f" Trained for {conf.get('train_seconds', 0) / 60:.0f} minutes on 2 CPU cores: read the scores.",
+        *_real_speech_line(real_speech),
     ]
     return "\n".join(lines) + "\n"
 
 
-def bundle(src: Path, dst: Path, score_files: list[Path], over: str | None = None) -> Path:
+def bundle(src: Path, dst: Path, score_files: list[Path], over: str | None = None,
+           real_speech: Path | None = None) -> Path:
     """Copy the model at ``src`` to ``dst`` as fp16, with its tokenizer and a model card; with
     ``over`` (a base such as whisper-base) as an overlay holding only what fine-tuning changed."""
     model, conf = load_model_dir(src)
     extra = {k: v for k, v in conf.items() if k != "model"}
     scores = [json.loads(p.read_text(encoding="utf-8")) for p in score_files]
+    rows = json.loads(real_speech.read_text(encoding="utf-8")) if real_speech is not None else None
     if over is not None:
         from speech.overlay import write_overlay  # noqa: PLC0415
 
-        return write_overlay(src, over, dst, card=model_card(src, scores))
+        return write_overlay(src, over, dst, card=model_card(src, scores, rows))
     with atomic_dir(dst) as tmp:
         save_model_dir(model, model.cfg, tmp, extra=extra, dtype=torch.float16)
         shutil.copyfile(src / "spm.model", tmp / "spm.model")
@@ -295,11 +317,13 @@ def main() -> None:
     b.add_argument("--scores", type=Path, action="append", default=[], help="scores.json of interpres eval mustc")
     b.add_argument("--over", default=None, metavar="BASE",
                    help="write an overlay over BASE (whisper-base): only what fine-tuning changed")
+    b.add_argument("--real-speech", type=Path, default=None, metavar="JSON",
+                   help="benchmarks/bench_whisper.py --json of this model: its LibriVox WER goes in the card")
     card = sub.add_parser("card", help="print the model card of a model directory")
     card.add_argument("model_dir", type=Path)
     args = ap.parse_args()
     if args.cmd == "bundle":
-        out = bundle(args.src, args.dst, args.scores, args.over)
+        out = bundle(args.src, args.dst, args.scores, args.over, args.real_speech)
         print(f"bundled {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
     else:
         print(model_card(args.model_dir))
