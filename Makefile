@@ -35,7 +35,8 @@ $(STAMP): pyproject.toml
 
 # Synthesize an English sentence, transcribe it with Whisper base (imported from its pinned
 # package on first use) and with the bundled ASR model, translate it into the 10 languages
-# with the bundled translator, then show the model cards' scores.
+# with the teacher (an overlay over that Whisper base) and the bundled translator, then show
+# the model cards' scores.
 DEMO_WAV := $(or $(TMPDIR),/tmp)/interpres-demo.wav
 DEMO_TEXT := Save all changes before closing the window.
 LANGS := de,es,fr,it,nl,pt,ro,ru,ja,zh
@@ -45,10 +46,15 @@ demo: install
 	@echo "spoken (espeak-ng en-us+f3): $(DEMO_TEXT)"
 	@$(VENV)/bin/interpres transcribe $(DEMO_WAV) --model whisper-base --format text | sed 's/^/transcript (Whisper base, imported once from its pinned package): /'
 	@$(VENV)/bin/interpres transcribe $(DEMO_WAV) --format text | sed 's/^/transcript (bundled ASR model): /'
+	@echo "the teacher (speech/models/teacher: Whisper base, its decoder fine-tuned into the ten languages):"
+	@$(VENV)/bin/interpres translate $(DEMO_WAV) --model teacher --tgt $(LANGS) --format text | cut -f2- | sed 's/^/  /'
+	@echo "the bundled default (speech/models/default: 6.5M parameters, trained from scratch here):"
 	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt $(LANGS) --format text | cut -f2- | sed 's/^/  /'
 	@echo "the same into German with the int8 ONNX Runtime export (built once into the cache):"
 	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt de --runtime onnx --format text | cut -f2- | sed 's/^/  /'
-	@echo; sed -n '/^## Scores/,/^## Limits/p' speech/models/default/README.md | sed '$$d'
+	@echo; echo "Teacher (speech/models/teacher/README.md):"; grep '^Mean chrF' speech/models/teacher/README.md
+	@echo; echo "Bundled default (speech/models/default/README.md):"
+	@sed -n '/^## Scores/,/^## Limits/p' speech/models/default/README.md | sed '$$d'
 	@echo "Transcription: the bundled ASR model (speech/models/asr/README.md):"; grep '| en-asr |' speech/models/asr/README.md
 	@echo; echo "simultaneous zh->en (bundled simul model), stream: $(SIMUL_DEMO)"
 	@echo "$(SIMUL_DEMO)" | $(VENV)/bin/interpres simul | sed 's/^/  /'

