@@ -7,10 +7,12 @@ resampled with soxr (``soxr_hq``). A file that cannot serve as input is an
 audio, holding NaN or infinity, or digitally silent.
 
     audio = load_audio("question.flac")  # (samples,) float32 in [-1, 1] at 16 kHz
+    audio = decode_audio(upload_bytes, "question.flac")  # the same, from memory
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -46,21 +48,33 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise AudioError(f"{path}: is a directory, not an audio file")
     if size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
+    return _read(str(path), str(path))
+
+
+def decode_audio(data: bytes, name: str) -> np.ndarray:
+    """:func:`load_audio` of audio held in memory (an upload); ``name`` is what errors call it."""
+    if not data:
+        raise AudioError(f"{name}: empty file (0 bytes)")
+    return _read(io.BytesIO(data), name)
+
+
+def _read(source: str | io.BytesIO, name: str) -> np.ndarray:
     try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (frames, channels)
+        audio, sr = sf.read(source, dtype="float32", always_2d=True)  # (frames, channels)
     except (sf.SoundFileError, RuntimeError, OSError) as e:
-        raise AudioError(f"{path}: not a readable audio file ({e})") from e
+        why = str(e).replace(repr(source), name)  # libsndfile names what it opened: the name, not a BytesIO
+        raise AudioError(f"{name}: not a readable audio file ({why})") from e
     if audio.shape[0] == 0:
-        raise AudioError(f"{path}: no audio (0 frames)")
+        raise AudioError(f"{name}: no audio (0 frames)")
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if not np.isfinite(mono).all():
-        raise AudioError(f"{path}: holds NaN or infinite samples")
+        raise AudioError(f"{name}: holds NaN or infinite samples")
     peak = float(np.abs(mono).max())
     if peak < SILENCE_PEAK:
-        raise AudioError(f"{path}: silent (peak {peak:.1e} over {audio.shape[0] / sr:.2f} s, "
+        raise AudioError(f"{name}: silent (peak {peak:.1e} over {audio.shape[0] / sr:.2f} s, "
                          f"below {SILENCE_PEAK:g})")
     if sr != SAMPLE_RATE or audio.shape[1] > 1:
-        log.debug("%s: %d Hz, %d channels -> %d Hz mono", path, sr, audio.shape[1], SAMPLE_RATE)
+        log.debug("%s: %d Hz, %d channels -> %d Hz mono", name, sr, audio.shape[1], SAMPLE_RATE)
     return resample(mono, sr, SAMPLE_RATE)
 
 

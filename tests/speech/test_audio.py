@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speech.audio import SAMPLE_RATE, AudioError, load_audio
+from speech.audio import SAMPLE_RATE, AudioError, decode_audio, load_audio
 
 
 def tone(n: int, sr: int, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
@@ -82,3 +82,23 @@ def test_missing_file(tmp_path: Path):
     with pytest.raises(AudioError, match="no such file") as err:
         load_audio(path)
     assert str(path) in str(err.value)
+
+
+def test_audio_in_memory_reads_as_the_file_and_errors_name_it(tmp_path: Path):
+    """decode_audio (an upload's bytes) gives load_audio's samples; errors carry the given name."""
+    path = tmp_path / "in.flac"
+    t = np.arange(22050) / 22050
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 22050)
+    np.testing.assert_array_equal(decode_audio(path.read_bytes(), "upload.flac"), load_audio(path))
+    with pytest.raises(AudioError, match=r"^upload.wav: empty file \(0 bytes\)$"):
+        decode_audio(b"", "upload.wav")
+    with pytest.raises(AudioError, match=r"^upload.wav: not a readable audio file") as e:
+        decode_audio(b"RIFF but not audio", "upload.wav")
+    assert "BytesIO" not in str(e.value)
+    with pytest.raises(AudioError, match=r"^upload.wav: silent"):
+        decode_audio(_silent_wav(tmp_path / "s.wav"), "upload.wav")
+
+
+def _silent_wav(path: Path) -> bytes:
+    sf.write(path, np.zeros(1600, dtype=np.float32), SAMPLE_RATE)
+    return path.read_bytes()
