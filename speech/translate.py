@@ -44,7 +44,7 @@ from tqdm import tqdm
 from speech.audio import SAMPLE_RATE, load_audio
 from speech.config import ConfigError
 from speech.dataset import batches_by_frames, pad_features
-from speech.decode import DecodingOptions, DecodingResult, encode, repeat_states, search
+from speech.decode import DecodingOptions, DecodingResult, encode, search
 from speech.features import FbankConfig, FeatureConfig, LogMelConfig, features_of, frames_of
 from speech.model import CONFIG_FILE, WEIGHTS_FILE, S2TModel, load_model_dir, model_device
 from speech.overlay import weight_files
@@ -145,24 +145,40 @@ class Translator:
         head reads English, so translations are decoded with attention alone.
         """
         self.check_languages(langs)
+        flat = self._decode_rows(feats, [(i, lang) for i in range(len(feats)) for lang in langs], opts)
+        return [flat[i * len(langs):(i + 1) * len(langs)] for i in range(len(feats))]
+
+    def decode_each(self, feats: Sequence[torch.Tensor], langs: Sequence[str],
+                    opts: DecodingOptions = DecodingOptions()) -> list[DecodingResult]:
+        """Decode ``feats[i]`` into ``langs[i]``: requests for different languages share one batch
+        (one encoder pass, one search; joint CTC on the transcription rows as in :meth:`decode`)."""
+        if len(feats) != len(langs):
+            raise TranslateError(f"decode_each: {len(feats)} utterances but {len(langs)} languages")
+        self.check_languages(list(dict.fromkeys(langs)))
+        return self._decode_rows(feats, list(enumerate(langs)), opts)
+
+    def _decode_rows(self, feats: Sequence[torch.Tensor], rows: Sequence[tuple[int, str]],
+                     opts: DecodingOptions) -> list[DecodingResult]:
+        """One result per (utterance index, language) row: the utterances encoded once, the rows
+        searched in (at most) two groups, with and without joint CTC."""
         if opts.ctc_weight > 0 and not self.has_ctc:
             raise TranslateError(f"{self.name}: ctc_weight {opts.ctc_weight} needs a CTC head on every model")
         opts = dataclasses.replace(opts, suppress_tokens=tuple(opts.suppress_tokens) + self.tokenizer.suppress_ids)
         device = model_device(self.models[0])
         x, lens = pad_features(list(feats))
         states = encode(self.models, x.to(device), lens.to(device))
-        out: list[list[DecodingResult | None]] = [[None] * len(langs) for _ in feats]
-        with_ctc = [j for j, lang in enumerate(langs) if opts.ctc_weight > 0 and lang in self.ctc_langs()]
-        groups = [(with_ctc, opts), ([j for j in range(len(langs)) if j not in with_ctc],
+        out: list[DecodingResult | None] = [None] * len(rows)
+        with_ctc = [r for r, (_, lang) in enumerate(rows) if opts.ctc_weight > 0 and lang in self.ctc_langs()]
+        groups = [(with_ctc, opts), ([r for r in range(len(rows)) if r not in set(with_ctc)],
                                      dataclasses.replace(opts, ctc_weight=0.0))]
-        for cols, group_opts in groups:
-            if not cols:
+        for sel, group_opts in groups:
+            if not sel:
                 continue
-            prefix = [self.prefix(langs[j]) for _ in feats for j in cols]
-            hyps = search(self.models, repeat_states(states, len(cols)), prefix, group_opts)
-            for i in range(len(feats)):
-                for n, j in enumerate(cols):
-                    out[i][j] = hyps[i * len(cols) + n]
+            src = torch.tensor([rows[r][0] for r in sel], device=x.device)
+            sub = [tuple(t.index_select(0, src.to(t.device)) for t in s) for s in states]
+            hyps = search(self.models, sub, [self.prefix(rows[r][1]) for r in sel], group_opts)
+            for r, h in zip(sel, hyps):
+                out[r] = h
         return out  # type: ignore[return-value]
 
     def text(self, result: DecodingResult) -> str:
@@ -432,6 +448,32 @@ class FileResult:
         return {"file": self.file, "lang": self.lang, "segments": [dataclasses.asdict(s) for s in self.segments]}
 
 
+def cut_segments(translator: Translator, wave: np.ndarray, max_segment_s: float = 20.0,
+                 ) -> list[tuple[float, float, torch.Tensor]]:
+    """``wave`` (samples,) at 16 kHz cut at pauses (:func:`split_on_pauses`, pieces of at most
+    ``max_segment_s`` and of what the encoder takes): (start_s, end_s, features) per piece."""
+    max_segment_s = min(max_segment_s, translator.max_segment_s)
+    out = []
+    for start, end in split_on_pauses(wave, SAMPLE_RATE, max_segment_s=max_segment_s):
+        piece = wave[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
+        if frames_of(len(piece), translator.feature_cfg) > 0:
+            out.append((start, end, translator.features(piece)))
+    return out
+
+
+def decode_segments(translator: Translator, feats: Sequence[torch.Tensor], langs: Sequence[str],
+                    opts: DecodingOptions = DecodingOptions(), batch_frames: int = 20000,
+                    progress: bool = True) -> list[list[DecodingResult]]:
+    """:meth:`Translator.decode` of any number of features, in batches of similar length holding at
+    most ``batch_frames`` padded frames: results[utterance][language], in the order given."""
+    results: list[list[DecodingResult]] = [[] for _ in feats]
+    batches = batches_by_frames([len(x) for x in feats], batch_frames, shuffle=False)
+    for batch in tqdm(batches, desc="translate", unit="batch", disable=None if progress else True):
+        for i, per_lang in zip(batch, translator.decode([feats[i] for i in batch], langs, opts)):
+            results[i] = per_lang
+    return results
+
+
 def translate_files(translator: Translator, paths: Sequence[str | Path], tgt_langs: Sequence[str],
                     opts: DecodingOptions = DecodingOptions(), batch_frames: int = 20000,
                     max_segment_s: float = 20.0) -> list[FileResult]:
@@ -442,27 +484,18 @@ def translate_files(translator: Translator, paths: Sequence[str | Path], tgt_lan
     batches of similar length holding at most ``batch_frames`` padded feature frames.
     """
     translator.check_languages(tgt_langs)
-    max_segment_s = min(max_segment_s, translator.max_segment_s)
     spans: list[tuple[int, float, float]] = []  # (file index, start, end)
     feats: list[torch.Tensor] = []
     for f, path in enumerate(paths):
         wave = load_audio(path)
-        cuts = split_on_pauses(wave, SAMPLE_RATE, max_segment_s=max_segment_s)
-        log.info("%s: %.1f s, %d segments", path, len(wave) / SAMPLE_RATE, len(cuts))
-        for start, end in cuts:
-            piece = wave[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
-            if frames_of(len(piece), translator.feature_cfg) == 0:
-                continue
+        pieces = cut_segments(translator, wave, max_segment_s)
+        log.info("%s: %.1f s, %d segments", path, len(wave) / SAMPLE_RATE, len(pieces))
+        for start, end, x in pieces:
             spans.append((f, start, end))
-            feats.append(translator.features(piece))
+            feats.append(x)
 
-    texts: list[list[str]] = [[] for _ in feats]
-    batches = batches_by_frames([len(x) for x in feats], batch_frames, shuffle=False)
-    for batch in tqdm(batches, desc="translate", unit="batch", disable=None):
-        hyps = translator.decode([feats[i] for i in batch], tgt_langs, opts)
-        for i, per_lang in zip(batch, hyps):
-            texts[i] = [translator.text(h) for h in per_lang]
-
+    texts = [[translator.text(h) for h in per_lang]
+             for per_lang in decode_segments(translator, feats, tgt_langs, opts, batch_frames)]
     results = []
     for f, path in enumerate(paths):
         for j, lang in enumerate(tgt_langs):
@@ -488,6 +521,14 @@ def to_srt(segments: Sequence[Segment]) -> str:
     cues = [s for s in segments if s.text.strip()]
     return "".join(f"{i}\n{srt_timestamp(s.start)} --> {srt_timestamp(s.end)}\n{s.text.strip()}\n\n"
                    for i, s in enumerate(cues, 1))
+
+
+def to_vtt(segments: Sequence[Segment]) -> str:
+    """A WebVTT document: the header, then one cue per segment with text (``HH:MM:SS.mmm``)."""
+    cues = [s for s in segments if s.text.strip()]
+    return "WEBVTT\n\n" + "".join(
+        f"{srt_timestamp(s.start).replace(',', '.')} --> {srt_timestamp(s.end).replace(',', '.')}\n"
+        f"{s.text.strip()}\n\n" for s in cues)
 
 
 def format_results(results: Sequence[FileResult], fmt: str) -> str:

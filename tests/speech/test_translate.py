@@ -18,6 +18,7 @@ from speech.translate import (
     split_on_pauses,
     srt_timestamp,
     to_srt,
+    to_vtt,
     translate_files,
     write_results,
 )
@@ -85,6 +86,12 @@ def test_srt_timestamps_and_cues():
     segs = [Segment(0.5, 1.5, "Hallo."), Segment(2.0, 2.5, ""), Segment(62.042, 3601.0, " Welt ")]
     assert to_srt(segs) == ("1\n00:00:00,500 --> 00:00:01,500\nHallo.\n\n"
                             "2\n00:01:02,042 --> 01:00:01,000\nWelt\n\n")
+
+
+def test_vtt_cues():
+    segs = [Segment(0.5, 1.5, "Hallo."), Segment(2.0, 2.5, ""), Segment(62.042, 3601.0, " Welt ")]
+    assert to_vtt(segs) == ("WEBVTT\n\n00:00:00.500 --> 00:00:01.500\nHallo.\n\n"
+                            "00:01:02.042 --> 01:00:01.000\nWelt\n\n")
 
 
 def test_formats(tmp_path):
@@ -199,6 +206,24 @@ def test_joint_ctc_applies_to_the_english_rows_only(tmp_path):
     assert translate.resolve_ctc_weight(tr, None) == 0.0
     with pytest.raises(TranslateError, match="needs a CTC head"):
         tr.decode(feats, ["en"], joint)
+
+
+def test_decode_each_gives_each_utterance_its_own_language_as_decode_does(tmp_path):
+    """Mixed languages (and joint CTC on the English rows) in one batch: each row's result is the
+    one :meth:`Translator.decode` gives that utterance alone into that language."""
+    tr = load_translator(make_model_dir(tmp_path / "st", langs=("de", "fr", "en"), n_mels=20, seed=4))
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(n, 20, generator=g) for n in (90, 40, 70, 55)]
+    langs = ["fr", "en", "de", "en"]
+    opts = DecodingOptions(beam_size=3, max_len_b=8, ctc_weight=0.5)
+    got = tr.decode_each(feats, langs, opts)
+    for f, lang, res in zip(feats, langs, got):
+        (want,), = tr.decode([f], [lang], opts)
+        assert res.tokens == want.tokens and res.best.log_prob == pytest.approx(want.best.log_prob, abs=1e-4)
+    with pytest.raises(TranslateError, match="4 utterances but 3 languages"):
+        tr.decode_each(feats, langs[:3], opts)
+    with pytest.raises(TranslateError, match="unknown target language 'ja'"):
+        tr.decode_each(feats, ["ja"] * 4, opts)
 
 
 def test_the_bundled_asr_model_transcribes_and_the_translator_translates(tmp_path, monkeypatch):
