@@ -1,12 +1,14 @@
 # Two commands on a fresh Debian machine as root:  make demo  and  make test.
-# Both install everything first (system TTS engines and sox, a .venv with the CPU
-# torch 2.13.0 installed before anything else, then this package) and are
-# idempotent: once .venv/.installed is newer than pyproject.toml, nothing is redone.
+# Both install everything first (system TTS engines, sox, chromium for the web page's
+# test, a .venv with the CPU torch 2.13.0 installed before anything else, then this
+# package) and are idempotent: once .venv/.installed is newer than pyproject.toml,
+# nothing is redone.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox libsndfile1
+APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox libsndfile1 \
+  chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

@@ -297,6 +297,35 @@ def build_parser() -> argparse.ArgumentParser:
     simul.add_argument("--max-len", type=_positive_int, default=40,
                        help="force a cut after this many characters without a boundary (default: 40)")
     simul.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+    srv = sub.add_parser(
+        "serve", help="an OpenAI-compatible HTTP API: transcriptions, translations, models, metrics, a web page",
+        description="Serve the models over HTTP in OpenAI's API shapes (POST /v1/audio/transcriptions, "
+                    "/v1/audio/translations with the extra field target_language, /v1/chat/completions; "
+                    "GET /v1/models, /healthz, /metrics, /openapi.json) and a web page at /. Requests that "
+                    "arrive together are decoded as one batch. See audio_align/serve.py.")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    srv.add_argument("--port", type=_positive_int, default=8000, help="port (default: 8000)")
+    srv.add_argument("--model", action="append", default=None, metavar="NAME|DIR|ID=DIR",
+                     help="a model to serve: teacher, default, asr, whisper-base, a model directory (served "
+                          "under its folder's name) or ID=DIR; repeat it (default: teacher, the bundled Whisper "
+                          "base fine-tuned here, which transcribes and translates into the ten languages)")
+    srv.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
+                     help="onnx: the int8 ONNX Runtime export, made once into the cache (default); torch")
+    srv.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                     help="require 'Authorization: Bearer KEY' on /v1/ (repeat for several keys)")
+    srv.add_argument("--api-key-file", type=Path, default=None, metavar="FILE", help="keys, one per line")
+    srv.add_argument("--max-upload-mb", type=_positive_float, default=25.0, help="largest upload (default: 25)")
+    srv.add_argument("--max-audio-s", type=_positive_float, default=600.0, help="longest audio (default: 600)")
+    srv.add_argument("--max-queue", type=_positive_int, default=64,
+                     help="requests waiting for the model; more are refused with 429 (default: 64)")
+    srv.add_argument("--batch-window-ms", type=_non_negative_float, default=10.0,
+                     help="how long the first request of a batch waits for others (default: 10)")
+    srv.add_argument("--max-batch", type=_positive_int, default=4, help="requests per batch (default: 4)")
+    srv.add_argument("--no-batching", action="store_true", help="decode one request at a time")
+    srv.add_argument("--timeout-s", type=_positive_float, default=60.0, help="answer within this or 504 (default: 60)")
+    srv.add_argument("--beam", type=_positive_int, default=5, help="beam size (default: 5)")
+    srv.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
 
 
@@ -355,6 +384,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not 0 <= value < float("inf"):  # NaN and infinity too
         raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
 
 
@@ -572,6 +608,25 @@ def _cmd_simul(args: argparse.Namespace) -> int:
                     segmenter=args.segmenter, threshold=args.threshold, max_len=args.max_len)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from audio_align.serve import ServeConfig, ServeError, serve
+
+    keys = list(args.api_key)
+    if args.api_key_file is not None:
+        try:
+            keys += [k.strip() for k in args.api_key_file.read_text(encoding="utf-8").splitlines() if k.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ServeError(f"{args.api_key_file}: cannot read the API keys ({e})") from None
+        if not keys:
+            raise ServeError(f"{args.api_key_file}: holds no API key")
+    cfg = ServeConfig(models=args.model or ["teacher"], runtime=args.runtime, api_keys=keys,
+                      max_upload_mb=args.max_upload_mb, max_audio_s=args.max_audio_s, max_queue=args.max_queue,
+                      batching=not args.no_batching, batch_window_ms=args.batch_window_ms,
+                      max_batch_items=args.max_batch, timeout_s=args.timeout_s, beam=args.beam)
+    serve(cfg, args.host, args.port)
+    return 0
+
+
 def _home() -> Path:
     from speech.data.cache import interpres_home
 
@@ -598,6 +653,7 @@ COMMANDS = {
     ("average", None): _cmd_average,
     ("overlay", None): _cmd_overlay,
     ("import", "whisper"): _cmd_import_whisper,
+    ("serve", None): _cmd_serve,
 }
 
 
@@ -622,8 +678,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from compress.distill import SeqKDError
     from compress.pipeline import CompressError
     from speech.whisper import WhisperImportError
+    from audio_align.serve import ServeError
 
-    return (WhisperImportError, CompressError, SeqKDError, AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
+    return (ServeError, WhisperImportError, CompressError, SeqKDError, AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
             TokenizerError, TranslateError, EvalError, StreamDataError, SimulEvalError, SegmenterFileError,
             LiveInputError, OnnxModelError, ExportError, RuntimeSessionError)
 
