@@ -62,7 +62,7 @@ from speech.translate import (Segment, Translator, cut_segments, load_translator
 log = logging.getLogger(__name__)
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
-BUNDLED_NAMES = {"default": None, "asr": "asr", "teacher": "teacher", "whisper-base": "whisper-base"}
+BUNDLED_NAMES = ("teacher", "default", "asr", "whisper-base")  # served under these ids
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 
 
@@ -124,14 +124,9 @@ def load_models(specs: list[str], runtime: str, beam: int = 5) -> dict[str, Serv
     out: dict[str, ServedModel] = {}
     for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
-        if path in BUNDLED_NAMES and not Path(path).exists():
-            which = BUNDLED_NAMES[path]
-            translator = (load_translator(None, runtime=runtime, task="asr") if which == "asr" else
-                          load_translator(which, runtime=runtime))
-            name = name or path
-        else:
-            translator = load_translator(path, runtime=runtime)
-            name = name or Path(path).resolve().name
+        translator = load_translator(path, runtime=runtime)  # names (teacher, default, asr, ...) or folders
+        if not name:
+            name = path if path in BUNDLED_NAMES and not Path(path).exists() else Path(path).resolve().name
         if name in out:
             raise ServeError(f"--model {spec}: the id '{name}' is served already; name it with ID=DIR")
         opts = DecodingOptions(beam_size=beam, ctc_weight=resolve_ctc_weight(translator, None))

@@ -278,15 +278,16 @@ def load_tokenizer(path: Path, config: dict, vocab_size: int) -> Tokenizer | Whi
 
 
 def _named_model(path: Path) -> Path:
-    """A model name where no such folder exists: ``teacher`` (the bundled fine-tuned Whisper,
-    an overlay over Whisper base), or ``whisper-base`` (speech.whisper.MODEL_NAMES: the model
-    imported from its pinned package)."""
+    """A model name where no such folder exists: ``default`` and ``asr`` (the bundled translator
+    and ASR model), ``teacher`` (the bundled fine-tuned Whisper, an overlay over Whisper base), or
+    ``whisper-base`` (speech.whisper.MODEL_NAMES: the model imported from its pinned package)."""
     if path.exists() or path.parent != Path("."):
         return path
-    if str(path) == "teacher":
-        if not (BUNDLED_TEACHER_DIR / CONFIG_FILE).is_file():
-            raise TranslateError(f"--model teacher: {BUNDLED_TEACHER_DIR} is not in this package")
-        return BUNDLED_TEACHER_DIR
+    bundled = {"default": BUNDLED_MODEL_DIR, "asr": BUNDLED_ASR_DIR, "teacher": BUNDLED_TEACHER_DIR}
+    if str(path) in bundled:
+        if not (bundled[str(path)] / CONFIG_FILE).is_file():
+            raise TranslateError(f"--model {path}: {bundled[str(path)]} is not in this package")
+        return bundled[str(path)]
     from speech.whisper import MODEL_NAMES, WhisperImportError, imported_model
 
     if str(path) not in MODEL_NAMES:
