@@ -298,6 +298,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="force a cut after this many characters without a boundary (default: 40)")
     simul.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
+    stream = sub.add_parser(
+        "stream", help="streaming speech translation: each segment printed as soon as it is final",
+        description="Translate English speech as it arrives: SOURCE is an audio file (played at --realtime "
+                    "times real speed, or as fast as decoding goes) or - for raw 16 kHz mono s16le PCM on "
+                    "stdin (arecord -f S16_LE -r 16000 -c 1, sox -d -t raw -r 16000 -c 1 -b 16 -e signed -, "
+                    "ffmpeg ... -f s16le -ar 16000 -ac 1 -). Segments close at pauses (or at --max-segment-s) "
+                    "and are translated at once; memory stays bounded however long the stream.")
+    stream.add_argument("source", help="audio file, or - for raw PCM on stdin")
+    stream.add_argument("--tgt", required=True, help="target languages, comma-separated (en transcribes)")
+    stream.add_argument("--model", default="teacher",
+                        help="model directory or name (default: teacher, the bundled fine-tuned Whisper base)")
+    stream.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
+                        help="onnx: the int8 export, made once into the cache (default); torch")
+    stream.add_argument("--realtime", type=_positive_float, default=None, metavar="SPEED",
+                        help="play a file at this many times real speed (1.0: as if live)")
+    stream.add_argument("--format", choices=["text", "jsonl", "srt", "vtt"], default="text",
+                        help="output format (default: text)")
+    stream.add_argument("--min-pause-s", type=_positive_float, default=0.5, help="pause that ends a segment (0.5)")
+    stream.add_argument("--max-segment-s", type=_positive_float, default=15.0,
+                        help="longer speech is cut at its quietest point (default: 15)")
+    stream.add_argument("--beam", type=_positive_int, default=5, help="beam size (default: 5)")
+    stream.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
     srv = sub.add_parser(
         "serve", help="an OpenAI-compatible HTTP API: transcriptions, translations, models, metrics, a web page",
         description="Serve the models over HTTP in OpenAI's API shapes (POST /v1/audio/transcriptions, "
@@ -407,6 +430,7 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     """The options ``translate`` and ``transcribe`` share."""
     p.add_argument("--model", type=Path, action="append", metavar="DIR",
                    help="model directory (default: the bundled model); repeat it to decode with an ensemble; "
+                        "'default', 'asr': the bundled translator and ASR model by name; "
                         "'teacher': the bundled fine-tuned Whisper base (all ten languages); "
                         "'whisper-base': Whisper base, imported from its pinned package on first use")
     p.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
@@ -608,6 +632,41 @@ def _cmd_simul(args: argparse.Namespace) -> int:
                     segmenter=args.segmenter, threshold=args.threshold, max_len=args.max_len)
 
 
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from simul.speech_stream import PauseSegmentation, PauseSettings, file_chunks, pcm_chunks, run
+    from speech.audio import AudioError
+    from speech.decode import DecodingOptions
+    from speech.translate import load_translator, resolve_ctc_weight
+
+    langs = list(dict.fromkeys(x.strip() for x in args.tgt.split(",") if x.strip()))
+    if not langs:
+        print(f"interpres: error: --tgt names no language ({args.tgt!r})", file=sys.stderr)
+        return 2
+    if args.source != "-" and not Path(args.source).is_file():
+        raise AudioError(f"{args.source}: no such file")
+    if args.source == "-" and args.realtime is not None:
+        print("interpres: error: --realtime plays a file; stdin arrives at its own pace", file=sys.stderr)
+        return 2
+    translator = load_translator(args.model, runtime=args.runtime)
+    translator.check_languages(langs)
+    try:
+        settings = PauseSettings(min_pause_s=args.min_pause_s, max_segment_s=args.max_segment_s)
+    except ValueError as e:
+        print(f"interpres: error: {e}", file=sys.stderr)
+        return 2
+    opts = DecodingOptions(beam_size=args.beam, ctc_weight=resolve_ctc_weight(translator, None))
+    stream = PauseSegmentation(translator, langs, settings, opts)
+
+    def warn(message: str) -> None:
+        print(f"interpres: warning: {args.source}: {message}", file=sys.stderr)
+
+    chunks = (pcm_chunks(sys.stdin.buffer, warn=warn) if args.source == "-"
+              else file_chunks(Path(args.source), args.realtime))
+    n = run(stream, chunks, args.format)
+    print(f"interpres: {n} segments from {stream.read / 16000:.1f} s of audio", file=sys.stderr)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from audio_align.serve import ServeConfig, ServeError, serve
 
@@ -654,6 +713,7 @@ COMMANDS = {
     ("overlay", None): _cmd_overlay,
     ("import", "whisper"): _cmd_import_whisper,
     ("serve", None): _cmd_serve,
+    ("stream", None): _cmd_stream,
 }
 
 
