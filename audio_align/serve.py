@@ -55,9 +55,8 @@ from audio_align.batching import DynamicBatcher, Overloaded
 from speech.audio import SAMPLE_RATE, AudioError, decode_audio
 from speech.decode import DecodingOptions, DecodingResult
 from speech.model_card import LANG_NAMES
-from speech.dataset import batches_by_frames
-from speech.translate import (Segment, Translator, cut_segments, load_translator, resolve_ctc_weight, to_srt,
-                              to_vtt)
+from speech.translate import (Segment, Translator, cut_segments, decode_segments, load_translator,
+                              resolve_ctc_weight, to_srt, to_vtt)
 
 log = logging.getLogger(__name__)
 
@@ -137,29 +136,27 @@ def load_models(specs: list[str], runtime: str, beam: int = 5) -> dict[str, Serv
 
 def _run_jobs(models: dict[str, ServedModel], batch_frames: int, jobs: list[Job]) -> list[Any]:
     """Decode the jobs of one batch: the segments of every job for one model together, each into
-    its own job's language (:meth:`Translator.decode_each`), in batches of at most ``batch_frames``."""
+    its own job's language (``decode_segments(..., each=True)``), in batches of at most ``batch_frames``."""
     results: list[Any] = [None] * len(jobs)
     by_model: dict[str, list[int]] = {}
     for i, job in enumerate(jobs):
         by_model.setdefault(job.model, []).append(i)
     for model, idx in by_model.items():
         translator, opts = models[model].translator, models[model].opts
-        owner = [(i, n) for i in idx for n in range(len(jobs[i].feats))]
-        feats = [jobs[i].feats[n] for i, n in owner]
-        langs = [jobs[i].lang for i, _ in owner]
-        decoded: list[DecodingResult | None] = [None] * len(feats)
+        feats = [x for i in idx for x in jobs[i].feats]
+        langs = [jobs[i].lang for i in idx for _ in jobs[i].feats]
         try:
-            for batch in batches_by_frames([len(x) for x in feats], batch_frames, shuffle=False):
-                for k, res in zip(batch, translator.decode_each([feats[k] for k in batch], [langs[k] for k in batch],
-                                                                 opts)):
-                    decoded[k] = res
+            decoded = [r[0] for r in decode_segments(translator, feats, langs, opts, batch_frames, progress=False,
+                                                     each=True)]
         except Exception as e:  # noqa: BLE001 - this model's requests fail, the others go on
             log.exception("decoding %d segments with %s failed", len(feats), model)
             for i in idx:
                 results[i] = e
             continue
-        for i in idx:
-            results[i] = [decoded[k] for k, (j, _) in enumerate(owner) if j == i]
+        start = 0
+        for i in idx:  # back to the jobs, in the order their segments went in
+            results[i] = decoded[start:start + len(jobs[i].feats)]
+            start += len(jobs[i].feats)
     return results
 
 
@@ -377,9 +374,11 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel] | None = None) -
 
     app.openapi = openapi  # type: ignore[method-assign]
 
+    page_html = PAGE.read_text(encoding="utf-8")  # read once, not per request
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(page_html)
 
     return app
 

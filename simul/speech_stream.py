@@ -31,6 +31,7 @@ import numpy as np
 
 from speech.audio import SAMPLE_RATE, load_audio
 from speech.decode import DecodingOptions
+from speech.translate import srt_timestamp
 
 FRAME = SAMPLE_RATE // 100  # 10 ms
 
@@ -120,7 +121,7 @@ class PauseSegmentation:
     def _frame(self, frame: np.ndarray) -> list[StreamCommit]:
         db = 10 * math.log10(float(np.mean(frame.astype(np.float64) ** 2)) + 1e-12)
         self.loudest = max(self.loudest, db)
-        speech = db > self.cfg.floor_db and db > self.loudest - self.cfg.threshold_db
+        speech = self._is_speech(db)
         if self.open is None:
             if not speech:
                 self.tail = (self.tail + [frame])[-self.pad:] if self.pad else []
@@ -159,7 +160,7 @@ class PauseSegmentation:
         self.open = None
         if reopen and len(left):
             rest_db = seg.db[frames:]
-            last = max((i + 1 for i, d in enumerate(rest_db) if d > -math.inf and self._is_speech(d)), default=0)
+            last = max((i + 1 for i, d in enumerate(rest_db) if self._is_speech(d)), default=0)
             self.open = _Open(seg.start + cut, samples=[left], db=rest_db, last_speech=last,
                               speech_frames=sum(self._is_speech(d) for d in rest_db))
         if speech_s < self.cfg.min_speech_s or not len(piece):
@@ -220,8 +221,8 @@ def file_chunks(path: Path, realtime: float | None = None, chunk_s: float = 0.1,
 
 
 def _stamp(seconds: float, sep: str) -> str:
-    ms = max(0, int(round(seconds * 1000)))
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+    """SRT's ``HH:MM:SS,mmm`` (:func:`speech.translate.srt_timestamp`) with ``sep`` before the milliseconds."""
+    return srt_timestamp(seconds).replace(",", sep)
 
 
 def format_commit(c: StreamCommit, fmt: str, index: int) -> str:

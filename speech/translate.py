@@ -464,13 +464,18 @@ def cut_segments(translator: Translator, wave: np.ndarray, max_segment_s: float 
 
 def decode_segments(translator: Translator, feats: Sequence[torch.Tensor], langs: Sequence[str],
                     opts: DecodingOptions = DecodingOptions(), batch_frames: int = 20000,
-                    progress: bool = True) -> list[list[DecodingResult]]:
+                    progress: bool = True, each: bool = False) -> list[list[DecodingResult]]:
     """:meth:`Translator.decode` of any number of features, in batches of similar length holding at
-    most ``batch_frames`` padded frames: results[utterance][language], in the order given."""
+    most ``batch_frames`` padded frames: results[utterance][language], in the order given. With
+    ``each``, ``langs[i]`` is utterance i's own language (:meth:`Translator.decode_each`) and
+    results[i] holds its one result."""
     results: list[list[DecodingResult]] = [[] for _ in feats]
     batches = batches_by_frames([len(x) for x in feats], batch_frames, shuffle=False)
     for batch in tqdm(batches, desc="translate", unit="batch", disable=None if progress else True):
-        for i, per_lang in zip(batch, translator.decode([feats[i] for i in batch], langs, opts)):
+        part = [feats[i] for i in batch]
+        got = ([[r] for r in translator.decode_each(part, [langs[i] for i in batch], opts)] if each
+               else translator.decode(part, langs, opts))
+        for i, per_lang in zip(batch, got):
             results[i] = per_lang
     return results
 
