@@ -1,6 +1,6 @@
 """A long stdin stream through ``interpres stream``: memory over time, no segment lost or doubled.
 
-    python benchmarks/bench_stream.py [--minutes 60] [--model default] [--runtime onnx]
+    python benchmarks/bench_stream.py [--minutes 60] [--model default] [--runtime onnx] [--policy pause]
                                       [--json OUT] [--plot OUT.png]
 
 The stream: the tst-COMMON en-de utterances of the ``small`` corpus, in order and again,
@@ -12,6 +12,8 @@ and the last tenth.
 
 Checks, from the segments' times: every utterance is covered by at least one segment
 (none lost), no two segments overlap (none doubled), and no segment spans two utterances.
+A policy that writes before a segment closes (``--policy la:0.5``) prints several commits
+per segment, all with the segment's start; the segment is its last commit, the close.
 Prints a Markdown table; ``--plot`` draws RSS against the audio read.
 """
 
@@ -58,6 +60,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--model", default="default")
     ap.add_argument("--runtime", default="onnx")
+    ap.add_argument("--policy", default="pause")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
@@ -81,7 +84,7 @@ def main() -> None:
             yield (np.clip(piece, -1, 1) * 32767).astype("<i2").tobytes()
 
     cmd = [sys.executable, "-m", "interpres", "stream", "-", "--tgt", "de", "--model", args.model,
-           "--runtime", args.runtime, "--format", "jsonl"]
+           "--runtime", args.runtime, "--format", "jsonl", "--policy", args.policy]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     commits: list[dict] = []
@@ -115,7 +118,10 @@ def main() -> None:
     def overlaps(a, b):
         return min(a[1], b[1]) - max(a[0], b[0]) > 0.05
 
-    segs = [(c["start"], c["end"]) for c in commits]
+    closes: dict[float, float] = {}  # a segment's start -> the end its last commit (the close) gives
+    for c in commits:
+        closes[c["start"]] = c["end"]
+    segs = sorted(closes.items())
     lost = sum(not any(overlaps(u, s) for s in segs) for u in spans)
     doubled = sum(overlaps(a, b) for a, b in zip(segs, segs[1:]))
     merged = sum(sum(overlaps(u, s) for u in spans) > 1 for s in segs)
@@ -125,7 +131,7 @@ def main() -> None:
     def rss_between(lo: float, hi: float) -> float:
         inside = [mb for _, a, mb in samples if lo * audio_s <= a <= hi * audio_s]
         return round(float(np.median(inside)), 1) if inside else float("nan")
-    row = {"audio_min": round(total / SR / 60, 1), "utterances": len(spans), "segments": len(segs), "lost": lost,
+    row = {"policy": args.policy, "commits": len(commits), "audio_min": round(total / SR / 60, 1), "utterances": len(spans), "segments": len(segs), "lost": lost,
            "doubled": doubled, "merged": merged, "wall_s": round(wall, 1),
            "rss_second_tenth_mb": rss_between(0.1, 0.2), "rss_last_tenth_mb": rss_between(0.9, 1.0),
            "rss_max_mb": round(max(rss), 1)}

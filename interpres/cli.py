@@ -216,6 +216,34 @@ def build_parser() -> argparse.ArgumentParser:
     esimul.add_argument("--home", type=Path, default=None, help="cache root (default: $INTERPRES_HOME)")
     esimul.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
+    estream = esub.add_parser(
+        "stream", help="streaming speech policies on whole talks: chrF/BLEU and SimulEval speech latency",
+        description="Feed each talk of a MuST-C-layout split whole (unsegmented) to each policy, in pieces of "
+                    "--chunk-ms as fast as it takes them; re-align the output to the reference segments by edit "
+                    "distance (as mwerSegmenter does); score chrF and BLEU (sacrebleu) and latency in ms as "
+                    "SimulEval 1.1.4's speech scorers do (AL, LAAL, DAL, ATD, StartOffset, EndOffset; "
+                    "computation-unaware and aware, _CA) per reference segment and per talk. 'offline' "
+                    "translates the gold segments (the offline quality). Writes OUT/POLICY/instances.log, "
+                    "talks.log and scores.tsv, OUT/scores.json, scores.md and quality_latency.png. Resumes after "
+                    "a kill.")
+    estream.add_argument("--root", type=Path, required=True, help="corpus root: ROOT/en-XX/data/SPLIT/{wav,txt}")
+    estream.add_argument("--pair", default="en-de", help="one pair (default: en-de; en-asr transcribes)")
+    estream.add_argument("--split", default="tst-COMMON", help="(default: tst-COMMON)")
+    estream.add_argument("--model", default="default",
+                         help="model directory, or default, asr, teacher, whisper-base (default: default)")
+    estream.add_argument("--runtime", choices=["onnx", "torch"], default="onnx", help=RUNTIME_HELP)
+    estream.add_argument("--policies", default=None,
+                         help="comma-separated: offline, pause, la[:CHUNK_S[:N]], waitk[:K[:CHUNK_S]] "
+                              "(default: offline,pause,la:1,la:0.5,waitk:3:0.5,waitk:6:0.5)")
+    estream.add_argument("--chunk-ms", type=_positive_float, default=100.0,
+                         help="audio sent per step, SimulEval's --source-segment-size (default: 100)")
+    estream.add_argument("--beam", type=_positive_int, default=5, help="beam of the final decodings (default: 5)")
+    estream.add_argument("--min-pause-s", type=_positive_float, default=0.5,
+                         help="the pause that closes a segment, for every policy but offline (default: 0.5)")
+    estream.add_argument("--max-talks", type=_non_negative_int, default=0, help="only the first N talks (0: all)")
+    estream.add_argument("--out", type=Path, default=Path("eval-stream"), help="output directory (default: ./eval-stream)")
+    estream.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
     imp = sub.add_parser("import", help="bring an outside model into a project model directory",
                          description="Convert a model made elsewhere into a model directory interpres loads.")
     isub = imp.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -319,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--max-segment-s", type=_positive_float, default=15.0,
                         help="longer speech is cut at its quietest point (default: 15)")
     stream.add_argument("--beam", type=_positive_int, default=5, help="beam size (default: 5)")
+    stream.add_argument("--partial", action="store_true",
+                        help="also print the unstable tail (what la and waitk's last decoding says beyond what is "
+                             "committed, lines starting with ~; jsonl: {\"partial\": ...}) whenever it changes")
+    stream.add_argument("--policy", default="pause",
+                        help="pause (translate each segment when it closes), la[:CHUNK_S[:N]] (LocalAgreement-N "
+                             "every CHUNK_S, default 1 s and 2) or waitk[:K[:CHUNK_S]] (wait-k over chunks, "
+                             "default 3 and 0.5 s); la and waitk write before a segment closes (default: pause)")
     stream.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
     srv = sub.add_parser(
@@ -613,6 +648,19 @@ def _cmd_eval_simul(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_stream(args: argparse.Namespace) -> int:
+    from simul.eval_stream import DEFAULT_POLICIES, StreamEvalOptions, evaluate_stream, report_markdown
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else list(DEFAULT_POLICIES)
+    opts = StreamEvalOptions(root=args.root, pair=args.pair, split=args.split, model=args.model,
+                             runtime=args.runtime, policies=policies, chunk_ms=args.chunk_ms, beam=args.beam,
+                             min_pause_s=args.min_pause_s, max_talks=args.max_talks, out=args.out)
+    report = evaluate_stream(opts)
+    sys.stdout.write(report_markdown(report))
+    print(f"wrote {args.out / 'scores.json'}, scores.md, quality_latency.png and POLICY/instances.log", file=sys.stderr)
+    return 0
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from compress.pipeline import CompressConfig, run_pipeline
     from speech.config import load_config
@@ -633,7 +681,7 @@ def _cmd_simul(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
-    from simul.speech_stream import PauseSegmentation, PauseSettings, file_chunks, pcm_chunks, run
+    from simul.speech_stream import PauseSettings, file_chunks, make_policy, pcm_chunks, run
     from speech.audio import AudioError
     from speech.decode import DecodingOptions
     from speech.translate import load_translator, resolve_ctc_weight
@@ -647,6 +695,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     if args.source == "-" and args.realtime is not None:
         print("interpres: error: --realtime plays a file; stdin arrives at its own pace", file=sys.stderr)
         return 2
+    if args.partial and args.format not in ("text", "jsonl"):
+        print(f"interpres: error: --partial prints text or jsonl, not {args.format}", file=sys.stderr)
+        return 2
     translator = load_translator(args.model, runtime=args.runtime)
     translator.check_languages(langs)
     try:
@@ -655,14 +706,18 @@ def _cmd_stream(args: argparse.Namespace) -> int:
         print(f"interpres: error: {e}", file=sys.stderr)
         return 2
     opts = DecodingOptions(beam_size=args.beam, ctc_weight=resolve_ctc_weight(translator, None))
-    stream = PauseSegmentation(translator, langs, settings, opts)
+    try:
+        stream = make_policy(args.policy, translator, langs, settings, opts)
+    except ValueError as e:
+        print(f"interpres: error: --policy: {e}", file=sys.stderr)
+        return 2
 
     def warn(message: str) -> None:
         print(f"interpres: warning: {args.source}: {message}", file=sys.stderr)
 
     chunks = (pcm_chunks(sys.stdin.buffer, warn=warn) if args.source == "-"
               else file_chunks(Path(args.source), args.realtime))
-    n = run(stream, chunks, args.format)
+    n = run(stream, chunks, args.format, partial=args.partial)
     print(f"interpres: {n} segments from {stream.read / 16000:.1f} s of audio", file=sys.stderr)
     return 0
 
@@ -707,6 +762,7 @@ COMMANDS = {
     ("eval", "mustc"): _cmd_eval_mustc,
     ("data", "simul"): _cmd_data_simul,
     ("eval", "simul"): _cmd_eval_simul,
+    ("eval", "stream"): _cmd_eval_stream,
     ("simul", None): _cmd_simul,
     ("compress", None): _cmd_compress,
     ("average", None): _cmd_average,
@@ -733,6 +789,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from speech.translate import TranslateError
     from simul.data import StreamDataError
     from simul.evaluate import SimulEvalError
+    from simul.eval_stream import StreamEvalError
     from simul.live import LiveInputError
     from simul.segmenter import SegmenterFileError
     from compress.distill import SeqKDError
@@ -742,7 +799,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (ServeError, WhisperImportError, CompressError, SeqKDError, AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
             TokenizerError, TranslateError, EvalError, StreamDataError, SimulEvalError, SegmenterFileError,
-            LiveInputError, OnnxModelError, ExportError, RuntimeSessionError)
+            LiveInputError, OnnxModelError, ExportError, RuntimeSessionError, StreamEvalError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

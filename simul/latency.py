@@ -29,6 +29,14 @@ SimulEval details kept on purpose (they change the numbers):
 - Corpus scores are the plain mean (``statistics.mean``) of the per-instance scores
   over the instances that have delays; ``scores.tsv`` shows them rounded to 3 decimals,
   the values here are not rounded.
+
+Speech input (``interpres eval stream``) uses the same formulas in milliseconds: ``|X|``
+is the audio's length in ms and ``D_i`` the ms of audio read when word ``i`` was written.
+SimulEval's computation-aware scores (``--computation-aware``, names ending in ``_CA``)
+put ``elapsed`` in place of ``delays``: ``elapsed_i = D_i`` + the wall-clock ms since the
+source began to be sent (the source is sent as fast as the system takes it, so that
+clock is the system's computing time). :func:`average_token_delay` adds ATD (Kano et
+al. 2023) as SimulEval's ATD scorer computes it for speech input and text output.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
 METRICS = ("AP", "AL", "DAL", "LAAL", "StartOffset", "EndOffset")
+SPEECH_METRICS = ("AL", "LAAL", "DAL", "ATD", "StartOffset", "EndOffset")  # what eval stream reports, each also _CA
+ATD_SOURCE_WORD_MS = 300.0  # SimulEval's ATD: speech is cut into "words" of 300 ms
 
 
 def reference_length(reference: str | None, unit: str = "word") -> int | None:
@@ -212,3 +222,69 @@ def corpus_latency(instances: Iterable[Mapping], unit: str = "word") -> dict[str
     if not per_instance:
         raise ValueError("no instance has delays: no latency to average")
     return {name: float(statistics.mean(s[name] for s in per_instance)) for name in METRICS}
+
+
+def average_token_delay(delays: Sequence[float], elapsed: Sequence[float] | None = None) -> float:
+    """ATD of speech input and text output, as SimulEval 1.1.4's ATD scorer computes it.
+
+    The output is cut into chunks of words written at the same delay; the source into
+    chunks between consecutive distinct delays, each of them into 300 ms "words" (the
+    last one shorter). A target word ends when it is written (target words have no
+    length): at ``max(D_i, end of the previous word)`` plus, computation-aware (with
+    ``elapsed``), the computing time spent since the previous word (the growth of
+    ``elapsed_i - D_i``). Word ``t`` of chunk ``c`` is paired with source word
+    ``t - max(0, |target words before c| - |source words before c|)``, at most the last
+    source word of chunk ``c``; ATD is the mean gap between their ends.
+    """
+    _check_delays(delays)
+    n = len(delays)
+    if elapsed is None:
+        compute = [0.0] * n
+    elif len(elapsed) != n:
+        raise ValueError(f"{len(elapsed)} elapsed times for {n} delays")
+    elif all(e == 0 for e in elapsed):
+        compute = list(elapsed)  # SimulEval's case of a log without computation times
+    else:
+        spent = [e - d for e, d in zip(elapsed, delays)]
+        compute = [x - y for x, y in zip(spent, [0.0] + spent[:-1])]
+    tgt_sizes, tgt_chunk = [0], [0]
+    for i, d in enumerate(delays):
+        if i == 0 or d != delays[i - 1]:
+            tgt_sizes.append(0)
+        tgt_sizes[-1] += 1
+        tgt_chunk.append(len(tgt_sizes) - 1)
+    distinct = list(dict.fromkeys(delays))
+    src_sizes, src_end = [0], [0.0]
+    for prev, d in zip([0.0] + distinct[:-1], distinct):
+        whole, rest = divmod(d - prev, ATD_SOURCE_WORD_MS)
+        lengths = [ATD_SOURCE_WORD_MS] * int(whole) + ([rest] if rest != 0 else [])
+        src_sizes.append(len(lengths))
+        for length in lengths:
+            src_end.append(src_end[-1] + length)
+    tgt_end = [0.0]
+    for d, c in zip(delays, compute):
+        tgt_end.append(max(d, tgt_end[-1]) + c)
+    gaps = []
+    for t in range(1, n + 1):
+        c = tgt_chunk[t]
+        before_x, before_y = sum(src_sizes[:c]), sum(tgt_sizes[:c])
+        s = min(t - max(0, before_y - before_x), sum(src_sizes[:c + 1]))
+        gaps.append(tgt_end[t] - src_end[s])
+    return float(statistics.mean(gaps))
+
+
+def speech_latency(delays: Sequence[float], source_ms: float, reference_length: int | None,
+                   **timelines: Sequence[float]) -> dict[str, float]:
+    """The :data:`SPEECH_METRICS` of one speech instance: computation-unaware from ``delays`` (ms
+    of audio read), and again from each named timeline of the same words, its name the suffix
+    (``_CA=elapsed`` gives SimulEval's computation-aware scores); ``source_ms`` is |X|."""
+    out: dict[str, float] = {}
+    for suffix, times in (("", delays), *timelines.items()):
+        if len(times) != len(delays):
+            raise ValueError(f"{suffix}: {len(times)} times for {len(delays)} delays")
+        scores = latency_scores(times, source_ms, reference_length)
+        for name in SPEECH_METRICS:
+            if name != "ATD":
+                out[name + suffix] = scores[name]
+        out["ATD" + suffix] = average_token_delay(delays, times if suffix else None)
+    return out

@@ -14,6 +14,20 @@ once, into every target language, and committed (never taken back).
 Memory is bounded by ``max_segment_s``: only the open segment's samples and frame powers
 are kept, however long the stream. A frame is speech when its power is above both
 ``floor_db`` (dBFS) and ``threshold_db`` below the loudest frame heard so far.
+
+Two more policies write before their segment closes; both run inside the segments of the
+same detector, whose pauses (and cuts at ``max_segment_s``) are where they trim their
+buffer, as whisper_streaming's voice-activity controller does. Every ``chunk_s`` of new
+audio they re-decode the open segment greedily, continuing what they have committed:
+
+- :class:`LocalAgreement` (whisper_streaming's LocalAgreement-n): commit the longest
+  prefix on which the last ``n`` decodings agree;
+- :class:`WaitK` (wait-k over encoder chunks): after ``k`` chunks of a segment, one more
+  word (a character in Chinese and Japanese) may be committed per chunk.
+
+When the segment closes, the rest of its translation is decoded with the full beam
+(continuing the committed words) and committed. A commit ends at a word boundary (after
+a whole word; in ja/zh after a whole character), so no word is printed in two halves.
 """
 
 from __future__ import annotations
@@ -106,7 +120,16 @@ class PauseSegmentation:
             frame = x[i * FRAME:(i + 1) * FRAME]
             self.read += FRAME
             out += self._frame(frame)
-        return out
+        return out + self._progress()
+
+    def _progress(self) -> list[StreamCommit]:
+        """After each push: what a policy writes while its segment is still open (here: nothing)."""
+        return []
+
+    def partial(self) -> dict[str, str]:
+        """The unstable tail: what the last decoding of the open segment says beyond what is
+        committed, per language (empty for a policy that does not decode open segments)."""
+        return {}
 
     def finish(self) -> list[StreamCommit]:
         """The stream has ended: the open segment (with any last partial frame) closes."""
@@ -164,11 +187,18 @@ class PauseSegmentation:
             self.open = _Open(seg.start + cut, samples=[left], db=rest_db, last_speech=last,
                               speech_frames=sum(self._is_speech(d) for d in rest_db))
         if speech_s < self.cfg.min_speech_s or not len(piece):
+            self._dropped()
             return []
         texts = self._translate(piece)
-        start = seg.start / SAMPLE_RATE
-        return [StreamCommit(round(start, 3), round(start + len(piece) / SAMPLE_RATE, 3), texts,
-                             round(self.read / SAMPLE_RATE, 3), round(self.clock() - self.t0, 3))]
+        return [self._commit(texts, seg.start, seg.start + len(piece))]
+
+    def _commit(self, texts: dict[str, str], start: int, end: int) -> StreamCommit:
+        """A commit of ``texts`` for the stream's samples ``start:end``, stamped now."""
+        return StreamCommit(round(start / SAMPLE_RATE, 3), round(end / SAMPLE_RATE, 3), texts,
+                            round(self.read / SAMPLE_RATE, 3), round(self.clock() - self.t0, 3))
+
+    def _dropped(self) -> None:
+        """A closed segment was too short to be speech (a click): nothing to translate."""
 
     def _is_speech(self, db: float) -> bool:
         return db > self.cfg.floor_db and db > self.loudest - self.cfg.threshold_db
@@ -179,6 +209,178 @@ class PauseSegmentation:
             return {lang: "" for lang in self.langs}
         (results,) = self.tr.decode([feats], self.langs, self.opts)
         return {lang: self.tr.text(r) for lang, r in zip(self.langs, results)}
+
+
+CJK = frozenset({"ja", "zh"})  # languages written without spaces: a character is a unit
+
+
+class _EarlyWriter(PauseSegmentation):
+    """A policy that commits words of the open segment before it closes (see the module docstring):
+    every ``chunk_s`` of new audio it decodes the segment greedily, continuing the tokens it has
+    committed, and :meth:`_choose` says how much of that continuation to commit."""
+
+    def __init__(self, translator, langs: list[str], chunk_s: float, settings: PauseSettings | None = None,
+                 opts: DecodingOptions | None = None, clock=time.perf_counter):
+        super().__init__(translator, langs, settings, opts, clock)
+        if not chunk_s > 0:
+            raise ValueError(f"{type(self).__name__}: chunk_s must be positive, got {chunk_s}")
+        self.chunk_s, self.step = chunk_s, max(1, round(chunk_s * 100))  # in frames
+        self.greedy = dataclasses.replace(self.opts, beam_size=1, nbest=1, ctc_weight=0.0)
+        self.opts = dataclasses.replace(self.opts, ctc_weight=0.0)  # joint CTC cannot continue a forced start
+        self.decodes = 0  # decodings made (the cost of writing early)
+        self._dropped()
+
+    def _dropped(self) -> None:  # a new segment: nothing committed in it yet
+        self.tokens: dict[str, list[int]] = {lang: [] for lang in self.langs}  # committed in this segment
+        self.shown: dict[str, str] = {lang: "" for lang in self.langs}  # their text, as printed
+        self.units: dict[str, int] = {lang: 0 for lang in self.langs}  # words (characters in ja/zh) committed
+        self.decoded_at = 0  # frames of the open segment at its last decoding
+        self.unstable: dict[str, str] = {}  # the tail after the last decoding (see partial)
+
+    def partial(self) -> dict[str, str]:
+        return dict(self.unstable) if self.open is not None else {}
+
+    def _continue(self, audio: np.ndarray, opts: DecodingOptions) -> dict[str, tuple[list[int], bool]]:
+        """Per language: the decoded continuation of the committed tokens, and whether it ended (eos)."""
+        feats = self.tr.features(audio)
+        self.decodes += 1
+        if len(feats) == 0:
+            return {lang: ([], True) for lang in self.langs}
+        if all(self.tokens[lang] for lang in self.langs):  # what is committed may be the whole translation
+            opts = dataclasses.replace(opts, min_len=0)
+        results = self.tr.decode_each([feats] * len(self.langs), self.langs, opts,
+                                      forced=[self.tokens[lang] for lang in self.langs])
+        return {lang: (list(r.tokens), r.stop == "eos") for lang, r in zip(self.langs, results)}
+
+    def _cuts(self, lang: str, cont: list[int], ended: bool) -> list[int]:
+        """Where a commit of ``cont`` may end: after a whole word (ja/zh: a whole character),
+        never inside one; the end of ``cont`` only if the hypothesis ended there."""
+        texts = [self.tr.tokenizer.decode(self.tokens[lang] + cont[:i]) for i in range(len(cont) + 1)]
+        cuts = []
+        for i in range(1, len(cont) + 1):
+            if "\ufffd" in texts[i] or not texts[i][len(texts[0]):].strip():
+                continue  # half a character, or nothing yet
+            if i == len(cont):
+                if ended:
+                    cuts.append(i)
+            elif lang in CJK or (texts[i + 1].startswith(texts[i]) and texts[i + 1][len(texts[i]):].startswith(" ")):
+                cuts.append(i)
+        return cuts
+
+    def _write(self, lang: str, tokens: list[int], units: int = 0) -> str:
+        """Commit ``tokens`` (``units`` words of them) in ``lang``; returns the new text."""
+        self.tokens[lang] += tokens
+        self.units[lang] += units
+        text = self.tr.tokenizer.decode(self.tokens[lang])
+        new = text[len(self.shown[lang]):] if text.startswith(self.shown[lang]) else text
+        self.shown[lang] = text
+        return new.strip()
+
+    def _progress(self) -> list[StreamCommit]:
+        seg = self.open
+        if seg is None or len(seg.db) - self.decoded_at < self.step or not self._ready(len(seg.db)):
+            return []
+        self.decoded_at = len(seg.db)
+        hyps = self._continue(np.concatenate(seg.samples), self._progress_opts(len(seg.db)))
+        texts = {}
+        for lang in self.langs:
+            cont, ended = hyps[lang]
+            cuts = self._cuts(lang, cont, ended)
+            take = self._choose(lang, cont, cuts, len(seg.db))
+            if take:
+                texts[lang] = self._write(lang, cont[:cuts[take - 1]], take)
+            # the tail: the rest of this decoding up to its last whole word
+            full = self.tr.tokenizer.decode(self.tokens[lang] + cont[cuts[take - 1] if take else 0:max(cuts, default=0)])
+            self.unstable[lang] = (full[len(self.shown[lang]):] if full.startswith(self.shown[lang]) else full).strip()
+        return [self._commit(texts, seg.start, self.read)] if any(texts.values()) else []
+
+    def _translate(self, piece: np.ndarray) -> dict[str, str]:
+        """The segment closed: the rest of its translation, with the full beam."""
+        hyps = self._continue(piece, self.opts)
+        texts = {lang: self._write(lang, hyps[lang][0]) for lang in self.langs}
+        self._dropped()
+        return texts
+
+    def _ready(self, frames: int) -> bool:
+        return True
+
+    def _progress_opts(self, frames: int) -> DecodingOptions:
+        """How to decode the open segment of ``frames`` frames (greedy, the whole continuation)."""
+        return self.greedy
+
+    def _choose(self, lang: str, cont: list[int], cuts: list[int], frames: int) -> int:
+        """How many of the word ends ``cuts`` of the continuation ``cont`` to commit."""
+        raise NotImplementedError
+
+
+class LocalAgreement(_EarlyWriter):
+    """LocalAgreement-n: commit the longest prefix the last ``n`` decodings of the open segment agree on."""
+
+    def __init__(self, translator, langs: list[str], chunk_s: float = 1.0, n: int = 2, **kw):
+        if n < 2:
+            raise ValueError(f"LocalAgreement: n must be at least 2, got {n}")
+        self.n = n
+        super().__init__(translator, langs, chunk_s, **kw)
+        self.name = f"la{n}-{chunk_s:g}s"
+
+    def _dropped(self) -> None:
+        super()._dropped()
+        self.history: dict[str, list[list[int]]] = {lang: [] for lang in self.langs}  # whole hypotheses
+
+    def _choose(self, lang: str, cont: list[int], cuts: list[int], frames: int) -> int:
+        done = self.tokens[lang]
+        history = (self.history[lang] + [done + cont])[-self.n:]
+        self.history[lang] = history
+        if len(history) < self.n:
+            return 0
+        agreed = 0
+        while all(len(h) > agreed for h in history) and len({h[agreed] for h in history}) == 1:
+            agreed += 1
+        return sum(1 for c in cuts if len(done) + c <= agreed)
+
+
+class WaitK(_EarlyWriter):
+    """Wait-k over encoder chunks: ``k`` chunks of ``chunk_s`` into a segment, then one word per chunk."""
+
+    TOKENS_PER_WORD = 4
+
+    def __init__(self, translator, langs: list[str], k: int = 3, chunk_s: float = 0.5, **kw):
+        if k < 1:
+            raise ValueError(f"WaitK: k must be at least 1, got {k}")
+        self.k = k
+        super().__init__(translator, langs, chunk_s, **kw)
+        self.name = f"waitk{k}-{chunk_s:g}s"
+
+    def _ready(self, frames: int) -> bool:
+        return frames // self.step >= self.k
+
+    def _progress_opts(self, frames: int) -> DecodingOptions:
+        # only the words it may write are decoded (and the start of the next, which ends the last
+        # of them): at most TOKENS_PER_WORD tokens each, not the whole continuation
+        words = frames // self.step - self.k + 1 - min(self.units.values())
+        return dataclasses.replace(self.greedy, max_len_a=0.0, max_len_b=max(1, (words + 1) * self.TOKENS_PER_WORD))
+
+    def _choose(self, lang: str, cont: list[int], cuts: list[int], frames: int) -> int:
+        allowed = frames // self.step - self.k + 1 - self.units[lang]
+        return max(0, min(allowed, len(cuts)))
+
+
+def make_policy(spec: str, translator, langs: list[str], settings: PauseSettings | None = None,
+                opts: DecodingOptions | None = None, clock=time.perf_counter) -> PauseSegmentation:
+    """``pause`` | ``la[:CHUNK_S[:N]]`` | ``waitk[:K[:CHUNK_S]]`` -> a streaming policy."""
+    name, *args = spec.strip().split(":")
+    try:
+        nums = [float(a) for a in args]
+    except ValueError:
+        raise ValueError(f"policy '{spec}': its parameters must be numbers") from None
+    kw = dict(settings=settings, opts=opts, clock=clock)
+    if name == "pause" and not nums:
+        return PauseSegmentation(translator, langs, **kw)
+    if name == "la" and len(nums) <= 2:
+        return LocalAgreement(translator, langs, *(nums[:1] or [1.0]), *[int(x) for x in nums[1:2]], **kw)
+    if name == "waitk" and len(nums) <= 2 and all(x == int(x) for x in nums[:1]):
+        return WaitK(translator, langs, *[int(x) for x in nums[:1]], *nums[1:2], **kw)
+    raise ValueError(f"unknown policy '{spec}' (known: pause, la[:CHUNK_S[:N]], waitk[:K[:CHUNK_S]])")
 
 
 # ---------------------------------------------------------------------- sources and output
@@ -240,23 +442,41 @@ def format_commit(c: StreamCommit, fmt: str, index: int) -> str:
 STREAM_FORMATS = ("text", "jsonl", "srt", "vtt")
 
 
+def format_partial(read: float, tail: dict[str, str], fmt: str) -> str:
+    """The unstable tail after ``read`` seconds: text ``~ HH:MM:SS.mmm [lang] words``, or a jsonl
+    record ``{"partial": {lang: words}, "read": seconds}``; a later commit or tail replaces it."""
+    if fmt == "jsonl":
+        return json.dumps({"partial": tail, "read": round(read, 3)}, ensure_ascii=False) + "\n"
+    several = len(tail) > 1
+    return "".join(f"~ {_stamp(read, '.')} {f'[{lang}] ' if several else ''}{text}\n" for lang, text in tail.items())
+
+
 def run(stream: PauseSegmentation, chunks: Iterator[np.ndarray], fmt: str = "text",
-        out: TextIO | None = None) -> int:
-    """Feed ``chunks`` to ``stream`` and print each commit as it comes; the end of the input (or
-    Ctrl-C) closes the last segment, which is printed too. Returns the number of segments."""
+        out: TextIO | None = None, partial: bool = False) -> int:
+    """Feed ``chunks`` to ``stream`` and print each commit as it comes (with ``partial``, also the
+    unstable tail whenever it changes: text and jsonl only); the end of the input (or Ctrl-C)
+    closes the last segment, which is printed too. Returns the number of segments printed."""
     if fmt not in STREAM_FORMATS:
         raise ValueError(f"unknown format '{fmt}' (known: {', '.join(STREAM_FORMATS)})")
+    if partial and fmt not in ("text", "jsonl"):
+        raise ValueError(f"partial output is text or jsonl, not {fmt} (subtitles hold final text only)")
     out = out if out is not None else sys.stdout
     if fmt == "vtt":
         out.write("WEBVTT\n\n")
     n = 0
+    shown: dict[str, str] = {}
 
     def emit(commits: list[StreamCommit]) -> None:
-        nonlocal n
+        nonlocal n, shown
         for c in commits:
             if any(c.texts.values()):
                 n += 1
                 out.write(format_commit(c, fmt, n))
+        if partial:
+            tail = {lang: text for lang, text in stream.partial().items() if text}
+            if tail and tail != shown:
+                out.write(format_partial(stream.read / SAMPLE_RATE, tail, fmt))
+            shown = tail
         out.flush()
 
     try:

@@ -149,18 +149,25 @@ class Translator:
         return [flat[i * len(langs):(i + 1) * len(langs)] for i in range(len(feats))]
 
     def decode_each(self, feats: Sequence[torch.Tensor], langs: Sequence[str],
-                    opts: DecodingOptions = DecodingOptions()) -> list[DecodingResult]:
+                    opts: DecodingOptions = DecodingOptions(),
+                    forced: Sequence[Sequence[int]] | None = None) -> list[DecodingResult]:
         """Decode ``feats[i]`` into ``langs[i]``: requests for different languages share one batch
-        (one encoder pass, one search; joint CTC on the transcription rows as in :meth:`decode`)."""
-        if len(feats) != len(langs):
-            raise TranslateError(f"decode_each: {len(feats)} utterances but {len(langs)} languages")
+        (one encoder pass, one search; joint CTC on the transcription rows as in :meth:`decode`).
+        ``forced[i]``: tokens the output of row i must start with (what a streaming policy has
+        committed); the results hold only what follows them."""
+        if len(feats) != len(langs) or (forced is not None and len(forced) != len(langs)):
+            raise TranslateError(f"decode_each: {len(feats)} utterances but {len(langs)} languages"
+                                 + (f" and {len(forced)} forced starts" if forced is not None else ""))
         self.check_languages(list(dict.fromkeys(langs)))
-        return self._decode_rows(feats, list(enumerate(langs)), opts)
+        if forced is not None and any(forced) and opts.ctc_weight > 0:
+            raise TranslateError("decode_each: joint CTC scores a whole transcript; it cannot continue a forced start")
+        return self._decode_rows(feats, list(enumerate(langs)), opts, forced)
 
     def _decode_rows(self, feats: Sequence[torch.Tensor], rows: Sequence[tuple[int, str]],
-                     opts: DecodingOptions) -> list[DecodingResult]:
+                     opts: DecodingOptions, forced: Sequence[Sequence[int]] | None = None
+                     ) -> list[DecodingResult]:
         """One result per (utterance index, language) row: the utterances encoded once, the rows
-        searched in (at most) two groups, with and without joint CTC."""
+        searched in groups (with and without joint CTC; by the length of their forced start)."""
         if opts.ctc_weight > 0 and not self.has_ctc:
             raise TranslateError(f"{self.name}: ctc_weight {opts.ctc_weight} needs a CTC head on every model")
         opts = dataclasses.replace(opts, suppress_tokens=tuple(opts.suppress_tokens) + self.tokenizer.suppress_ids)
@@ -171,14 +178,15 @@ class Translator:
         with_ctc = [r for r, (_, lang) in enumerate(rows) if opts.ctc_weight > 0 and lang in self.ctc_langs()]
         groups = [(with_ctc, opts), ([r for r in range(len(rows)) if r not in set(with_ctc)],
                                      dataclasses.replace(opts, ctc_weight=0.0))]
-        for sel, group_opts in groups:
-            if not sel:
-                continue
-            src = torch.tensor([rows[r][0] for r in sel], device=x.device)
-            sub = [tuple(t.index_select(0, src.to(t.device)) for t in s) for s in states]
-            hyps = search(self.models, sub, [self.prefix(rows[r][1]) for r in sel], group_opts)
-            for r, h in zip(sel, hyps):
-                out[r] = h
+        starts = [self.prefix(lang) + (list(forced[r]) if forced is not None else []) for r, (_, lang) in enumerate(rows)]
+        for rows_of_group, group_opts in groups:
+            for length in sorted({len(starts[r]) for r in rows_of_group}):  # a search takes one prefix length
+                sel = [r for r in rows_of_group if len(starts[r]) == length]
+                src = torch.tensor([rows[r][0] for r in sel], device=x.device)
+                sub = [tuple(t.index_select(0, src.to(t.device)) for t in s) for s in states]
+                hyps = search(self.models, sub, [starts[r] for r in sel], group_opts)
+                for r, h in zip(sel, hyps):
+                    out[r] = h
         return out  # type: ignore[return-value]
 
     def text(self, result: DecodingResult) -> str:

@@ -1,5 +1,6 @@
 """Streaming speech translation (simul.speech_stream, interpres stream): segments close at pauses
-whatever the chunking, memory stays bounded, raw PCM input survives odd bytes."""
+whatever the chunking, memory stays bounded, raw PCM input survives odd bytes; local agreement
+and wait-k write inside a segment, at word boundaries, and lose or repeat nothing."""
 
 import io
 import json
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from builders import make_model_dir
+from builders import TEXTS, make_model_dir, make_parrot_model_dir
 from interpres.cli import main
-from simul.speech_stream import PauseSegmentation, PauseSettings, file_chunks, pcm_chunks, run
+from simul.speech_stream import (LocalAgreement, PauseSegmentation, PauseSettings, WaitK, file_chunks, make_policy,
+                                 pcm_chunks, run)
 from speech.decode import DecodingOptions
 from speech.translate import load_translator
 
@@ -172,3 +174,115 @@ def test_stream_command_formats_and_errors(translator, tmp_path, capsys, monkeyp
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- policies that write early
+
+LONG = [(0.3, 3.3), (4.0, 6.6)]  # two segments long enough for several chunks each
+SAID = TEXTS["de"][1]  # what the parrot says, whatever it hears
+
+
+@pytest.fixture(scope="module")
+def parrot(tmp_path_factory):
+    return load_translator(make_parrot_model_dir(tmp_path_factory.mktemp("parrot") / "st", SAID))
+
+
+def early(cls, translator, **kw):
+    return cls(translator, ["de"], settings=PauseSettings(), opts=DecodingOptions(beam_size=2, max_len_b=40), **kw)
+
+
+def test_commits_end_at_word_boundaries(translator):
+    policy = early(LocalAgreement, translator)
+    tok = translator.tokenizer
+    ids = tok.encode("Alle Änderungen vor dem Schließen")
+    assert len(ids) > 5  # a tiny vocabulary: words are several pieces
+    cuts = policy._cuts("de", ids, ended=False)
+    texts = [tok.decode(ids[:c]) for c in cuts]
+    assert texts == ["Alle", "Alle Änderungen", "Alle Änderungen vor", "Alle Änderungen vor dem"]
+    assert policy._cuts("de", ids, ended=True)[-1] == len(ids)  # the end of a finished hypothesis is a boundary
+
+
+def test_local_agreement_commits_what_the_last_n_hypotheses_share(translator):
+    tok = translator.tokenizer
+    a, b = tok.encode("Alle Änderungen vor dem"), tok.encode("Alle Änderungen nach dem")
+    policy = early(LocalAgreement, translator, n=2)
+    assert policy._choose("de", a, policy._cuts("de", a, False), 100) == 0  # one hypothesis agrees with nothing
+    take = policy._choose("de", b, policy._cuts("de", b, False), 200)
+    assert tok.decode(b[:policy._cuts("de", b, False)[take - 1]]) == "Alle Änderungen"
+    three = early(LocalAgreement, translator, n=3)
+    three._choose("de", a, [], 100)
+    assert three._choose("de", a, three._cuts("de", a, False), 200) == 0  # n = 3 waits for a third
+
+
+@pytest.mark.parametrize("spec", ["la:0.5", "la:0.3:3", "waitk:2:0.4", "waitk:1:0.2"])
+def test_early_policies_write_inside_segments_and_lose_nothing(parrot, spec):
+    wave = talk(LONG, seconds=7.2)
+    policy = make_policy(spec, parrot, ["de"], PauseSettings(), DecodingOptions(beam_size=2, max_len_b=40))
+    commits = feed(policy, wave, 1600)
+    finals = feed(stream_of(parrot), wave, 1600)
+    assert len(finals) == 2
+    assert policy.decodes > 2  # it decoded while the segments were open
+    for seg in finals:
+        mine = [c for c in commits if c.start == seg.start]
+        assert mine and mine[-1].end == seg.end  # the last commit of a segment is its close
+        early_ones = mine[:-1]
+        assert all(c.committed_at <= seg.end + 0.5 for c in mine)
+        # nothing lost or said twice, no word cut in two: the pieces joined are the sentence
+        assert " ".join(c.texts["de"] for c in mine if c.texts["de"]) == SAID
+        if isinstance(policy, WaitK):
+            for c in early_ones:  # wait-k: k chunks first, then at most one word per chunk
+                chunks = int(round((c.committed_at - c.start) * 100)) // policy.step
+                assert chunks >= policy.k
+                words = sum(len(x.texts.get("de", "").split()) for x in early_ones if x.committed_at <= c.committed_at)
+                assert words <= chunks - policy.k + 1
+    assert any(c.end < s.end for s in finals for c in commits if c.start == s.start), "nothing was written early"
+
+
+def test_local_agreement_with_chunks_longer_than_the_segments_is_the_pause_policy(translator):
+    wave = talk()
+    la = make_policy("la:10", translator, ["de"], PauseSettings(), DecodingOptions(beam_size=2, max_len_b=12))
+    pause = make_policy("pause", translator, ["de"], PauseSettings(), DecodingOptions(beam_size=2, max_len_b=12))
+    got = [(c.start, c.end, c.texts) for c in feed(la, wave, 1600)]
+    assert got == [(c.start, c.end, c.texts) for c in feed(pause, wave, 1600)] and la.decodes == 3
+
+
+@pytest.mark.parametrize("spec", ["pause:1", "la:x", "la:1:1", "waitk:1.5", "waitk:0", "beam", "la:1:2:3"])
+def test_bad_policy_specs_are_refused(translator, spec):
+    with pytest.raises(ValueError):
+        make_policy(spec, translator, ["de"])
+
+
+def test_stream_command_runs_every_policy(parrot, tmp_path, capsys):
+    path = tmp_path / "talk.wav"
+    sf.write(path, talk(LONG, seconds=7.2), SR)
+    model = str(parrot.model_dirs[0])
+    for policy in ("la:0.5", "waitk:2:0.5"):
+        assert main(["stream", str(path), "--tgt", "de", "--model", model, "--runtime", "torch", "--format", "jsonl",
+                     "--beam", "1", "--policy", policy]) == 0
+        lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        assert " ".join(x["texts"]["de"] for x in lines) == f"{SAID} {SAID}"
+        assert lines[0]["committed_at"] < LONG[0][1]  # written while the first segment was still spoken
+    assert main(["stream", str(path), "--tgt", "de", "--model", model, "--runtime", "torch", "--policy", "la:0"]) == 2
+    err = capsys.readouterr().err
+    assert "--policy" in err and "chunk_s must be positive" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("spec", ["la:0.3", "waitk:1:0.2"])
+def test_partial_output_shows_the_unstable_tail_until_it_is_committed(parrot, spec):
+    wave = talk(LONG, seconds=7.2)
+    policy = make_policy(spec, parrot, ["de"], PauseSettings(), DecodingOptions(beam_size=2, max_len_b=40))
+    out = io.StringIO()
+    run(policy, (wave[i:i + 1600] for i in range(0, len(wave), 1600)), "jsonl", out, partial=True)
+    records = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert any("partial" in r for r in records), "no partial output"
+    committed = []
+    for r in records:  # the committed words so far and the tail are whole words of the hypothesis
+        if "partial" in r:
+            shown = " ".join(committed + [r["partial"]["de"]])
+            assert shown == SAID if spec.startswith("la") else (SAID + " ").startswith(shown + " ")
+        elif r["texts"]["de"]:
+            committed.append(r["texts"]["de"])
+            if " ".join(committed) == SAID:
+                committed = []  # the segment is complete; the next one starts
+    with pytest.raises(ValueError, match="partial output is text or jsonl"):
+        run(policy, iter([]), "srt", io.StringIO(), partial=True)

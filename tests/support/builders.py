@@ -110,3 +110,32 @@ def make_model_dir(path: Path, langs=("de", "fr"), task: str = "st", seed: int =
                                                     "features": dataclasses.asdict(FbankConfig(num_mel_bins=n_mels))})
     (path / "README.md").write_text("a tiny random model for tests\n")
     return path
+
+
+def make_parrot_model_dir(path: Path, sentence: str = TEXTS["de"][1], steps: int = 120) -> Path:
+    """A tiny model trained (a few seconds) to say one German ``sentence`` whatever it hears, as a
+    translator that has learned its target language and nothing of the audio: it gives the
+    streaming policies word-like output to agree on and to cut at word ends."""
+    from speech.translate import load_translator  # noqa: PLC0415
+    from speech.model import label_smoothed_nll_loss, load_model_dir  # noqa: PLC0415
+    from speech.model import EOS_ID  # noqa: PLC0415
+
+    make_model_dir(path, langs=("de",), vocab_size=60)
+    tr = load_translator(path)
+    model, config = load_model_dir(path)
+    ids = tr.tokenizer.encode(sentence)
+    prev = torch.tensor([tr.prefix("de") + ids] * 4)
+    target = torch.tensor([ids + [EOS_ID]] * 4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        lens = torch.randint(40, 400, (4,), generator=g)
+        feats = torch.randn(4, int(lens.max()), model.cfg.n_mels, generator=g)
+        loss, _ = label_smoothed_nll_loss(model(feats, lens, prev)["logits"], target, epsilon=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    extra = {k: v for k, v in config.items() if k != "model"}
+    save_model_dir(model.eval(), model.cfg, path, extra=extra)
+    return path
