@@ -272,9 +272,13 @@ class _EarlyWriter(PauseSegmentation):
         self.tokens[lang] += tokens
         self.units[lang] += units
         text = self.tr.tokenizer.decode(self.tokens[lang])
-        new = text[len(self.shown[lang]):] if text.startswith(self.shown[lang]) else text
+        new = self._beyond_shown(lang, text)
         self.shown[lang] = text
-        return new.strip()
+        return new
+
+    def _beyond_shown(self, lang: str, text: str) -> str:
+        """What ``text`` (a decoding of the committed tokens and more) adds to what is printed."""
+        return (text[len(self.shown[lang]):] if text.startswith(self.shown[lang]) else text).strip()
 
     def _progress(self) -> list[StreamCommit]:
         seg = self.open
@@ -291,7 +295,7 @@ class _EarlyWriter(PauseSegmentation):
                 texts[lang] = self._write(lang, cont[:cuts[take - 1]], take)
             # the tail: the rest of this decoding up to its last whole word
             full = self.tr.tokenizer.decode(self.tokens[lang] + cont[cuts[take - 1] if take else 0:max(cuts, default=0)])
-            self.unstable[lang] = (full[len(self.shown[lang]):] if full.startswith(self.shown[lang]) else full).strip()
+            self.unstable[lang] = self._beyond_shown(lang, full)
         return [self._commit(texts, seg.start, self.read)] if any(texts.values()) else []
 
     def _translate(self, piece: np.ndarray) -> dict[str, str]:
