@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--chunk-ms as fast as it takes them; re-align the output to the reference segments by edit "
                     "distance (as mwerSegmenter does); score chrF and BLEU (sacrebleu) and latency in ms as "
                     "SimulEval 1.1.4's speech scorers do (AL, LAAL, DAL, ATD, StartOffset, EndOffset; "
-                    "computation-unaware and aware, _CA) per reference segment and per talk. 'offline' "
+                    "computation-unaware, computation-aware _CA, and _RT: when a live run would print each word) per "
+                    "reference segment and per talk. 'offline' "
                     "translates the gold segments (the offline quality). Writes OUT/POLICY/instances.log, "
                     "talks.log and scores.tsv, OUT/scores.json, scores.md and quality_latency.png. Resumes after "
                     "a kill.")
