@@ -50,6 +50,8 @@ demo: install
 	@$(VENV)/bin/interpres transcribe $(DEMO_WAV) --format text | sed 's/^/transcript (bundled ASR model): /'
 	@echo "the teacher (speech/models/teacher: Whisper base, its decoder fine-tuned into the ten languages):"
 	@$(VENV)/bin/interpres translate $(DEMO_WAV) --model teacher --tgt $(LANGS) --format text | cut -f2- | sed 's/^/  /'
+	@echo "the teacher streaming into German (interpres stream --policy waitk:3:0.5: words printed while the sentence is spoken):"
+	@$(VENV)/bin/interpres stream $(DEMO_WAV) --model teacher --tgt de --policy waitk:3:0.5 2>/dev/null | sed 's/^/  /'
 	@echo "the bundled default (speech/models/default: 6.5M parameters, trained from scratch here):"
 	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt $(LANGS) --format text | cut -f2- | sed 's/^/  /'
 	@echo "the same into German with the int8 ONNX Runtime export (built once into the cache):"

@@ -459,7 +459,7 @@ def run(stream: PauseSegmentation, chunks: Iterator[np.ndarray], fmt: str = "tex
         out: TextIO | None = None, partial: bool = False) -> int:
     """Feed ``chunks`` to ``stream`` and print each commit as it comes (with ``partial``, also the
     unstable tail whenever it changes: text and jsonl only); the end of the input (or Ctrl-C)
-    closes the last segment, which is printed too. Returns the number of segments printed."""
+    closes the last segment, which is printed too. Returns the number of segments with output."""
     if fmt not in STREAM_FORMATS:
         raise ValueError(f"unknown format '{fmt}' (known: {', '.join(STREAM_FORMATS)})")
     if partial and fmt not in ("text", "jsonl"):
@@ -467,7 +467,8 @@ def run(stream: PauseSegmentation, chunks: Iterator[np.ndarray], fmt: str = "tex
     out = out if out is not None else sys.stdout
     if fmt == "vtt":
         out.write("WEBVTT\n\n")
-    n = 0
+    n = 0  # commits printed (SRT cue numbers)
+    segments: set[float] = set()  # the starts of the segments they belong to
     shown: dict[str, str] = {}
 
     def emit(commits: list[StreamCommit]) -> None:
@@ -475,6 +476,7 @@ def run(stream: PauseSegmentation, chunks: Iterator[np.ndarray], fmt: str = "tex
         for c in commits:
             if any(c.texts.values()):
                 n += 1
+                segments.add(c.start)
                 out.write(format_commit(c, fmt, n))
         if partial:
             tail = {lang: text for lang, text in stream.partial().items() if text}
@@ -489,4 +491,4 @@ def run(stream: PauseSegmentation, chunks: Iterator[np.ndarray], fmt: str = "tex
     except KeyboardInterrupt:
         pass  # the input stops here: what it said so far is still translated
     emit(stream.finish())
-    return n
+    return len(segments)
