@@ -103,8 +103,8 @@ def _reference(seg: Segment) -> str:
 
 def run_talk(policy_spec: str, translator, lang: str, talk: Talk, chunk_ms: float, opts: DecodingOptions,
              settings: PauseSettings | None = None, clock=time.perf_counter) -> dict:
-    """One talk through one policy -> per word: ``delays`` (ms of audio read when it was
-    written), ``elapsed`` (SimulEval's computation-aware time: the delay plus the wall-clock
+    """One talk through one policy -> the talk's length ``source_ms`` and per word: ``delays``
+    (ms of audio read when it was written), ``elapsed`` (SimulEval's computation-aware time: the delay plus the wall-clock
     ms since the talk began to be sent, the audio sent as fast as the policy takes it) and
     ``realtime`` (when a live run would print it: audio arrives in real time, each piece is
     processed once it has arrived and the piece before it is done, taking the time it took
@@ -115,7 +115,7 @@ def run_talk(policy_spec: str, translator, lang: str, talk: Talk, chunk_ms: floa
         return _offline(translator, lang, talk, wave, opts, clock)
     policy = make_policy(policy_spec, translator, [lang], settings or PauseSettings(), opts, clock)
     step = max(1, int(round(chunk_ms / 1000 * SAMPLE_RATE)))
-    out: dict = {"words": [], "delays": [], "elapsed": [], "realtime": []}
+    out: dict = {"words": [], "delays": [], "elapsed": [], "realtime": [], "source_ms": len(wave) / SAMPLE_RATE * 1000.0}
     free = 0.0  # talk seconds at which the system is done with what it was given
 
     def feed(chunk: np.ndarray | None, arrived: float) -> None:
@@ -141,7 +141,8 @@ def run_talk(policy_spec: str, translator, lang: str, talk: Talk, chunk_ms: floa
 def _offline(translator, lang: str, talk: Talk, wave: np.ndarray, opts: DecodingOptions, clock) -> dict:
     """The gold segments, each translated once its end is read (the offline reference point)."""
     t0 = clock()
-    out: dict = {"words": [], "delays": [], "elapsed": [], "realtime": [], "decodes": len(talk.segments)}
+    out: dict = {"words": [], "delays": [], "elapsed": [], "realtime": [], "decodes": len(talk.segments),
+                 "source_ms": len(wave) / SAMPLE_RATE * 1000.0}
     free = 0.0
     for seg in talk.segments:
         a, b = int(round(seg.offset * SAMPLE_RATE)), min(len(wave), int(round((seg.offset + seg.duration) * SAMPLE_RATE)))
@@ -251,7 +252,7 @@ def _run_policy(spec: str, translator, lang: str, talks: list[Talk], out_dir: Pa
                    "words": run["words"], "delays": run["delays"], "elapsed": run["elapsed"],
                    "realtime": run["realtime"],
                    "prediction_length": len(run["words"]), "decodes": run["decodes"],
-                   "source_length": len(load_audio(talk.wav)) / SAMPLE_RATE * 1000.0,
+                   "source_length": run["source_ms"],
                    "reference": join_units([w for s in talk.segments for w in units(_reference(s), lang)], lang),
                    "speech_s": round(seconds, 3)}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -286,7 +287,8 @@ def evaluate_stream(opts: StreamEvalOptions, translator=None) -> dict:
         raise StreamEvalError(str(e)) from None
     report = {"pair": opts.pair, "split": opts.split, "model": translator.name, "runtime": opts.runtime,
               "chunk_ms": opts.chunk_ms, "beam": opts.beam, "min_pause_s": opts.min_pause_s, "talks": len(talks),
-              "audio_s": round(sum(len(load_audio(t.wav)) for t in talks) / SAMPLE_RATE, 1), "policies": {}}
+              "audio_s": round(sum(split.talk_info(t.segments[0]).seconds for t in talks), 1),  # from the headers
+              "policies": {}}
     segment_outputs: dict[str, list[str]] = {}
     for spec in opts.policies:
         name = spec.replace(":", "-")

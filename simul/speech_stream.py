@@ -248,8 +248,7 @@ class _EarlyWriter(PauseSegmentation):
             return {lang: ([], True) for lang in self.langs}
         if all(self.tokens[lang] for lang in self.langs):  # what is committed may be the whole translation
             opts = dataclasses.replace(opts, min_len=0)
-        results = self.tr.decode_each([feats] * len(self.langs), self.langs, opts,
-                                      forced=[self.tokens[lang] for lang in self.langs])
+        (results,) = self.tr.decode([feats], self.langs, opts, forced=[self.tokens[lang] for lang in self.langs])
         return {lang: (list(r.tokens), r.stop == "eos") for lang, r in zip(self.langs, results)}
 
     def _cuts(self, lang: str, cont: list[int], ended: bool) -> list[int]:

@@ -136,38 +136,42 @@ class Translator:
         return {"en"} if self.task == "st" else set(self.languages)
 
     def decode(self, feats: Sequence[torch.Tensor], langs: Sequence[str],
-               opts: DecodingOptions = DecodingOptions()) -> list[list[DecodingResult]]:
+               opts: DecodingOptions = DecodingOptions(),
+               forced: Sequence[Sequence[int]] | None = None) -> list[list[DecodingResult]]:
         """Decode each features (frames, n_mels) into each language: results[utterance][language].
 
         The batch is encoded once and decoded once per language (a row per utterance and
         language, each with its own language tag). ``opts.ctc_weight`` > 0 applies joint
         CTC/attention decoding to the transcription rows only (:meth:`ctc_langs`): the CTC
         head reads English, so translations are decoded with attention alone.
+        ``forced[j]``: tokens every output in ``langs[j]`` must start with (what a streaming
+        policy has committed); the results hold only what follows them.
         """
         self.check_languages(langs)
-        flat = self._decode_rows(feats, [(i, lang) for i in range(len(feats)) for lang in langs], opts)
+        if forced is not None and len(forced) != len(langs):
+            raise TranslateError(f"decode: {len(langs)} languages but {len(forced)} forced starts")
+        if forced is not None and any(forced) and opts.ctc_weight > 0:
+            raise TranslateError("decode: joint CTC scores a whole transcript; it cannot continue a forced start")
+        rows = [(i, lang) for i in range(len(feats)) for lang in langs]
+        per_row = [forced[j] for _ in feats for j in range(len(langs))] if forced is not None else None
+        flat = self._decode_rows(feats, rows, opts, per_row)
         return [flat[i * len(langs):(i + 1) * len(langs)] for i in range(len(feats))]
 
     def decode_each(self, feats: Sequence[torch.Tensor], langs: Sequence[str],
-                    opts: DecodingOptions = DecodingOptions(),
-                    forced: Sequence[Sequence[int]] | None = None) -> list[DecodingResult]:
+                    opts: DecodingOptions = DecodingOptions()) -> list[DecodingResult]:
         """Decode ``feats[i]`` into ``langs[i]``: requests for different languages share one batch
-        (one encoder pass, one search; joint CTC on the transcription rows as in :meth:`decode`).
-        ``forced[i]``: tokens the output of row i must start with (what a streaming policy has
-        committed); the results hold only what follows them."""
-        if len(feats) != len(langs) or (forced is not None and len(forced) != len(langs)):
-            raise TranslateError(f"decode_each: {len(feats)} utterances but {len(langs)} languages"
-                                 + (f" and {len(forced)} forced starts" if forced is not None else ""))
+        (one encoder pass, one search; joint CTC on the transcription rows as in :meth:`decode`)."""
+        if len(feats) != len(langs):
+            raise TranslateError(f"decode_each: {len(feats)} utterances but {len(langs)} languages")
         self.check_languages(list(dict.fromkeys(langs)))
-        if forced is not None and any(forced) and opts.ctc_weight > 0:
-            raise TranslateError("decode_each: joint CTC scores a whole transcript; it cannot continue a forced start")
-        return self._decode_rows(feats, list(enumerate(langs)), opts, forced)
+        return self._decode_rows(feats, list(enumerate(langs)), opts)
 
     def _decode_rows(self, feats: Sequence[torch.Tensor], rows: Sequence[tuple[int, str]],
                      opts: DecodingOptions, forced: Sequence[Sequence[int]] | None = None
                      ) -> list[DecodingResult]:
         """One result per (utterance index, language) row: the utterances encoded once, the rows
-        searched in groups (with and without joint CTC; by the length of their forced start)."""
+        searched in groups (with and without joint CTC; by the length of their forced start,
+        ``forced[row]``, the tokens after the language tag)."""
         if opts.ctc_weight > 0 and not self.has_ctc:
             raise TranslateError(f"{self.name}: ctc_weight {opts.ctc_weight} needs a CTC head on every model")
         opts = dataclasses.replace(opts, suppress_tokens=tuple(opts.suppress_tokens) + self.tokenizer.suppress_ids)
