@@ -434,6 +434,12 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
             state["epoch"] += 1
             state["pos"] = 0
     bar.close()
+    ckpts = list_checkpoints(ckpt_dir)
+    if state["update"] and (not ckpts or int(ckpts[-1].name.split("_")[1]) != state["update"]):
+        # max_epochs ended the run between checkpoints: validate and keep where it stands
+        _validate(recipe, model, cfg, state, rank)
+        state["done"] = True
+        checkpoint()
     state["done"] = True
 
     if rank == 0:
