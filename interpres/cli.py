@@ -109,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
                             help="YAML recipe (default: configs/simul/data.yaml)")
     _add_common(simul_data)
 
+    scenes = dsub.add_parser(
+        "scenes", help="sound scenes with exact ground truth, and their questions (audio_align)",
+        description="Mix recorded event sounds (sound-theme-freedesktop, oxygen-sounds, sonic-pi-samples, "
+                    "ktuberling-data), sounds made in code and TTS sentences into 4-20 s scenes over "
+                    "backgrounds, with the ground truth of every event; write train/dev/test (held-out sound "
+                    "files and question templates in test) and each split's questions (qa.jsonl).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = scenes.add_mutually_exclusive_group()
+    group.add_argument("--size", choices=["tiny", "default"], default="default",
+                       help="preset configs/audio_align/data_scenes[_tiny].yaml (default: default)")
+    group.add_argument("--config", type=Path, default=None, help="YAML recipe instead of a preset")
+    _add_common(scenes)
+
     translate = sub.add_parser(
         "translate", help="translate speech in audio files into text in one or more languages",
         description="Cut each file at pauses, translate the segments with a model directory "
@@ -141,12 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "data-parallel (gloo on CPU).",
         epilog=f"asr, st: {_fields_help(TrainConfig)}\n\nmt: {_fields_help(TextPretrainConfig)}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("task", choices=["asr", "st", "mt", "simul"],
+    train.add_argument("task", choices=["asr", "st", "mt", "simul", "lalm"],
                        help="what to train (mt: the text pretraining of the ST decoder, see "
                             "speech.text_pretrain.TextPretrainConfig; simul: a stage of the zh->en "
-                            "simultaneous translator, see simul.train.SimulTrainConfig)")
+                            "simultaneous translator, see simul.train.SimulTrainConfig; lalm: a stage of "
+                            "the audio-language model, see audio_align.train.LalmTrainConfig)")
     train.add_argument("config", nargs="?", default=None,
-                       help="YAML recipe (default: configs/speech/TASK_small.yaml, configs/simul/pretrain.yaml)")
+                       help="YAML recipe (default: configs/speech/TASK_small.yaml, configs/simul/pretrain.yaml, "
+                            "configs/audio_align/lalm_sft.yaml)")
     _add_common(train)
 
     evaluate = sub.add_parser(
@@ -244,6 +259,34 @@ def build_parser() -> argparse.ArgumentParser:
     estream.add_argument("--max-talks", type=_non_negative_int, default=0, help="only the first N talks (0: all)")
     estream.add_argument("--out", type=Path, default=Path("eval-stream"), help="output directory (default: ./eval-stream)")
     estream.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+    aha = esub.add_parser(
+        "aha", help="AHA-Eval: the audio-language model's accuracy per hallucination kind and on general QA",
+        description="Answer every question of a scene split (default: test, held-out sounds and question "
+                    "templates) and score it: accuracy per kind (omission, identity, temporal, quantitative), "
+                    "general multiple-choice QA and overall, with 95%% bootstrap intervals; the prior-probing "
+                    "questions on scenes that keep or break the training co-occurrence priors (the "
+                    "hallucination gap); captions by chrF and sound-class F1. Writes OUT/predictions.jsonl "
+                    "(resumable), scores.json, scores.md, scores.png.")
+    aha.add_argument("--model", default=None, help="LALM directory (default: the bundled audio_align/models/default)")
+    aha.add_argument("--scenes", default="default", help="scene corpus under $INTERPRES_HOME/scenes/ (default: default)")
+    aha.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    aha.add_argument("--max-scenes", type=_int_at_least(0), default=0, help="first N scenes only (0: all)")
+    aha.add_argument("--batch", type=_int_at_least(1), default=32)
+    aha.add_argument("--no-audio", action="store_true",
+                     help="zero the encoder states: what the LM answers from its priors alone (a baseline)")
+    aha.add_argument("--out", type=Path, default=Path("runs/eval_aha"))
+    _add_common(aha)
+
+    ask = sub.add_parser(
+        "ask", help="one answer from the audio-language model about an audio file",
+        description="Answer a question about an audio file (any format libsndfile reads; at most 30 s) "
+                    "with a LALM directory (default: the bundled audio_align/models/default).")
+    ask.add_argument("audio", type=Path, metavar="AUDIO")
+    ask.add_argument("question", help="the question, e.g. \"Is there a bell?\"")
+    ask.add_argument("--model", default=None, help="LALM directory (default: the bundled one)")
+    ask.add_argument("--max-new-tokens", type=_int_at_least(1), default=64)
+    _add_common(ask)
 
     imp = sub.add_parser("import", help="bring an outside model into a project model directory",
                          description="Convert a model made elsewhere into a model directory interpres loads.")
@@ -384,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--no-batching", action="store_true", help="decode one request at a time")
     srv.add_argument("--timeout-s", type=_positive_float, default=60.0, help="answer within this or 504 (default: 60)")
     srv.add_argument("--beam", type=_positive_int, default=5, help="beam size (default: 5)")
+    srv.add_argument("--lalm", default=None, metavar="DIR|default",
+                     help="serve an audio-language model for /v1/chat/completions (input_audio parts): a LALM or "
+                          "Qwen2-Audio directory, or 'default' (the bundled one); without it chat answers 501")
     srv.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
 
@@ -421,6 +467,45 @@ def _cmd_data_speech(args: argparse.Namespace) -> int:
             print(f"{pair:<8} {split:<11} {s['utterances']:>6} {s['talks']:>6} {s['hours']:>7.3f}")
     print(f"synthesized {summary['synthesized']} utterances ({summary['cached']} from cache) "
           f"in {summary['seconds']} s")
+    return 0
+
+
+def _cmd_data_scenes(args: argparse.Namespace) -> int:
+    from audio_align.qa import write_questions
+    from audio_align.scenes import SceneCorpusConfig, build_scene_corpus
+    from speech.config import load_config
+
+    name = "data_scenes.yaml" if args.size == "default" else f"data_scenes_{args.size}.yaml"
+    path = args.config or CONFIG_DIR / "audio_align" / name
+    cfg = load_config(SceneCorpusConfig, path, args.overrides)
+    summary = build_scene_corpus(cfg, home=args.home)
+    for split, n in write_questions(Path(summary["root"])).items():
+        summary["splits"][split]["questions"] = n
+    print(f"scene corpus in {summary['root']}")
+    print(f"{'split':<6} {'scenes':>7} {'events':>7} {'hours':>7} {'questions':>10}")
+    for split, s in summary["splits"].items():
+        print(f"{split:<6} {s['scenes']:>7} {s['events']:>7} {s['hours']:>7.3f} {s.get('questions', 0):>10}")
+    print(f"{len(summary['classes'])} sound classes: {', '.join(summary['classes'])}")
+    print(f"time: {summary['seconds']} s")
+    return 0
+
+
+def _cmd_eval_aha(args: argparse.Namespace) -> int:
+    from audio_align.evaluate import evaluate_aha
+
+    scores = evaluate_aha(args.model, args.scenes, args.out, split=args.split, max_scenes=args.max_scenes,
+                          batch=args.batch, no_audio=args.no_audio)
+    sys.stdout.write((args.out / "scores.md").read_text())
+    print(f"wrote {args.out / 'scores.json'}, scores.md, scores.png and predictions.jsonl "
+          f"({scores['questions']} questions)", file=sys.stderr)
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from audio_align.evaluate import ask
+    from speech.audio import load_audio
+
+    print(ask(args.model, load_audio(args.audio), args.question, max_new_tokens=args.max_new_tokens))
     return 0
 
 
@@ -525,6 +610,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.config = None
     if args.task == "simul":
         return _cmd_train_simul(args, overrides)
+    if args.task == "lalm":
+        from audio_align import train as lalm_train
+
+        path = Path(args.config) if args.config else CONFIG_DIR / "audio_align" / "lalm_sft.yaml"
+        print(f"model directory: {lalm_train.train(load_config(lalm_train.LalmTrainConfig, path, overrides))}")
+        return 0
     if args.task == "mt":
         from speech import text_pretrain
 
@@ -737,7 +828,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(models=args.model or ["teacher"], runtime=args.runtime, api_keys=keys,
                       max_upload_mb=args.max_upload_mb, max_audio_s=args.max_audio_s, max_queue=args.max_queue,
                       batching=not args.no_batching, batch_window_ms=args.batch_window_ms,
-                      max_batch_items=args.max_batch, timeout_s=args.timeout_s, beam=args.beam)
+                      max_batch_items=args.max_batch, timeout_s=args.timeout_s, beam=args.beam, lalm=args.lalm or "")
     serve(cfg, args.host, args.port)
     return 0
 
@@ -757,6 +848,9 @@ def _print_counts(counts: dict) -> None:
 COMMANDS = {
     ("data", "text"): _cmd_data_text,
     ("data", "speech"): _cmd_data_speech,
+    ("data", "scenes"): _cmd_data_scenes,
+    ("eval", "aha"): _cmd_eval_aha,
+    ("ask", None): _cmd_ask,
     ("translate", None): _cmd_translate,
     ("transcribe", None): _cmd_transcribe,
     ("train", None): _cmd_train,
@@ -797,8 +891,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from compress.pipeline import CompressError
     from speech.whisper import WhisperImportError
     from audio_align.serve import ServeError
+    from audio_align.evaluate import AhaEvalError
+    from audio_align.lalm import LalmError
+    from audio_align.scenes import SceneError
 
-    return (ServeError, WhisperImportError, CompressError, SeqKDError, AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
+    return (AhaEvalError, LalmError, SceneError, ServeError, WhisperImportError, CompressError, SeqKDError, AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
             TokenizerError, TranslateError, EvalError, StreamDataError, SimulEvalError, SegmenterFileError,
             LiveInputError, OnnxModelError, ExportError, RuntimeSessionError, StreamEvalError)
 

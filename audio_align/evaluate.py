@@ -1,0 +1,268 @@
+"""``interpres eval aha`` and ``interpres ask``: the LALM answering questions about audio.
+
+AHA-Eval here is the test split of a scene corpus: scenes built from held-out sound files
+and asked with held-out question templates. Accuracy is reported per hallucination kind
+(omission, identity, temporal, quantitative), on the general multiple-choice set, and
+``overall`` (every non-caption question), each with a 95% bootstrap interval over
+questions. The ``prior`` rows isolate the questions that probe a co-occurrence rule the
+training scenes obey (is the usual follower there? which came first?): a model that
+answers from the language prior instead of the audio scores lower on the test scenes that
+break the rule than on those that keep it; that difference is the hallucination gap.
+Captions are scored by chrF against the reference caption and by the F1 of the sound
+classes they name.
+
+Predictions are appended to ``predictions.jsonl`` as they are made, so a killed
+evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from audio_align import qa
+from audio_align.lalm import AudioFrontEnd, AudioLanguageModel, ChatTokenizer, LalmError, load_lalm_dir, pad_audio
+from speech.data.cache import atomic_path, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "models" / "default"
+ROWS = ("overall", *qa.KINDS, qa.GENERAL)
+
+
+class AhaEvalError(ValueError):
+    """A model, corpus or output the evaluation cannot use; the message names it."""
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """``None`` or "default": the bundled LALM; else a directory."""
+    if model is None or str(model) == "default":
+        if not (BUNDLED_DIR / "config.json").is_file():
+            raise LalmError(f"no bundled audio-language model in {BUNDLED_DIR}; pass --model DIR "
+                            "(train one with 'interpres train lalm')")
+        return BUNDLED_DIR
+    return Path(model)
+
+
+@torch.no_grad()
+def answer(model: AudioLanguageModel, tok: ChatTokenizer, states: Sequence[torch.Tensor], questions: Sequence[str],
+           batch: int = 32, max_new_tokens: int = 48) -> list[str]:
+    """One greedy answer per (encoder states, question), batched by length."""
+    device = next(model.parameters()).device
+    model.eval()
+    order = sorted(range(len(questions)), key=lambda i: len(states[i]))
+    out: list[str] = [""] * len(questions)
+    for k in range(0, len(order), batch):
+        idx = order[k:k + batch]
+        audio, lens = pad_audio([states[i].float() for i in idx])
+        prompts = [tok.prompt(questions[i], model.cfg.audio_tokens(len(states[i]))) for i in idx]
+        ids = model.generate(prompts, audio.to(device), lens.to(device), tok.im_end, max_new_tokens)
+        for i, g in zip(idx, ids):
+            out[i] = tok.decode(g)
+    return out
+
+
+def bootstrap_interval(correct: Sequence[bool], n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``correct``."""
+    x = np.asarray(correct, dtype=np.float64)
+    if len(x) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n, len(x)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _row(correct: list[bool]) -> dict:
+    lo, hi = bootstrap_interval(correct)
+    return {"n": len(correct), "correct": int(sum(correct)),
+            "accuracy": float(np.mean(correct)) if correct else float("nan"), "ci95": [lo, hi]}
+
+
+def accuracy_table(questions: Sequence[qa.Question], predictions: Sequence[str]) -> dict[str, dict]:
+    """Accuracy (with its bootstrap interval) overall, per kind, on general QA, and on the
+    prior-probing questions of prior-keeping and prior-breaking scenes."""
+    ok = [qa.is_correct(q, p) for q, p in zip(questions, predictions)]
+    rows = {"overall": [o for q, o in zip(questions, ok) if q.kind != qa.CAPTION]}
+    for kind in (*qa.KINDS, qa.GENERAL):
+        rows[kind] = [o for q, o in zip(questions, ok) if q.kind == kind]
+    for prior in ("consistent", "breaking"):
+        rows[f"prior_{prior}"] = [o for q, o in zip(questions, ok) if q.probes_prior and q.prior == prior]
+    return {k: _row(v) for k, v in rows.items() if v}
+
+
+def caption_scores(refs: Sequence[str], hyps: Sequence[str], classes: Sequence[str]) -> dict:
+    from sacrebleu.metrics import CHRF
+
+    tp = fp = fn = 0
+    for r, h in zip(refs, hyps):
+        want, got = qa.caption_events(r, classes), qa.caption_events(h, classes)
+        tp += len(want & got)
+        fp += len(got - want)
+        fn += len(want - got)
+    f1 = 2 * tp / max(1, 2 * tp + fp + fn)
+    metric = CHRF()
+    chrf = metric.corpus_score(list(hyps), [list(refs)])
+    return {"n": len(refs), "chrf": round(chrf.score, 2), "event_f1": round(f1, 4), "signature": str(metric.get_signature())}
+
+
+def _plot(table: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in (*ROWS, "prior_consistent", "prior_breaking") if k in table]
+    acc = [100 * table[k]["accuracy"] for k in keys]
+    err = np.array([[100 * (table[k]["accuracy"] - table[k]["ci95"][0]), 100 * (table[k]["ci95"][1] - table[k]["accuracy"])]
+                    for k in keys]).T
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    colors = ["#444"] + ["#3b7dd8"] * len(qa.KINDS) + ["#49a86b"] + ["#d89b3b", "#d8503b"]
+    ax.bar(range(len(keys)), acc, yerr=err, color=colors[:len(keys)], capsize=3)
+    ax.set_xticks(range(len(keys)), [k.replace("prior_", "prior:\n") for k in keys], fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
+    for i, a in enumerate(acc):
+        ax.text(i, a + 2, f"{a:.0f}", ha="center", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _markdown(table: dict, captions: dict | None, name: str) -> str:
+    lines = [f"# AHA-Eval: {name}", "", "| set | questions | accuracy | 95% CI |", "|---|---:|---:|---|"]
+    for k, v in table.items():
+        lines.append(f"| {k} | {v['n']} | {100 * v['accuracy']:.1f} | "
+                     f"[{100 * v['ci95'][0]:.1f}, {100 * v['ci95'][1]:.1f}] |")
+    if "prior_consistent" in table and "prior_breaking" in table:
+        gap = 100 * (table["prior_consistent"]["accuracy"] - table["prior_breaking"]["accuracy"])
+        lines += ["", f"Hallucination gap (prior-keeping minus prior-breaking scenes, prior-probing questions): "
+                      f"{gap:+.1f} points."]
+    if captions:
+        lines += ["", f"Captions ({captions['n']}): chrF {captions['chrf']}, sound-class F1 {captions['event_f1']:.3f}."]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, split: str = "test",
+                 max_scenes: int = 0, batch: int = 32, seed: int = 0, no_audio: bool = False) -> dict:
+    """Answer every question of ``split``; write predictions.jsonl, scores.json/md/png under ``out``.
+    ``no_audio``: the encoder states are zeroed, so the answers are what the LM's priors say
+    without hearing anything (a diagnostic baseline; not for Qwen2-Audio directories)."""
+    from audio_align.encoded import encode_scenes
+    from audio_align.scenes import corpus_root, read_manifest, read_scenes
+
+    from audio_align.hf_audio import HFAudioLM, is_hf_audio_dir
+    from speech.audio import load_audio
+    from speech.loop import Progress
+
+    path = resolve_model(model_dir)
+    root = corpus_root(scenes)
+    manifest = read_manifest(root)
+    scene_list = read_scenes(root, split)
+    if max_scenes:
+        scene_list = scene_list[:max_scenes]
+    questions = qa.build_questions(scene_list, split, manifest["classes"], qa.rules_of(manifest), seed)
+    if is_hf_audio_dir(path):  # a Qwen2-Audio directory: its own processor hears the waveforms
+        if no_audio:
+            raise AhaEvalError(f"{path}: --no-audio is for LALM directories, not Qwen2-Audio ones")
+        hf = HFAudioLM(path)
+        wav = {s["id"]: root / split / s["wav"] for s in scene_list}
+
+        def predict(idx: list[int]) -> list[str]:
+            return hf.answer([load_audio(wav[questions[i].scene]) for i in idx], [questions[i].question for i in idx])
+    else:
+        model, tok, _ = load_lalm_dir(path)
+        states = encode_scenes(root, split, scene_list, AudioFrontEnd(model.cfg.audio_encoder, model.cfg.pool))
+        if no_audio:
+            states = {k: torch.zeros_like(v) for k, v in states.items()}
+
+        def predict(idx: list[int]) -> list[str]:
+            return answer(model, tok, [states[questions[i].scene] for i in idx], [questions[i].question for i in idx],
+                          batch=batch)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pred_path = out / "predictions.jsonl"
+    key = f"{path.resolve()}|{scenes}|{split}|{max_scenes}|{seed}|{'no-audio' if no_audio else 'audio'}"
+    done: dict[int, str] = {}
+    if pred_path.is_file():
+        lines = pred_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            same = bool(lines) and json.loads(lines[0]).get("key") == key
+        except (json.JSONDecodeError, AttributeError):
+            same = False  # not ours, or cut: start over
+        if same:
+            for line in lines[1:]:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: redo from there
+                done[r["i"]] = r["prediction"]
+    if not done:
+        write_text_atomic(pred_path, json.dumps({"key": key}) + "\n")
+    todo = [i for i in range(len(questions)) if i not in done]
+    progress = Progress(len(questions), f"eval aha {split}", "q", every=500)
+    with open(pred_path, "a", encoding="utf-8") as f:
+        for k in range(0, len(todo), 256):
+            idx = todo[k:k + 256]
+            for i, p in zip(idx, predict(idx)):
+                done[i] = p
+                f.write(json.dumps({"i": i, **questions[i].to_json(), "prediction": p,
+                                    "correct": qa.is_correct(questions[i], p)}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            progress(len(done), len(questions))
+    progress.close()
+    preds = [done[i] for i in range(len(questions))]
+    table = accuracy_table(questions, preds)
+    caps = [(q, p) for q, p in zip(questions, preds) if q.kind == qa.CAPTION]
+    captions = caption_scores([q.answer for q, _ in caps], [p for _, p in caps], manifest["classes"]) if caps else None
+    scores = {**{k: v["accuracy"] for k, v in table.items()}, "table": table, "captions": captions,
+              "model": str(path), "scenes": scenes, "split": split, "questions": len(questions), "no_audio": no_audio,
+              "scenes_evaluated": len(scene_list)}
+    write_json_atomic(out / "scores.json", scores)
+    write_text_atomic(out / "scores.md", _markdown(table, captions, str(path)))
+    _plot(table, out / "scores.png", f"AHA-Eval ({split}, {len(scene_list)} scenes): {path.name}")
+    return scores
+
+
+class LoadedLalm:
+    """A LALM directory (or a Qwen2-Audio one) loaded once, answering one question at a time
+    (``interpres ask``, ``interpres serve``'s chat completions)."""
+
+    def __init__(self, model_dir: str | Path | None):
+        from audio_align.hf_audio import HFAudioLM, is_hf_audio_dir
+
+        self.path = resolve_model(model_dir)
+        self.hf = HFAudioLM(self.path) if is_hf_audio_dir(self.path) else None
+        if self.hf is None:
+            self.model, self.tok, _ = load_lalm_dir(self.path)
+            self.frontend = AudioFrontEnd(self.model.cfg.audio_encoder, self.model.cfg.pool)
+            self.max_seconds = self.frontend.max_seconds
+        else:
+            self.max_seconds = 30.0  # Whisper's window, which Qwen2-Audio's processor pads to
+
+    def ask(self, audio: np.ndarray, question: str, max_new_tokens: int = 64) -> tuple[str, int, int, bool]:
+        """(answer, prompt tokens, answer tokens, whether it ended before ``max_new_tokens``)."""
+        if not question.strip():
+            raise LalmError("the question is empty")
+        if self.hf is not None:
+            text = self.hf.answer([audio], [question], max_new_tokens=max_new_tokens)[0]
+            n = len(self.hf.processor.tokenizer(text)["input_ids"])
+            return text, len(self.hf.processor.tokenizer(self.hf.prompt(question))["input_ids"]), n, n < max_new_tokens
+        states = self.frontend([audio])
+        prompt = self.tok.prompt(question, self.model.cfg.audio_tokens(len(states[0])))
+        ids = self.model.generate([prompt], states[0][None].float(), torch.tensor([len(states[0])]),
+                                  self.tok.im_end, max_new_tokens)[0]
+        return self.tok.decode(ids), len(prompt), len(ids), len(ids) < max_new_tokens
+
+
+def ask(model_dir: str | Path | None, audio: np.ndarray, question: str, max_new_tokens: int = 64) -> str:
+    """One answer about ``audio`` (16 kHz) from a LALM directory or a Qwen2-Audio directory."""
+    return LoadedLalm(model_dir).ask(audio, question, max_new_tokens)[0]

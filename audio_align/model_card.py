@@ -1,0 +1,107 @@
+"""Bundling the audio-language model into the package, with its model card.
+
+    python -m audio_align.model_card bundle runs/lalm_sft/model audio_align/models/default \\
+        --scores runs/eval_aha/scores.json
+
+The bundle is the projector and LM in fp16 safetensors, the tokenizer, ``config.json`` (the
+encoder is named, ``whisper-base``, imported from its pinned package on first use) and
+``README.md``: what it does, the recipe and data that made it, and its AHA-Eval scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from audio_align.lalm import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, read_lalm_config
+from speech.data.cache import atomic_dir
+
+KIND_NAMES = {"omission": "event omission", "identity": "false event identity", "temporal": "temporal relation",
+              "quantitative": "quantitative temporal", "general": "general audio QA (4 options)"}
+
+
+def card(config: dict[str, Any], scores: dict[str, Any] | None, params: int) -> str:
+    m = config["lalm"]
+    lines = [
+        "# interpres audio-language model (default)", "",
+        "Answers questions about a sound scene (4-20 s): which sounds are there, what made the sound at a time, "
+        "what came first, how many times, when and how long, the loudest sound, what was said; and captions it. "
+        "Shape of Qwen2-Audio: a frozen speech encoder, a strided-conv projector and a small Qwen2 causal LM, "
+        "the audio spliced at `<|AUDIO|>` placeholders of a ChatML prompt.", "",
+        "## Architecture", "",
+        f"- encoder: `{m['audio_encoder']}` (frozen; imported from its pinned PyPI package on first use), "
+        f"states averaged over {m['pool']} frames, unpadded (no 30 s window)",
+        f"- projector: Conv1d(kernel = stride = {m['stride']}) + GELU + Linear: one audio token per "
+        f"{20 * m['pool'] * m['stride']} ms",
+        f"- LM: Qwen2 ({m['layers']} layers, hidden {m['hidden_size']}, {m['heads']} heads / {m['kv_heads']} KV heads, "
+        f"FFN {m['intermediate_size']}), vocabulary {m['vocab_size']} sentencepiece pieces, tied embeddings",
+        f"- {params / 1e6:.2f} M trained parameters (projector + LM), stored in fp16", "",
+        "## Recipe and data", "",
+        f"`interpres data scenes` (scene corpus `{config.get('scenes', 'default')}`), then "
+        "`interpres train lalm configs/audio_align/lalm_align.yaml` (captions: projector alignment) and "
+        "`interpres train lalm configs/audio_align/lalm_sft.yaml` (instruction tuning on the questions of the four "
+        "AHA kinds, the general set and captions). Scenes mix recorded sounds of sound-theme-freedesktop, "
+        "oxygen-sounds, sonic-pi-samples and ktuberling-data, sounds made in code and TTS sentences, with exact "
+        "ground truth; the training scenes follow co-occurrence priors that some test scenes break.",
+        f"Final stage: {config.get('updates', '?')} updates in {config.get('train_seconds', '?')} s "
+        f"({config.get('threads', '?')} threads); dev accuracy {config.get('dev_scores', {}).get('overall', 'n/a')}.", "",
+    ]
+    if scores:
+        t = scores["table"]
+        lines += ["## AHA-Eval (test split: held-out sound files and question templates)", "",
+                  f"`interpres eval aha` on {scores.get('scenes_evaluated', '?')} test scenes, "
+                  f"{scores.get('questions', '?')} questions; 95% bootstrap intervals.", "",
+                  "| set | questions | accuracy | 95% CI |", "|---|---:|---:|---|"]
+        for key in ("overall", "omission", "identity", "temporal", "quantitative", "general",
+                    "prior_consistent", "prior_breaking"):
+            if key in t:
+                r = t[key]
+                name = KIND_NAMES.get(key, key.replace("_", ": ").replace("prior: ", "prior-probing, scenes that are "))
+                lines.append(f"| {name} | {r['n']} | {100 * r['accuracy']:.1f} | "
+                             f"[{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}] |")
+        if scores.get("captions"):
+            c = scores["captions"]
+            lines += ["", f"Captions ({c['n']}): chrF {c['chrf']}, F1 of the sound classes named {c['event_f1']:.3f}."]
+        lines.append("")
+    lines += ["## Limits", "",
+              "Trained on synthetic scenes only, from a few hundred distinct sound files: it knows the classes of "
+              "its corpus and nothing else, and its LM knows no language beyond the question templates. "
+              "Not a general audio model.", ""]
+    return "\n".join(lines)
+
+
+def bundle(model_dir: Path, out: Path, scores_path: Path | None) -> Path:
+    config = read_lalm_config(model_dir)
+    state = load_file(str(model_dir / WEIGHTS_FILE))
+    half = {k: v.to(torch.float16).contiguous() for k, v in state.items()}
+    params = sum(v.numel() for v in state.values())
+    scores = json.loads(scores_path.read_text()) if scores_path else None
+    keep = {k: v for k, v in config.items() if k not in ("recipe",)}
+    keep["recipe_stage"] = config.get("recipe")
+    with atomic_dir(out) as tmp:
+        save_file(half, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / TOKENIZER_FILE).write_bytes((model_dir / TOKENIZER_FILE).read_bytes())
+        (tmp / CONFIG_FILE).write_text(json.dumps(keep, indent=1, ensure_ascii=False))
+        (tmp / "README.md").write_text(card(config, scores, params))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m audio_align.model_card")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bundle", help="write the bundled model directory with its card")
+    b.add_argument("model", type=Path)
+    b.add_argument("out", type=Path)
+    b.add_argument("--scores", type=Path, default=None, help="scores.json of 'interpres eval aha'")
+    args = p.parse_args(argv)
+    print(bundle(args.model, args.out, args.scores))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""``interpres train lalm``: the audio-language model's two stages, in the shared loop.
+
+- ``stage: align`` (projector alignment): every training scene once per epoch with its
+  reference caption; projector and LM learn to say what the encoder heard.
+- ``stage: sft`` (instruction tuning): conversations of ``turns`` questions about one
+  scene (all four AHA kinds, the general multiple-choice set, captions), the audio in the
+  first user turn; the loss is on the answers only. ``init`` starts it from the align
+  stage's model directory.
+
+The encoder is frozen: its pooled states are computed once per corpus and split
+(:mod:`audio_align.encoded`). Everything else is :func:`speech.loop.run`: exact resume
+after a kill, checkpoint averaging, ``device: auto``, ``torchrun`` data parallelism.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from audio_align import qa
+from audio_align.encoded import encode_scenes
+from audio_align.lalm import (IGNORE, answer_nll, TOKENIZER_FILE, AudioFrontEnd, AudioLanguageModel, ChatTokenizer, LalmConfig,
+                              load_lalm_dir, pad_audio, save_lalm_dir, train_chat_tokenizer)
+from speech.config import ConfigError
+from speech.dataset import batches_by_frames
+from speech.loop import LoopConfig, barrier, hash_seed, run, start_run, to_device
+from speech.model import model_device
+from speech.tokenizer import PAD_ID
+
+log = logging.getLogger(__name__)
+
+STAGES = ("align", "sft")
+
+
+@dataclass
+class LalmTrainConfig(LoopConfig):
+    """One stage of the LALM (configs/audio_align/lalm_*.yaml)."""
+
+    out: str = "runs/lalm"
+    scenes: str = "default"  # the corpus $INTERPRES_HOME/scenes/NAME ('interpres data scenes')
+    stage: str = "sft"  # align: captions only; sft: questions of every kind and captions
+    init: str = ""  # a LALM directory to start from (the align stage's model); "": a new model
+    train_params: str = "all"  # all, or projector (the LM frozen)
+    lalm: dict = field(default_factory=dict)  # LalmConfig fields of a new model
+    vocab_size: int = 1000  # sentencepiece pieces of a new model's tokenizer (an upper bound)
+    turns: int = 6  # questions per training conversation
+    max_tokens: int = 8000  # padded tokens per batch
+    max_items: int = 32
+    encoder_batch: int = 1  # scenes per encoder pass when the states are cached
+    dev_eval_scenes: int = 60  # dev scenes whose questions the final model answers (config.json dev_scores)
+    lr: float = 1e-3
+    warmup_updates: int = 200
+    max_updates: int = 3000
+    save_interval_updates: int = 200
+    validate_interval_updates: int = 200
+    average_last: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage={self.stage!r}: expected one of {', '.join(STAGES)}")
+        if self.train_params not in ("all", "projector"):
+            raise ConfigError(f"train_params={self.train_params!r}: expected all or projector")
+        if self.train_params == "projector" and not self.init:
+            raise ConfigError("train_params=projector needs init: a trained LM to keep frozen")
+        if self.turns < 1:
+            raise ConfigError(f"turns must be at least 1, got {self.turns}")
+
+
+@dataclass
+class SceneSet:
+    """The scenes of one split with their questions and cached encoder states."""
+
+    scenes: list[dict]
+    questions: list[list[qa.Question]]
+    states: list[torch.Tensor]
+
+
+def load_scene_set(root: Path, split: str, frontend: AudioFrontEnd, manifest: dict, seed: int,
+                   limit: int = 0, encoder_batch: int = 4) -> SceneSet:
+    from audio_align.scenes import read_scenes
+
+    scenes = read_scenes(root, split)
+    if limit:
+        scenes = scenes[:limit]
+    questions = qa.build_questions(scenes, split, manifest["classes"], qa.rules_of(manifest), seed)
+    by_scene: dict[str, list[qa.Question]] = {s["id"]: [] for s in scenes}
+    for q in questions:
+        by_scene[q.scene].append(q)
+    states = encode_scenes(root, split, scenes, frontend, encoder_batch)
+    return SceneSet(scenes, [by_scene[s["id"]] for s in scenes], [states[s["id"]] for s in scenes])
+
+
+class LalmRecipe:
+    def __init__(self, cfg: LalmTrainConfig, model: AudioLanguageModel, tok: ChatTokenizer, train: SceneSet,
+                 dev: SceneSet, out: Path, recipe: dict, world: int):
+        self.cfg, self.model_cfg, self.tok, self.train, self.dev = cfg, model.cfg, tok, train, dev
+        self.out, self.recipe, self.world = out, recipe, world
+        self.name = f"lalm {cfg.stage}"
+        self._len = [[len(tok.user_turn(q.question)) + len(tok.tok.encode(q.answer)) + 1 for q in qs]
+                     for qs in train.questions]
+
+    def _conversations(self, data: SceneSet, seed: int) -> list[tuple[int, tuple[int, ...]]]:
+        rng = random.Random(seed)
+        convs = []
+        for si, qs in enumerate(data.questions):
+            idx = [i for i, q in enumerate(qs) if q.kind == qa.CAPTION] if self.cfg.stage == "align" else list(range(len(qs)))
+            rng.shuffle(idx)
+            convs += [(si, tuple(idx[j:j + self.cfg.turns])) for j in range(0, len(idx), self.cfg.turns)]
+        return convs
+
+    def epoch_batches(self, epoch: int) -> list[list[tuple[int, tuple[int, ...]]]]:
+        convs = self._conversations(self.train, hash_seed(self.cfg.seed, epoch))
+        lengths = [self.model_cfg.audio_tokens(len(self.train.states[si])) + 4 + sum(self._len[si][q] for q in qs)
+                   for si, qs in convs]
+        batches = batches_by_frames(lengths, self.cfg.max_tokens, self.cfg.max_items, seed=self.cfg.seed, epoch=epoch)
+        return [[convs[i] for i in b] for b in batches]
+
+    def _batch(self, data: SceneSet, key: list[tuple[int, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
+        rows = []
+        for si, qs in key:
+            turns = [(data.questions[si][q].question, data.questions[si][q].answer) for q in qs]
+            rows.append(self.tok.conversation(turns, self.model_cfg.audio_tokens(len(data.states[si]))))
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (x, y) in enumerate(rows):
+            ids[i, :len(x)] = torch.tensor(x)
+            labels[i, :len(y)] = torch.tensor(y)
+            mask[i, :len(x)] = 1
+        audio, lens = pad_audio([data.states[si].float() for si, _ in key])
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "audio": audio, "audio_lens": lens}
+
+    def make_batch(self, key: Any, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        return self._batch(self.train, key)
+
+    def backward(self, module: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        n_tok = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        total = 0.0
+        for b in batches:  # through module's forward: a DDP wrapper's gradient hooks run
+            nll, _ = answer_nll(module(b["input_ids"], b["attention_mask"], b["audio"], b["audio_lens"]), b["labels"])
+            (nll / max(1, n_tok)).backward()
+            total += float(nll.detach())
+        return {"loss": total / max(1, n_tok), "nll": total / max(1, n_tok)}
+
+    def dev_loss(self, model: torch.nn.Module) -> float:
+        convs = self._conversations(self.dev, self.cfg.seed)
+        device = model_device(model)
+        total, tokens = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(convs), 16):
+                b = to_device(self._batch(self.dev, convs[i:i + 16]), device)
+                nll, n = model.loss(b)
+                total += float(nll)
+                tokens += n
+        return total / max(1, tokens)
+
+    def finish(self, model: torch.nn.Module, averaged: list[Path], state: dict) -> None:
+        from audio_align.evaluate import accuracy_table, answer
+
+        n = min(self.cfg.dev_eval_scenes, len(self.dev.scenes))
+        items = [(si, q) for si in range(n) for q in self.dev.questions[si] if q.kind != qa.CAPTION]
+        preds = answer(model, self.tok, [self.dev.states[si] for si, _ in items], [q.question for _, q in items])
+        table = accuracy_table([q for _, q in items], preds)
+        scores = {k: round(v["accuracy"], 4) for k, v in table.items()}
+        extra = {"task": "lalm", "stage": self.cfg.stage, "recipe": self.recipe, "scenes": self.cfg.scenes,
+                 "averaged": [p.name for p in averaged], "dev_scores": scores, "dev_questions": len(items),
+                 "train_seconds": round(state["seconds"], 1), "updates": state["update"],
+                 "threads": torch.get_num_threads(), "processes": self.world}
+        save_lalm_dir(model, self.out / TOKENIZER_FILE, self.out / "model", extra=extra)
+        log.info("model written to %s (dev accuracy: %s)", self.out / "model", scores)
+
+
+def train(cfg: LalmTrainConfig) -> Path:
+    from audio_align.scenes import corpus_root, read_manifest
+
+    rank, world, recipe = start_run(cfg)
+    out = Path(cfg.out)
+    root = corpus_root(cfg.scenes)
+    manifest = read_manifest(root)
+    if cfg.init:
+        model, tok, init_config = load_lalm_dir(cfg.init)
+        if rank == 0 and not (out / TOKENIZER_FILE).is_file():
+            shutil.copyfile(Path(cfg.init) / TOKENIZER_FILE, out / TOKENIZER_FILE)
+        mcfg = model.cfg
+    else:
+        mcfg = LalmConfig(**cfg.lalm)
+    frontend = AudioFrontEnd(mcfg.audio_encoder, mcfg.pool, device="cpu")
+    if cfg.init and frontend.dim != mcfg.encoder_dim:
+        raise ConfigError(f"{cfg.init}: encoder_dim {mcfg.encoder_dim} but {mcfg.audio_encoder} has d_model {frontend.dim}")
+    # rank 0 fills the encoder cache (and trains the tokenizer) first; the others read them
+    sets = {}
+    for r in ([0] if world == 1 else [0, 1]):
+        if (rank == 0) == (r == 0):
+            sets = {split: load_scene_set(root, split, frontend, manifest, cfg.seed, encoder_batch=cfg.encoder_batch)
+                    for split in ("train", "dev")}
+            if not cfg.init and not (out / TOKENIZER_FILE).is_file():
+                texts = [t for qs in sets["train"].questions for q in qs for t in (q.question, q.answer)]
+                train_chat_tokenizer(texts, out / TOKENIZER_FILE, cfg.vocab_size)
+        barrier(world)
+    tok = ChatTokenizer(out / TOKENIZER_FILE)
+    if not cfg.init:
+        mcfg = dataclasses.replace(mcfg, vocab_size=tok.vocab_size, encoder_dim=frontend.dim)
+        torch.manual_seed(cfg.seed)
+        model = AudioLanguageModel(mcfg, tok.audio)
+    del frontend
+    if cfg.train_params == "projector":
+        model.lm.requires_grad_(False)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LALM %s: %d trainable parameters; %d train scenes, %d dev scenes", cfg.stage, n_params,
+             len(sets["train"].scenes), len(sets["dev"].scenes))
+    return run(LalmRecipe(cfg, model, tok, sets["train"], sets["dev"], out, recipe, world), model, cfg, rank, world)

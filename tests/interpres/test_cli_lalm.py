@@ -1,0 +1,62 @@
+"""The audio-language model end to end through the CLI, at the tiny scale: `data scenes`,
+`train lalm` (hearing through a tiny speech model), `eval aha` (resumable) and `ask`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builders import make_model_dir
+from interpres.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "audio_align"
+
+
+@pytest.mark.slow
+def test_scenes_train_eval_and_ask(tmp_path, capsys, monkeypatch):
+    if any(shutil.which(p) is None for p in ("apt-get", "dpkg", "espeak-ng", "flite", "sox")):
+        pytest.skip("needs apt-get/dpkg for the sound packages and espeak-ng, flite and sox (make install)")
+    monkeypatch.delenv("INTERPRES_HOME", raising=False)
+    home = tmp_path / "home"
+    assert main(["data", "scenes", "--size", "tiny", "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert "scene corpus in" in out and "questions" in out
+    root = home / "scenes" / "tiny"
+    for split in ("train", "dev", "test"):
+        assert (root / split / "qa.jsonl").read_text().strip()
+
+    encoder = make_model_dir(tmp_path / "ear", langs=("en",), task="asr")
+    run = tmp_path / "run"
+    assert main(["train", "lalm", str(CONFIGS / "lalm_tiny.yaml"), f"out={run}", f"lalm.audio_encoder={encoder}",
+                 "--home", str(home)]) == 0
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["family"] == "lalm" and config["updates"] == 6 and "overall" in config["dev_scores"]
+
+    report = tmp_path / "aha"
+    args = ["eval", "aha", "--model", str(run / "model"), "--scenes", "tiny", "--out", str(report), "--home", str(home)]
+    assert main(args) == 0
+    scores = json.loads((report / "scores.json").read_text())
+    assert {"overall", "general", "omission", "identity", "temporal", "quantitative"} <= set(scores)
+    assert all(0.0 <= scores[k] <= 1.0 for k in ("overall", "general"))
+    assert (report / "scores.png").stat().st_size > 0 and "| overall |" in (report / "scores.md").read_text()
+    lines = (report / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + scores["questions"]
+    # a run killed half way resumes: the answers already written are kept, the rest redone
+    (report / "predictions.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + "\n" + lines[len(lines) // 2][:9])
+    assert main(args) == 0
+    assert json.loads((report / "scores.json").read_text())["table"] == scores["table"]
+
+    wav = root / "test" / "wav" / "test-000000.wav"
+    capsys.readouterr()
+    assert main(["ask", str(wav), "Is there a bell in the recording?", "--model", str(run / "model")]) == 0
+    from audio_align.evaluate import ask
+    from speech.audio import load_audio
+
+    assert capsys.readouterr().out == ask(run / "model", load_audio(wav), "Is there a bell in the recording?") + "\n"
+    assert main(["ask", str(wav), "  ", "--model", str(run / "model")]) == 2
+    assert "the question is empty" in capsys.readouterr().err
+    assert main(["eval", "aha", "--model", str(tmp_path / "nothing"), "--scenes", "tiny", "--home", str(home)]) == 2
+    assert "not a LALM model directory" in capsys.readouterr().err
