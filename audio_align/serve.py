@@ -10,8 +10,11 @@ serves Whisper):
 - ``POST /v1/audio/translations``: OpenAI's translates into English; ours takes English
   speech and the extra form field ``target_language`` (de es fr it nl pt ro ru ja zh, any
   language the model has; with the ``openai`` client: ``extra_body={"target_language": "fr"}``).
-- ``POST /v1/chat/completions`` with ``input_audio`` parts: the audio-language model of
-  audio_align answers it once there is one; until then a 501 that says so.
+- ``POST /v1/chat/completions`` (JSON, OpenAI's chat shape): the audio-language model
+  (``ServeConfig.lalm``, ``interpres serve --lalm default``) answers the text of the last user
+  message about the last ``input_audio`` part (``{"data": BASE64, "format": "wav"}``) of the
+  conversation; greedy (``temperature`` 0), ``max_tokens`` or ``max_completion_tokens`` bound
+  the answer. Without a LALM served: 501.
 - ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus text: requests by
   endpoint and status, latency histograms, queue depth, batch sizes), ``GET /openapi.json``,
   and ``GET /``: a web page to upload or record audio and see the answer.
@@ -33,8 +36,12 @@ threads. The int8 ONNX Runtime export of each model is the default runtime.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hmac
+import threading
+import uuid
 import logging
 import math
 import time
@@ -81,6 +88,7 @@ class ServeConfig:
     batch_frames: int = 20000  # padded feature frames per forward
     timeout_s: float = 60.0
     beam: int = 5
+    lalm: str = ""  # the audio-language model of /v1/chat/completions: a directory or "default"; "": none
 
 
 class ServeError(ValueError):
@@ -186,6 +194,15 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel] | None = None) -
         lambda jobs: _observe(jobs), max_queue=cfg.max_queue, window_s=cfg.batch_window_ms / 1000,
         max_items=cfg.max_batch_items if cfg.batching else 1, name="interpres-model")
     metrics = _Metrics(lambda: batcher.depth)
+    lalm, lalm_id, lalm_created, lalm_lock = None, "", int(time.time()), threading.Lock()
+    if cfg.lalm:
+        from audio_align.evaluate import LoadedLalm
+
+        lalm = LoadedLalm(cfg.lalm)
+        lalm_id = "lalm" if cfg.lalm == "default" else lalm.path.resolve().name
+        if lalm_id in models:
+            raise ServeError(f"--lalm {cfg.lalm}: the id '{lalm_id}' is served already as a speech model")
+        log.info("serving %s for chat: %s", lalm_id, lalm.path)
 
     def _observe(jobs: list[Job]) -> list[Any]:
         metrics.batch_items.observe(len(jobs))
@@ -336,18 +353,59 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel] | None = None) -
                            f"got '{target_language or ''}'", param="target_language")
         return await run(served, target_language, file, response_format, temperature, "translate")
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], status_code=501)
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: dict[str, Any]) -> Response:
-        """Answers about audio (``input_audio`` parts) from the audio-language model: not built yet."""
-        raise ApiError(501, "no audio-language model is served: audio_align has none yet (its LALM is the "
-                       "next piece of work); /v1/audio/transcriptions and /v1/audio/translations are served",
-                       "not_implemented_error", code="lalm_missing")
+        """Answers about audio (an ``input_audio`` part) from the audio-language model."""
+        if lalm is None:
+            raise ApiError(501, "no audio-language model is served: start the server with --lalm default (the "
+                           "bundled one) or --lalm DIR", "not_implemented_error", code="lalm_missing")
+        if body.get("model") != lalm_id:
+            raise ApiError(404, f"the model '{body.get('model')}' is not served for chat (served: {lalm_id})",
+                           param="model", code="model_not_found")
+        audio_b64, fmt, question = _chat_request(body)
+        temperature = body.get("temperature", 0)
+        if not isinstance(temperature, (int, float)) or temperature != 0:
+            raise ApiError(400, f"temperature {temperature!r}: only 0 is served (greedy)", param="temperature")
+        limit = body.get("max_completion_tokens", body.get("max_tokens", 128))
+        if not isinstance(limit, int) or not 1 <= limit <= 512:
+            raise ApiError(400, f"max_tokens must be an integer in [1, 512], got {limit!r}", param="max_tokens")
+        try:
+            data = base64.b64decode(audio_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "input_audio.data is not base64", param="messages", code="bad_audio") from None
+        if len(data) > max_bytes:
+            raise ApiError(413, f"input_audio: larger than {cfg.max_upload_mb:g} MB", param="messages", code="too_large")
+
+        def work() -> tuple[str, int, int, bool]:
+            wave = decode_audio(data, f"input_audio.{fmt}")
+            seconds = len(wave) / SAMPLE_RATE
+            if seconds > lalm.max_seconds:
+                raise ApiError(413, f"input_audio: {seconds:.1f} s of audio; the model hears at most "
+                               f"{lalm.max_seconds:g} s", param="messages", code="too_long")
+            with lalm_lock:  # one answer at a time: the model is not shared with the batcher
+                return lalm.ask(wave, question, limit)
+
+        try:
+            text, n_prompt, n_answer, stopped = await asyncio.wait_for(run_in_threadpool(work), cfg.timeout_s)
+        except AudioError as e:
+            raise ApiError(400, str(e), param="messages", code="bad_audio") from None
+        except asyncio.TimeoutError:
+            raise ApiError(504, f"no answer within {cfg.timeout_s:g} s", "timeout_error", code="timeout") from None
+        return JSONResponse({
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": lalm_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop" if stopped else "length"}],
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_answer, "total_tokens": n_prompt + n_answer}})
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": m.id, "object": "model", "created": m.created, "owned_by": "interpres",
-             "task": m.translator.task, "languages": m.translator.languages} for m in models.values()]}
+        data = [{"id": m.id, "object": "model", "created": m.created, "owned_by": "interpres",
+                 "task": m.translator.task, "languages": m.translator.languages} for m in models.values()]
+        if lalm is not None:
+            data.append({"id": lalm_id, "object": "model", "created": lalm_created, "owned_by": "interpres",
+                         "task": "audio-chat", "languages": ["en"]})
+        return {"object": "list", "data": data}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -381,6 +439,42 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel] | None = None) -
         return HTMLResponse(page_html)
 
     return app
+
+
+def _chat_request(body: dict[str, Any]) -> tuple[str, str, str]:
+    """(base64 audio, its format, the question) of a chat completion request: the last
+    ``input_audio`` part of the conversation and the text of the last user message."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise ApiError(400, "messages must be a non-empty list of messages", param="messages")
+    audio: dict | None = None
+    question = ""
+    for m in messages:
+        if m.get("role") != "user":
+            continue
+        content = m.get("content")
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not isinstance(parts, list):
+            raise ApiError(400, "a message's content must be a string or a list of parts", param="messages")
+        texts = []
+        for part in parts:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
+                audio = part["input_audio"]
+            else:
+                raise ApiError(400, f"unsupported content part {str(part)[:60]!r}: text and input_audio are served",
+                               param="messages")
+        question = " ".join(t.strip() for t in texts if t.strip())
+    if audio is None or not isinstance(audio.get("data"), str):
+        raise ApiError(400, "no input_audio part with base64 data in the conversation", param="messages")
+    if not question:
+        raise ApiError(400, "the last user message asks nothing (no text part)", param="messages")
+    fmt = str(audio.get("format") or "wav")
+    if not fmt.isalnum():
+        raise ApiError(400, f"input_audio.format {fmt!r} is not a format name", param="messages")
+    return audio["data"], fmt, question
 
 
 def _avg_logprob(result: DecodingResult) -> float | None:

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 import audio_align.serve as serve_mod
 from audio_align.serve import ServeConfig, create_app, load_models
 from interpres.cli import main
-from serving import KEY, SR, expected, specs, write_wav
+from serving import KEY, SR, LocalServer, expected, specs, write_wav
 
 def test_the_openai_client_transcribes_and_translates_as_the_cli_does(server, client, wav):
     _, app = server
@@ -203,3 +203,45 @@ def test_serve_command_errors_name_the_file_or_id(models_dir, tmp_path, capsys):
         load_models([f"st={models_dir / 'st'}", f"st={models_dir / 'asr'}"], "torch")
     assert main(["serve", "--model", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_chat_completions_answer_with_the_lalm(models_dir, wav, tmp_path):
+    """A served LALM answers OpenAI's chat shape with input_audio parts as `interpres ask`
+    answers; bad requests get OpenAI-shaped errors that name the field."""
+    import base64
+
+    from audio_align.evaluate import LoadedLalm
+    from builders import make_lalm_dir
+    from speech.audio import load_audio
+
+    lalm_dir = make_lalm_dir(tmp_path / "lalm", models_dir / "asr")
+    app = create_app(ServeConfig(models=specs(models_dir), runtime="torch", beam=1, lalm=str(lalm_dir)))
+    audio = base64.b64encode(wav.read_bytes()).decode()
+    want, n_prompt, n_answer, _ = LoadedLalm(lalm_dir).ask(load_audio(wav), "What do you hear?", 8)
+    with LocalServer(app) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        assert "lalm" in [m.id for m in client.models.list().data]
+        r = client.chat.completions.create(model="lalm", max_tokens=8, messages=[{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+            {"type": "text", "text": "What do you hear?"}]}])
+        assert r.choices[0].message.content == want and r.choices[0].message.role == "assistant"
+        assert r.usage.prompt_tokens == n_prompt and r.usage.completion_tokens == n_answer
+        bad = [({"model": "st"}, 404, "model_not_found"),
+               ({"messages": [{"role": "user", "content": "What do you hear?"}]}, 400, None),
+               ({"messages": [{"role": "user", "content": [
+                   {"type": "input_audio", "input_audio": {"data": "###", "format": "wav"}},
+                   {"type": "text", "text": "Hi?"}]}]}, 400, "bad_audio"),
+               ({"temperature": 0.7}, 400, None),
+               ({"messages": [{"role": "user", "content": [
+                   {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"RIFF0000").decode(),
+                                                           "format": "wav"}},
+                   {"type": "text", "text": "Hi?"}]}]}, 400, "bad_audio")]
+        for change, status, code in bad:
+            body = {"model": "lalm", "messages": [{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+                {"type": "text", "text": "What do you hear?"}]}], **change}
+            res = httpx.post(srv.url + "/v1/chat/completions", json=body)
+            assert res.status_code == status, (change, res.text)
+            assert set(res.json()["error"]) == {"message", "type", "param", "code"}
+            if code:
+                assert res.json()["error"]["code"] == code

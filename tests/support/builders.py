@@ -139,3 +139,21 @@ def make_parrot_model_dir(path: Path, sentence: str = TEXTS["de"][1], steps: int
     extra = {k: v for k, v in config.items() if k != "model"}
     save_model_dir(model.eval(), model.cfg, path, extra=extra)
     return path
+
+
+LALM_TEXTS = ["Is there a bell in the recording?", "What do you hear?", "yes", "no", "A bell, then speech.",
+              "How many times did the drum sound?", "1", "2", "3", "Only background noise."]
+
+
+def make_lalm_dir(path: Path, encoder_dir: Path, seed: int = 0) -> Path:
+    """A tiny random audio-language model hearing through the speech model at ``encoder_dir``."""
+    from audio_align.lalm import AudioLanguageModel, LalmConfig, save_lalm_dir, train_chat_tokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    tok = train_chat_tokenizer(LALM_TEXTS * 10, path / "spm.model", 120)
+    d_model = json.loads((encoder_dir / "config.json").read_text())["model"]["d_model"]
+    torch.manual_seed(seed)
+    cfg = LalmConfig(audio_encoder=str(encoder_dir), encoder_dim=d_model, hidden_size=32, layers=1, heads=2,
+                     kv_heads=1, intermediate_size=64, projector_dim=16, vocab_size=tok.vocab_size)
+    save_lalm_dir(AudioLanguageModel(cfg, tok.audio), path / "spm.model", path)
+    return path
