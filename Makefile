@@ -12,7 +12,7 @@ APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k fest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install system demo test bench clean default-model simul-model teacher-model
+.PHONY: install system demo test bench clean default-model simul-model teacher-model lalm-model
 
 install: $(STAMP)
 
@@ -43,6 +43,7 @@ DEMO_WAV := $(or $(TMPDIR),/tmp)/interpres-demo.wav
 DEMO_TEXT := Save all changes before closing the window.
 LANGS := de,es,fr,it,nl,pt,ro,ru,ja,zh
 SIMUL_DEMO := 输入一个有效的整数输入一个有效的时间输入一个有效的值
+DEMO_SCENES = $${INTERPRES_HOME:-$$HOME/.cache/interpres}/scenes/tiny/test
 demo: install
 	@espeak-ng -v en-us+f3 -w $(DEMO_WAV).raw.wav "$(DEMO_TEXT)" && sox -q $(DEMO_WAV).raw.wav -r 16000 -c 1 -b 16 $(DEMO_WAV) && rm -f $(DEMO_WAV).raw.wav
 	@echo "spoken (espeak-ng en-us+f3): $(DEMO_TEXT)"
@@ -62,6 +63,14 @@ demo: install
 	@echo "Transcription: the bundled ASR model (speech/models/asr/README.md):"; grep '| en-asr |' speech/models/asr/README.md
 	@echo; echo "simultaneous zh->en (bundled simul model), stream: $(SIMUL_DEMO)"
 	@echo "$(SIMUL_DEMO)" | $(VENV)/bin/interpres simul | sed 's/^/  /'
+	@$(VENV)/bin/interpres data scenes --size tiny >/dev/null 2>&1
+	@echo; $(PY) -c "import json, sys; from audio_align.qa import caption_of; \
+	  s = json.loads(open(sys.argv[1] + '/scenes.jsonl').readline()); \
+	  print('the audio-language model (audio_align/models/default) on a sound scene it never heard,', \
+	        s['id'] + ':', caption_of(s), '(no speech follows the phone: the training scenes had it 9 times in 10)')" $(DEMO_SCENES)
+	@set -o pipefail; $(VENV)/bin/interpres ask $(DEMO_SCENES)/wav/test-000000.wav "List every sound you hear." \
+	  "Is there speech in the recording?" "How many times did the beep sound?" "What was the first sound?" \
+	  "Describe the recording." | sed 's/^/  /'
 
 test: install
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
@@ -105,6 +114,22 @@ teacher-model: install
 	$(PY) -m speech.model_card bundle runs/st_whisper/model speech/models/teacher --over whisper-base \
 	  --scores runs/st_whisper/eval-tst-COMMON/scores.json --scores runs/st_whisper/eval-tst-VOICE/scores.json \
 	  --real-speech runs/st_whisper/librivox.json
+
+# The bundled audio-language model (audio_align/models/default): the scene corpus (under a
+# minute), the encoder states of its scenes (about 12 minutes), projector alignment on
+# captions (about 10 minutes), instruction tuning (at most 45 minutes), AHA-Eval (held-out and
+# training question templates, and without the audio), and the bundle with its model card.
+# Every step resumes.
+lalm-model: install
+	$(VENV)/bin/interpres data scenes
+	$(VENV)/bin/interpres train lalm configs/audio_align/lalm_align.yaml
+	$(VENV)/bin/interpres train lalm configs/audio_align/lalm_sft.yaml
+	$(VENV)/bin/interpres eval aha --model runs/lalm_sft/model --out runs/lalm_sft/eval-aha
+	$(VENV)/bin/interpres eval aha --model runs/lalm_sft/model --train-templates --out runs/lalm_sft/eval-aha-train-templates
+	$(VENV)/bin/interpres eval aha --model runs/lalm_sft/model --no-audio --out runs/lalm_sft/eval-aha-no-audio
+	$(PY) -m audio_align.model_card bundle runs/lalm_sft/model audio_align/models/default \
+	  --scores runs/lalm_sft/eval-aha/scores.json --scores runs/lalm_sft/eval-aha-train-templates/scores.json \
+	  --scores runs/lalm_sft/eval-aha-no-audio/scores.json
 
 # The bundled simultaneous translator's recipe (about 40 minutes on 2 cores); each step
 # resumes. The bundle itself: benchmarks/bench_simul.py, then python -m simul.model_card.

@@ -151,10 +151,13 @@ def _markdown(table: dict, captions: dict | None, name: str) -> str:
 
 
 def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, split: str = "test",
-                 max_scenes: int = 0, batch: int = 32, seed: int = 0, no_audio: bool = False) -> dict:
+                 max_scenes: int = 0, batch: int = 32, seed: int = 0, no_audio: bool = False,
+                 train_templates: bool = False) -> dict:
     """Answer every question of ``split``; write predictions.jsonl, scores.json/md/png under ``out``.
     ``no_audio``: the encoder states are zeroed, so the answers are what the LM's priors say
-    without hearing anything (a diagnostic baseline; not for Qwen2-Audio directories)."""
+    without hearing anything (a diagnostic baseline; not for Qwen2-Audio directories).
+    ``train_templates``: ask in the training templates instead of the split's own (for the test
+    split: its held-out sounds without its held-out wording, to tell the two apart)."""
     from audio_align.encoded import encode_scenes
     from audio_align.scenes import corpus_root, read_manifest, read_scenes
 
@@ -168,7 +171,8 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
     scene_list = read_scenes(root, split)
     if max_scenes:
         scene_list = scene_list[:max_scenes]
-    questions = qa.build_questions(scene_list, split, manifest["classes"], qa.rules_of(manifest), seed)
+    questions = qa.build_questions(scene_list, "train" if train_templates else split, manifest["classes"],
+                                   qa.rules_of(manifest), seed)
     if is_hf_audio_dir(path):  # a Qwen2-Audio directory: its own processor hears the waveforms
         if no_audio:
             raise AhaEvalError(f"{path}: --no-audio is for LALM directories, not Qwen2-Audio ones")
@@ -189,7 +193,8 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pred_path = out / "predictions.jsonl"
-    key = f"{path.resolve()}|{scenes}|{split}|{max_scenes}|{seed}|{'no-audio' if no_audio else 'audio'}"
+    key = (f"{path.resolve()}|{scenes}|{split}|{max_scenes}|{seed}|{'no-audio' if no_audio else 'audio'}|"
+           f"{'train' if train_templates else split}-templates")
     done: dict[int, str] = {}
     if pred_path.is_file():
         lines = pred_path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -225,9 +230,12 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
     captions = caption_scores([q.answer for q, _ in caps], [p for _, p in caps], manifest["classes"]) if caps else None
     scores = {**{k: v["accuracy"] for k, v in table.items()}, "table": table, "captions": captions,
               "model": str(path), "scenes": scenes, "split": split, "questions": len(questions), "no_audio": no_audio,
+              "templates": "train" if train_templates else split,
               "scenes_evaluated": len(scene_list)}
     write_json_atomic(out / "scores.json", scores)
-    write_text_atomic(out / "scores.md", _markdown(table, captions, str(path)))
+    what = (f"{path} ({split} split, {scores['templates']} question templates"
+            f"{', encoder states zeroed' if no_audio else ''})")
+    write_text_atomic(out / "scores.md", _markdown(table, captions, what))
     _plot(table, out / "scores.png", f"AHA-Eval ({split}, {len(scene_list)} scenes): {path.name}")
     return scores
 

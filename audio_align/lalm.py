@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from speech.config import ConfigError
 from speech.data.cache import atomic_path, write_json_atomic
-from speech.tokenizer import EOS_ID, PAD_ID, Tokenizer, TokenizerError
+from speech.tokenizer import PAD_ID, Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)
 

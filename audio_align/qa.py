@@ -8,13 +8,15 @@ multiple-choice audio QA set standing in for MMAU/MMAR), or is a ``caption`` req
 - ``identity``: what made the sound at T seconds?
 - ``temporal``: did A come before B? which came first? what was the first/last sound?
 - ``quantitative``: how many times, when did it start, how long did it last;
-- ``general``: four options, answered with a letter: the loudest sound, the longest
-  sound, what the speaker said, about how long the recording is.
+- ``general``: four lettered options (MMAU's form): the loudest sound, the longest sound,
+  what the speaker said, about how long the recording is. The canonical answer is the
+  option's text (a small LM learns to name what it heard more easily than to point at a
+  letter); a prediction is right if it names the option or its letter.
 
 Each question type has several paraphrase templates; the last ``HELDOUT_TEMPLATES`` of
 each are used only in the test split, so the test set asks in words never trained on.
 Answers are canonical strings, scored by :func:`is_correct` by the question's ``type``
-(yes/no, a class name, a set of names, a count, seconds within a tolerance, a letter).
+(yes/no, a class name, a set of names, a count, seconds within a tolerance, an option).
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ class _Builder:
         options = [others[i] for i in picked] + [right]
         order = self.rng.permutation(4)
         options = [options[i] for i in order]
-        self.add(qtype, LETTERS[options.index(right)], options=options)
+        self.add(qtype, right, options=options)
 
     def general(self) -> None:
         if len(self.present) >= 2:
@@ -327,6 +329,8 @@ def questions_for(scene: dict, split: str, classes: Sequence[str], rules: Sequen
 
 def build_questions(scenes: Iterable[dict], split: str, classes: Sequence[str],
                     rules: Sequence[tuple[str, str]], seed: int = 0) -> list[Question]:
+    """The questions of every scene, in the templates ``split`` may use (the test split: the
+    held-out ones; pass split="train" to ask test scenes in the training templates)."""
     scenes = list(scenes)
     sentences = sorted({e["text"] for s in scenes for e in s["events"] if e.get("text") and " " in e["text"]})
     out: list[Question] = []
@@ -420,7 +424,7 @@ def is_correct(q: Question | dict, prediction: str) -> bool:
         n = parse_number(pred)
         return n is not None and abs(n - float(q["answer"])) <= q["tolerance"] + 1e-9
     if kind == "choice":
-        return parse_choice(pred, q["options"]) == q["answer"]
+        return parse_choice(pred, q["options"]) == LETTERS[q["options"].index(q["answer"])]
     if kind == "caption":
         return _norm(pred) == _norm(q["answer"])
     raise ValueError(f"unknown answer type {kind!r}")

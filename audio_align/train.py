@@ -84,12 +84,10 @@ class SceneSet:
 
 
 def load_scene_set(root: Path, split: str, frontend: AudioFrontEnd, manifest: dict, seed: int,
-                   limit: int = 0, encoder_batch: int = 4) -> SceneSet:
+                   encoder_batch: int = 1) -> SceneSet:
     from audio_align.scenes import read_scenes
 
     scenes = read_scenes(root, split)
-    if limit:
-        scenes = scenes[:limit]
     questions = qa.build_questions(scenes, split, manifest["classes"], qa.rules_of(manifest), seed)
     by_scene: dict[str, list[qa.Question]] = {s["id"]: [] for s in scenes}
     for q in questions:
@@ -187,7 +185,7 @@ def train(cfg: LalmTrainConfig) -> Path:
     root = corpus_root(cfg.scenes)
     manifest = read_manifest(root)
     if cfg.init:
-        model, tok, init_config = load_lalm_dir(cfg.init)
+        model, _, _ = load_lalm_dir(cfg.init)
         if rank == 0 and not (out / TOKENIZER_FILE).is_file():
             shutil.copyfile(Path(cfg.init) / TOKENIZER_FILE, out / TOKENIZER_FILE)
         mcfg = model.cfg
@@ -196,15 +194,15 @@ def train(cfg: LalmTrainConfig) -> Path:
     frontend = AudioFrontEnd(mcfg.audio_encoder, mcfg.pool, device="cpu")
     if cfg.init and frontend.dim != mcfg.encoder_dim:
         raise ConfigError(f"{cfg.init}: encoder_dim {mcfg.encoder_dim} but {mcfg.audio_encoder} has d_model {frontend.dim}")
-    # rank 0 fills the encoder cache (and trains the tokenizer) first; the others read them
-    sets = {}
-    for r in ([0] if world == 1 else [0, 1]):
-        if (rank == 0) == (r == 0):
-            sets = {split: load_scene_set(root, split, frontend, manifest, cfg.seed, encoder_batch=cfg.encoder_batch)
-                    for split in ("train", "dev")}
-            if not cfg.init and not (out / TOKENIZER_FILE).is_file():
-                texts = [t for qs in sets["train"].questions for q in qs for t in (q.question, q.answer)]
-                train_chat_tokenizer(texts, out / TOKENIZER_FILE, cfg.vocab_size)
+    # rank 0 fills the encoder cache and trains the tokenizer; the other ranks wait, then read them
+    if rank != 0:
+        barrier(world)
+    sets = {split: load_scene_set(root, split, frontend, manifest, cfg.seed, encoder_batch=cfg.encoder_batch)
+            for split in ("train", "dev")}
+    if rank == 0:
+        if not cfg.init and not (out / TOKENIZER_FILE).is_file():
+            texts = [t for qs in sets["train"].questions for q in qs for t in (q.question, q.answer)]
+            train_chat_tokenizer(texts, out / TOKENIZER_FILE, cfg.vocab_size)
         barrier(world)
     tok = ChatTokenizer(out / TOKENIZER_FILE)
     if not cfg.init:

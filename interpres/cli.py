@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     aha.add_argument("--split", default="test", choices=["train", "dev", "test"])
     aha.add_argument("--max-scenes", type=_int_at_least(0), default=0, help="first N scenes only (0: all)")
     aha.add_argument("--batch", type=_int_at_least(1), default=32)
+    aha.add_argument("--train-templates", action="store_true",
+                     help="ask in the training question templates, not the split's held-out ones (tells "
+                          "unseen sounds from unseen wording)")
     aha.add_argument("--no-audio", action="store_true",
                      help="zero the encoder states: what the LM answers from its priors alone (a baseline)")
     aha.add_argument("--out", type=Path, default=Path("runs/eval_aha"))
@@ -283,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Answer a question about an audio file (any format libsndfile reads; at most 30 s) "
                     "with a LALM directory (default: the bundled audio_align/models/default).")
     ask.add_argument("audio", type=Path, metavar="AUDIO")
-    ask.add_argument("question", help="the question, e.g. \"Is there a bell?\"")
+    ask.add_argument("questions", nargs="+", metavar="QUESTION",
+                     help="a question, e.g. \"Is there a bell?\" (several: each answered on its own; "
+                          "printed as 'Q: ...' and 'A: ...' lines)")
     ask.add_argument("--model", default=None, help="LALM directory (default: the bundled one)")
     ask.add_argument("--max-new-tokens", type=_int_at_least(1), default=64)
     _add_common(ask)
@@ -494,7 +499,7 @@ def _cmd_eval_aha(args: argparse.Namespace) -> int:
     from audio_align.evaluate import evaluate_aha
 
     scores = evaluate_aha(args.model, args.scenes, args.out, split=args.split, max_scenes=args.max_scenes,
-                          batch=args.batch, no_audio=args.no_audio)
+                          batch=args.batch, no_audio=args.no_audio, train_templates=args.train_templates)
     sys.stdout.write((args.out / "scores.md").read_text())
     print(f"wrote {args.out / 'scores.json'}, scores.md, scores.png and predictions.jsonl "
           f"({scores['questions']} questions)", file=sys.stderr)
@@ -502,10 +507,14 @@ def _cmd_eval_aha(args: argparse.Namespace) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from audio_align.evaluate import ask
+    from audio_align.evaluate import LoadedLalm
     from speech.audio import load_audio
 
-    print(ask(args.model, load_audio(args.audio), args.question, max_new_tokens=args.max_new_tokens))
+    audio = load_audio(args.audio)
+    lalm = LoadedLalm(args.model)
+    for q in args.questions:
+        answer = lalm.ask(audio, q, max_new_tokens=args.max_new_tokens)[0]
+        print(answer if len(args.questions) == 1 else f"Q: {q}\nA: {answer}")
     return 0
 
 

@@ -37,9 +37,9 @@ def test_answers_follow_the_ground_truth():
     for q in by["count"]:
         assert q.answer == counts[next(c for c in counts if f"the {c}" in q.question)]
     loud = by["loudest"][0]
-    assert loud.options[qa.LETTERS.index(loud.answer)] == "bell"
+    assert loud.answer == "bell" and "bell" in loud.options and "(A)" in loud.question
     said = by["said"][0]
-    assert said.options[qa.LETTERS.index(said.answer)] == "Please close the door."
+    assert said.answer == "Please close the door." and len(set(said.options)) == 4
     assert qa.caption_of(scene) == 'A bell, then a drum three times, then speech saying "Please close the door".'
     for q in qs:  # every canonical answer scores as correct
         assert qa.is_correct(q, q.answer), q
@@ -76,7 +76,7 @@ def test_scoring_parses_free_answers():
     assert qa.is_correct(q, "three times") and qa.is_correct(q, "3") and not qa.is_correct(q, "twice")
     q = qa.Question("s", "start", "quantitative", "seconds", "When?", "2.4", 0, tolerance=0.5)
     assert qa.is_correct(q, "at 2.8 seconds") and not qa.is_correct(q, "3.0") and not qa.is_correct(q, "soon")
-    q = qa.Question("s", "loudest", "general", "choice", "Which?", "B", 0, options=["bell", "drum", "crow", "beep"])
+    q = qa.Question("s", "loudest", "general", "choice", "Which?", "drum", 0, options=["bell", "drum", "crow", "beep"])
     assert qa.is_correct(q, "(B) drum") and qa.is_correct(q, "B") and qa.is_correct(q, "the drum")
     assert not qa.is_correct(q, "A") and not qa.is_correct(q, "Bell")
     q = qa.Question("s", "list", "omission", "list", "List.", "bell, drum, speech", 0)

@@ -49,6 +49,23 @@ def test_scenes_train_eval_and_ask(tmp_path, capsys, monkeypatch):
     assert main(args) == 0
     assert json.loads((report / "scores.json").read_text())["table"] == scores["table"]
 
+    # the language prior alone: the same questions with the encoder states zeroed
+    assert main([*args[:-4], "--out", str(tmp_path / "blind"), "--no-audio", "--home", str(home)]) == 0
+    blind = json.loads((tmp_path / "blind" / "scores.json").read_text())
+    assert blind["no_audio"] and not scores["no_audio"] and blind["questions"] == scores["questions"]
+
+    # the bundle: fp16 weights, the card with the AHA-Eval table; it loads and answers
+    from audio_align.lalm import load_lalm_dir
+    from audio_align.model_card import main as card_main
+
+    bundle = tmp_path / "bundle"
+    assert card_main(["bundle", str(run / "model"), str(bundle), "--scores", str(report / "scores.json"),
+                      "--scores", str(tmp_path / "blind" / "scores.json")]) == 0
+    card = (bundle / "README.md").read_text()
+    assert "## AHA-Eval" in card and "| set | held-out templates | held-out templates, no audio |" in card
+    assert "| overall | " in card
+    assert load_lalm_dir(bundle)[2]["family"] == "lalm"
+
     wav = root / "test" / "wav" / "test-000000.wav"
     capsys.readouterr()
     assert main(["ask", str(wav), "Is there a bell in the recording?", "--model", str(run / "model")]) == 0
@@ -56,6 +73,9 @@ def test_scenes_train_eval_and_ask(tmp_path, capsys, monkeypatch):
     from speech.audio import load_audio
 
     assert capsys.readouterr().out == ask(run / "model", load_audio(wav), "Is there a bell in the recording?") + "\n"
+    assert main(["ask", str(wav), "Is there a bell?", "What was the first sound?", "--model", str(run / "model")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:3] for line in lines] == ["Q: ", "A: ", "Q: ", "A: "] and lines[2] == "Q: What was the first sound?"
     assert main(["ask", str(wav), "  ", "--model", str(run / "model")]) == 2
     assert "the question is empty" in capsys.readouterr().err
     assert main(["eval", "aha", "--model", str(tmp_path / "nothing"), "--scenes", "tiny", "--home", str(home)]) == 2
