@@ -159,9 +159,8 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
     ``train_templates``: ask in the training templates instead of the split's own (for the test
     split: its held-out sounds without its held-out wording, to tell the two apart)."""
     from audio_align.encoded import encode_scenes
-    from audio_align.scenes import corpus_root, read_manifest, read_scenes
-
     from audio_align.hf_audio import HFAudioLM, is_hf_audio_dir
+    from audio_align.scenes import corpus_root, read_manifest, read_scenes
     from speech.audio import load_audio
     from speech.loop import Progress
 
@@ -196,6 +195,7 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
     key = (f"{path.resolve()}|{scenes}|{split}|{max_scenes}|{seed}|{'no-audio' if no_audio else 'audio'}|"
            f"{'train' if train_templates else split}-templates")
     done: dict[int, str] = {}
+    kept: list[str] = []  # the whole lines of a run that stopped: kept, the rest redone
     if pred_path.is_file():
         lines = pred_path.read_text(encoding="utf-8", errors="replace").splitlines()
         try:
@@ -209,8 +209,8 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
                 except json.JSONDecodeError:
                     break  # a line cut by a kill: redo from there
                 done[r["i"]] = r["prediction"]
-    if not done:
-        write_text_atomic(pred_path, json.dumps({"key": key}) + "\n")
+                kept.append(line)
+    write_text_atomic(pred_path, "".join(x + "\n" for x in [json.dumps({"key": key}), *kept]))
     todo = [i for i in range(len(questions)) if i not in done]
     progress = Progress(len(questions), f"eval aha {split}", "q", every=500)
     with open(pred_path, "a", encoding="utf-8") as f:

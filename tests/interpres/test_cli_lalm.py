@@ -48,6 +48,8 @@ def test_scenes_train_eval_and_ask(tmp_path, capsys, monkeypatch):
     (report / "predictions.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + "\n" + lines[len(lines) // 2][:9])
     assert main(args) == 0
     assert json.loads((report / "scores.json").read_text())["table"] == scores["table"]
+    resumed = (report / "predictions.jsonl").read_text().splitlines()
+    assert len(resumed) == len(lines) and [json.loads(x)["i"] for x in resumed[1:]] == list(range(len(lines) - 1))
 
     # the language prior alone: the same questions with the encoder states zeroed
     assert main([*args[:-4], "--out", str(tmp_path / "blind"), "--no-audio", "--home", str(home)]) == 0
