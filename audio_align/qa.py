@@ -13,8 +13,9 @@ multiple-choice audio QA set standing in for MMAU/MMAR), or is a ``caption`` req
   option's text (a small LM learns to name what it heard more easily than to point at a
   letter); a prediction is right if it names the option or its letter.
 
-Each question type has several paraphrase templates; the last ``HELDOUT_TEMPLATES`` of
-each are used only in the test split, so the test set asks in words never trained on.
+Each question type has a dozen or so training paraphrases (sometimes framed: "Question: ...")
+and two held-out ones (``HELDOUT``) that only the test split uses, so the test set asks in
+words never trained on.
 Answers are canonical strings, scored by :func:`is_correct` by the question's ``type``
 (yes/no, a class name, a set of names, a count, seconds within a tolerance, an option).
 """
@@ -33,57 +34,159 @@ import numpy as np
 KINDS = ("omission", "identity", "temporal", "quantitative")
 GENERAL = "general"
 CAPTION = "caption"
-HELDOUT_TEMPLATES = 2
 LETTERS = "ABCD"
 
-# type -> paraphrases; {x} {a} {b} {t} are filled from the ground truth, {opts} with the options
-TEMPLATES: dict[str, list[str]] = {
-    "present": ["Is there {a_x} in the recording?", "Can you hear {a_x}?", "Does the audio contain {a_x}?",
-                "Is {a_x} audible in this clip?", "Do you hear {a_x} anywhere in this audio?",
-                "Would you say {a_x} can be heard here?"],
-    "list": ["List every sound you hear.", "Which sounds are in the recording?", "Name all the sounds in this clip.",
-             "What sounds can be heard?", "Tell me each kind of sound that occurs in this audio.",
-             "Enumerate the sound sources present."],
-    "sound_at": ["What made the sound at {t} seconds?", "What is heard at {t} seconds?",
-                 "Which sound occurs at {t} s?", "What can you hear {t} seconds in?",
-                 "Identify the sound playing at the {t} second mark.", "At {t} seconds, what is the source of the sound?"],
-    "before": ["Did {the_a} come before {the_b}?", "Was {the_a} heard before {the_b}?",
-               "Does {the_a} occur earlier than {the_b}?", "Is {the_a} heard prior to {the_b}?",
-               "Did {the_a} happen ahead of {the_b}?", "Comes {the_a} first, before {the_b}?"],
-    "which_first": ["Which came first, {the_a} or {the_b}?", "What was heard first: {the_a} or {the_b}?",
-                    "Which is earlier, {the_a} or {the_b}?", "Between {the_a} and {the_b}, which starts first?",
-                    "Of {the_a} and {the_b}, which one do you hear sooner?",
-                    "Which precedes the other, {the_a} or {the_b}?"],
-    "first": ["What was the first sound?", "Which sound comes first?", "What do you hear first?",
-              "What is the first sound in the clip?", "Identify the sound the recording opens with.",
-              "Name the earliest sound."],
-    "last": ["What was the last sound?", "Which sound comes last?", "What do you hear last?",
-             "What is the final sound in the clip?", "Identify the sound the recording ends with.",
-             "Name the latest sound to begin."],
-    "count": ["How many times did {the_x} sound?", "How many times is {the_x} heard?",
-              "Count the occurrences of {the_x}.", "How often does {the_x} occur?",
-              "What is the number of times {the_x} can be heard?", "Tally how many times {the_x} appears."],
-    "start": ["When did {the_x} start?", "At what time does {the_x} begin?", "When is {the_x} first heard?",
-              "How many seconds in does {the_x} start?", "Give the onset time of {the_x}.",
-              "At which second does {the_x} first begin?"],
-    "duration": ["How long did {the_x} last?", "For how many seconds is {the_x} heard?",
-                 "What is the duration of {the_x}?", "How long does {the_x} go on?",
-                 "Give the length of {the_x} in seconds.", "For how much time does {the_x} continue?"],
-    "loudest": ["Which sound is the loudest? {opts}", "What is the loudest sound? {opts}",
-                "Which of these is heard most loudly? {opts}", "Which sound has the highest volume? {opts}",
-                "Pick the sound that is loudest in the clip. {opts}", "Identify the most intense sound. {opts}"],
-    "longest": ["Which sound lasts the longest? {opts}", "What is the longest sound? {opts}",
-                "Which of these goes on for the most time? {opts}", "Which sound has the longest duration? {opts}",
-                "Pick the sound heard for the longest stretch. {opts}", "Identify the most sustained sound. {opts}"],
-    "said": ["What did the speaker say? {opts}", "What words are spoken? {opts}", "What is said in the recording? {opts}",
-             "Which sentence is spoken? {opts}", "Pick what the voice says. {opts}", "Identify the spoken words. {opts}"],
-    "length": ["About how long is the recording? {opts}", "What is the length of the clip? {opts}",
-               "Roughly how many seconds does the audio last? {opts}", "How long is this audio? {opts}",
-               "Estimate the total duration of the clip. {opts}", "The recording runs for about how long? {opts}"],
-    "caption": ["Describe the recording.", "Write a caption for this audio.", "What happens in this clip?",
-                "Give a short description of the audio.", "Summarize what can be heard.",
-                "Caption this sound scene."],
+# type -> the paraphrases training and dev questions use; {x} {a} {b} {t} are filled from the
+# ground truth, {opts} with the options
+TRAIN_TEMPLATES: dict[str, list[str]] = {
+    "present": [
+        "Is there {a_x} in the recording?", "Can you hear {a_x}?", "Does the audio contain {a_x}?",
+        "Is {a_x} audible in this clip?", "Is {a_x} present in the audio?", "Does this clip include {a_x}?",
+        "Can {a_x} be heard in this recording?", "Is there any sign of {a_x}?", "Does {a_x} occur in the clip?",
+        "Did you hear {a_x}?", "Is {a_x} part of this sound scene?", "Answer yes or no: is there {a_x}?",
+        "Tell me whether {a_x} is in the audio.", "Is {a_x} among the sounds?",
+        "Does the recording have {a_x} in it?", "Could you detect {a_x} in this audio?"],
+    "list": [
+        "List every sound you hear.", "Which sounds are in the recording?", "Name all the sounds in this clip.",
+        "What sounds can be heard?", "What do you hear in this audio?", "List the sounds in the clip.",
+        "Name every sound source.", "Which sound sources can you hear?", "What kinds of sounds occur here?",
+        "Give all the sounds in this recording.", "Tell me which sounds are present.",
+        "What are all the sounds in the audio?", "Identify every sound in the clip.", "Which events are audible?",
+        "List each sound that occurs.", "What sources of sound does the recording contain?"],
+    "sound_at": [
+        "What made the sound at {t} seconds?", "What is heard at {t} seconds?", "Which sound occurs at {t} s?",
+        "What can you hear {t} seconds in?", "What sound is playing at {t} seconds?", "Name the sound at {t} s.",
+        "What do you hear at {t} seconds?", "Which sound is heard at {t} seconds?",
+        "Identify the sound at {t} seconds.", "At {t} s, what do you hear?",
+        "What was playing {t} seconds into the clip?", "Tell me what makes the sound at {t} seconds.",
+        "Which source produces the sound at {t} seconds?", "At the time {t} seconds, which sound is it?"],
+    "before": [
+        "Did {the_a} come before {the_b}?", "Was {the_a} heard before {the_b}?",
+        "Does {the_a} occur earlier than {the_b}?", "Is {the_a} heard prior to {the_b}?",
+        "Is {the_a} heard earlier than {the_b}?", "Did {the_a} start before {the_b}?", "Was {the_a} before {the_b}?",
+        "Does {the_a} begin before {the_b}?", "Answer yes or no: did {the_a} come before {the_b}?",
+        "Did you hear {the_a} before {the_b}?", "Is {the_a} earlier than {the_b}?", "Did {the_a} precede {the_b}?",
+        "Was {the_a} heard sooner than {the_b}?", "Does {the_a} start earlier than {the_b}?",
+        "Before {the_b}, was there {the_a}?"],
+    "which_first": [
+        "Which came first, {the_a} or {the_b}?", "What was heard first: {the_a} or {the_b}?",
+        "Which is earlier, {the_a} or {the_b}?", "Between {the_a} and {the_b}, what starts first?",
+        "Which started first, {the_a} or {the_b}?", "Which one is heard first: {the_a} or {the_b}?",
+        "What comes earlier, {the_a} or {the_b}?", "Which begins first, {the_a} or {the_b}?",
+        "Which sound starts earlier, {the_a} or {the_b}?", "Which is heard sooner, {the_a} or {the_b}?",
+        "Which occurs first, {the_a} or {the_b}?", "Tell me which came first: {the_a} or {the_b}.",
+        "Which happened earlier: {the_a} or {the_b}?"],
+    "first": [
+        "What was the first sound?", "Which sound comes first?", "What do you hear first?",
+        "What is the first sound in the clip?", "What sound do you hear first?", "Which sound starts the clip?",
+        "What is heard first in the recording?", "What opens the recording?", "Name the first sound.",
+        "Identify the first sound.", "Which sound begins the audio?", "What sound starts earliest?",
+        "Tell me the first sound you hear.", "Which sound is earliest?", "What comes first in the audio?",
+        "What sound does the clip begin with?"],
+    "last": [
+        "What was the last sound?", "Which sound comes last?", "What do you hear last?",
+        "What is the final sound in the clip?", "What sound do you hear last?", "Which sound ends the clip?",
+        "What is heard last in the recording?", "Name the last sound.", "Identify the last sound.",
+        "Which sound begins last?", "What sound starts latest?", "Tell me the last sound you hear.",
+        "What comes last in the audio?", "Which sound is the final one?", "What sound does the clip end on?",
+        "Which event starts last?"],
+    "count": [
+        "How many times did {the_x} sound?", "How many times is {the_x} heard?", "Count the occurrences of {the_x}.",
+        "How often does {the_x} occur?", "How many times do you hear {the_x}?", "Count how often {the_x} sounds.",
+        "How many times does {the_x} occur?", "How many occurrences of {the_x} are there?",
+        "How frequently is {the_x} heard?", "How many separate times does {the_x} sound?",
+        "Count {the_x}: how many times?", "How many instances of {the_x} are there?", "Give the count of {the_x}.",
+        "Tell me the count for {the_x}."],
+    "start": [
+        "When did {the_x} start?", "At what time does {the_x} begin?", "When is {the_x} first heard?",
+        "How many seconds in does {the_x} start?", "When does {the_x} begin?", "At what second does {the_x} start?",
+        "When do you first hear {the_x}?", "What is the start time of {the_x}?",
+        "How far into the clip does {the_x} start?", "Tell me when {the_x} starts.",
+        "At what point does {the_x} begin?", "When does {the_x} first sound?", "What time does {the_x} start at?",
+        "Give the start time of {the_x} in seconds.", "When is the onset of {the_x}?"],
+    "duration": [
+        "How long did {the_x} last?", "For how many seconds is {the_x} heard?", "What is the duration of {the_x}?",
+        "How long does {the_x} go on?", "How long is {the_x}?", "How many seconds does {the_x} last?",
+        "How long does {the_x} sound?", "For how long is {the_x} heard?", "How long can you hear {the_x}?",
+        "Tell me how long {the_x} lasts.", "What duration does {the_x} have?", "How many seconds long is {the_x}?",
+        "How long is {the_x} audible?", "What is the time span of {the_x}?"],
+    "loudest": [
+        "Which sound is the loudest? {opts}", "What is the loudest sound? {opts}",
+        "Which of these is heard most loudly? {opts}", "Which sound has the highest volume? {opts}",
+        "Which sound is heard loudest? {opts}", "Which is the loudest of these sounds? {opts}",
+        "Name the loudest sound. {opts}", "Which sound has the most energy? {opts}",
+        "What sound is the strongest? {opts}", "Which sound stands out as the loudest? {opts}",
+        "Which one is loudest? {opts}", "Choose the loudest sound. {opts}",
+        "Which sound is played at the highest level? {opts}", "Select the sound with the greatest volume. {opts}"],
+    "longest": [
+        "Which sound lasts the longest? {opts}", "What is the longest sound? {opts}",
+        "Which of these goes on for the most time? {opts}", "Which sound has the longest duration? {opts}",
+        "Which sound goes on the longest? {opts}", "Which of these lasts longest? {opts}",
+        "Name the longest sound. {opts}", "What sound continues the longest? {opts}",
+        "Which sound is heard for the most time? {opts}", "Choose the sound with the longest duration. {opts}",
+        "Which one lasts the longest? {opts}", "Which sound takes up the most time? {opts}",
+        "Select the longest-lasting sound. {opts}"],
+    "said": [
+        "What did the speaker say? {opts}", "What words are spoken? {opts}", "What is said in the recording? {opts}",
+        "Which sentence is spoken? {opts}", "What does the voice say? {opts}", "What was said? {opts}",
+        "Which words are heard? {opts}", "What does the speaker say? {opts}", "Choose what is said. {opts}",
+        "What is spoken in the clip? {opts}", "What words does the voice speak? {opts}",
+        "Which of these is said? {opts}", "What do you hear someone say? {opts}",
+        "Select the spoken sentence. {opts}", "Which phrase is spoken? {opts}", "What is the voice saying? {opts}"],
+    "length": [
+        "About how long is the recording? {opts}", "What is the length of this clip? {opts}",
+        "Roughly how many seconds does the audio last? {opts}", "How long is this audio? {opts}",
+        "How long does the recording last? {opts}", "What is the duration of the audio? {opts}",
+        "About how many seconds long is the clip? {opts}", "How long is the recording? {opts}",
+        "Roughly how long is this clip? {opts}", "What is the total length of the audio? {opts}",
+        "Choose the length of the recording. {opts}", "How many seconds does the clip run? {opts}"],
+    "caption": [
+        "Describe the recording.", "Write a caption for this audio.", "What happens in this clip?",
+        "Give a short description of the audio.", "Describe what you hear.", "Describe this audio.",
+        "Write a description of the recording.", "Tell me what happens in the audio.",
+        "Give a caption for this clip.", "Describe the sound scene.", "Summarize the audio.",
+        "Write a short caption.", "What goes on in this recording?"],
 }
+# type -> the paraphrases only the test split uses (no training paraphrase shares four
+# consecutive words with one of them: tests/audio_align/test_qa.py)
+HELDOUT: dict[str, list[str]] = {
+    "present": [
+        "Do you hear {a_x} anywhere in this audio?", "Would you say {a_x} can be heard here?"],
+    "list": [
+        "Tell me each kind of sound that occurs in this audio.", "Enumerate the sound sources present."],
+    "sound_at": [
+        "Identify the sound playing at the {t} second mark.", "At {t} seconds, what is the source of the sound?"],
+    "before": [
+        "Did {the_a} happen ahead of {the_b}?", "Comes {the_a} first, before {the_b}?"],
+    "which_first": [
+        "Of {the_a} and {the_b}, which one do you hear sooner?", "Which precedes the other, {the_a} or {the_b}?"],
+    "first": [
+        "Identify the sound the recording opens with.", "Name the earliest sound."],
+    "last": [
+        "Identify the sound the recording ends with.", "Name the latest sound to begin."],
+    "count": [
+        "What is the number of times {the_x} can be heard?", "Tally how many times {the_x} appears."],
+    "start": [
+        "Give the onset time of {the_x}.", "At which second does {the_x} first begin?"],
+    "duration": [
+        "Give the length of {the_x} in seconds.", "For how much time does {the_x} continue?"],
+    "loudest": [
+        "Pick the sound that is loudest in the clip. {opts}", "Identify the most intense sound. {opts}"],
+    "longest": [
+        "Pick the sound heard for the longest stretch. {opts}", "Identify the most sustained sound. {opts}"],
+    "said": [
+        "Pick what the voice says. {opts}", "Identify the spoken words. {opts}"],
+    "length": [
+        "Estimate the total duration of the clip. {opts}", "The recording runs for about how long? {opts}"],
+    "caption": [
+        "Summarize what can be heard.", "Caption this sound scene."],
+}
+# a template's index is its place in TEMPLATES[type]: the training ones, then the held-out ones
+TEMPLATES: dict[str, list[str]] = {k: TRAIN_TEMPLATES[k] + HELDOUT[k] for k in TRAIN_TEMPLATES}
+# training and dev questions are sometimes framed (never test questions): {q} is the question
+FRAMES = ["{q} Answer briefly.", "Listen to the audio. {q}", "Question: {q}", "Please answer: {q}",
+          "Listen carefully, then answer: {q}", "{q} Keep the answer short."]
+FRAME_RATE = 0.25
 # type -> (kind, answer type)
 TYPES: dict[str, tuple[str, str]] = {
     "present": ("omission", "yesno"), "list": ("omission", "list"),
@@ -138,8 +241,8 @@ def _rng(*key: object) -> np.random.Generator:
 
 def template_indices(qtype: str, split: str) -> list[int]:
     """The paraphrases a split may use: the test split only the held-out ones."""
-    n = len(TEMPLATES[qtype])
-    return list(range(n - HELDOUT_TEMPLATES, n)) if split == "test" else list(range(n - HELDOUT_TEMPLATES))
+    n, held = len(TEMPLATES[qtype]), len(HELDOUT[qtype])
+    return list(range(n - held, n)) if split == "test" else list(range(n - held))
 
 
 def _options_text(options: Sequence[str]) -> str:
@@ -166,6 +269,8 @@ class _Builder:
         kind, answer_type = TYPES[qtype]
         t = int(self.rng.choice(template_indices(qtype, self.split)))
         text = TEMPLATES[qtype][t].format(opts=_options_text(options) if options else "", **fill).strip()
+        if self.split != "test" and self.rng.random() < FRAME_RATE:
+            text = FRAMES[int(self.rng.integers(len(FRAMES)))].format(q=text)
         self.out.append(Question(self.scene["id"], qtype, kind, answer_type, text, answer, t, list(options),
                                  tolerance, self.scene.get("prior") or "none", probes_prior))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from audio_align import qa
 
 CLASSES = ["bell", "phone ringing", "speech", "drum", "alarm", "siren", "crow", "beep"]
@@ -65,8 +67,33 @@ def test_test_split_asks_only_held_out_templates():
     for split in ("train", "dev", "test"):
         for seed in range(5):
             for q in qa.questions_for(scene, split, CLASSES, RULES, SENTENCES, seed=seed):
-                held = q.template >= len(qa.TEMPLATES[q.type]) - qa.HELDOUT_TEMPLATES
+                held = q.template >= len(qa.TRAIN_TEMPLATES[q.type])
                 assert held == (split == "test"), (split, q)
+                if split == "test":  # asked exactly in a held-out wording, never framed
+                    assert any(q.question.startswith(h.split("{")[0]) for h in qa.HELDOUT[q.type]), q.question
+
+
+def _four_grams(template: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"\{\w+\}|[a-z]+", template.lower())
+    return {tuple(words[i:i + 4]) for i in range(len(words) - 3)}
+
+
+def test_held_out_templates_are_not_near_copies_of_training_ones():
+    """The test wording is unseen: no training paraphrase (framed or not) shares four
+    consecutive words with a held-out one."""
+    for qtype, held in qa.HELDOUT.items():
+        assert len(held) >= 2 and len(qa.TRAIN_TEMPLATES[qtype]) >= 8, qtype
+        for h in held:
+            for t in qa.TRAIN_TEMPLATES[qtype] + [f.format(q="x") for f in qa.FRAMES]:
+                assert not _four_grams(h) & _four_grams(t), (qtype, h, t)
+
+
+def test_training_questions_are_sometimes_framed():
+    scene = _scene([_event("bell", 0.5, 1.5), _event("drum", 2.0, 2.4)])
+    texts = [q.question for seed in range(40) for q in qa.questions_for(scene, "train", CLASSES, RULES, SENTENCES, seed=seed)]
+    framed = [t for t in texts if any(t != f.format(q=t) and t.startswith(f.split("{q}")[0]) and t.endswith(f.split("{q}")[1])
+                                      for f in qa.FRAMES)]
+    assert 0.1 < len(framed) / len(texts) < 0.45
 
 
 def test_scoring_parses_free_answers():
