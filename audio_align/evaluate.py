@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -41,28 +42,34 @@ class AhaEvalError(ValueError):
 
 
 def resolve_model(model: str | Path | None) -> Path:
-    """``None`` or "default": the bundled LALM; else a directory."""
-    if model is None or str(model) == "default":
-        if not (BUNDLED_DIR / "config.json").is_file():
-            raise LalmError(f"no bundled audio-language model in {BUNDLED_DIR}; pass --model DIR "
+    """``None`` or "default": the bundled LALM; a name of another bundled one ("sft", the
+    model before alignment) unless a directory of that name is here; else a directory."""
+    name = "default" if model is None else str(model)
+    bundled = BUNDLED_DIR.parent / name
+    if name == "default" or ("/" not in name and not Path(name).exists() and (bundled / "config.json").is_file()):
+        if not (bundled / "config.json").is_file():
+            raise LalmError(f"no bundled audio-language model in {bundled}; pass --model DIR "
                             "(train one with 'interpres train lalm')")
-        return BUNDLED_DIR
+        return bundled
     return Path(model)
 
 
 @torch.no_grad()
 def answer(model: AudioLanguageModel, tok: ChatTokenizer, states: Sequence[torch.Tensor], questions: Sequence[str],
-           batch: int = 32, max_new_tokens: int = 48) -> list[str]:
-    """One greedy answer per (encoder states, question), batched by length."""
+           batch: int = 32, max_new_tokens: int = 48, temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """One answer per (encoder states, question), batched by length: greedy, or sampled at
+    ``temperature`` (repeatable for ``seed``)."""
     device = next(model.parameters()).device
     model.eval()
     order = sorted(range(len(questions)), key=lambda i: len(states[i]))
     out: list[str] = [""] * len(questions)
+    gen = torch.Generator().manual_seed(seed)
     for k in range(0, len(order), batch):
         idx = order[k:k + batch]
         audio, lens = pad_audio([states[i].float() for i in idx])
         prompts = [tok.prompt(questions[i], model.cfg.audio_tokens(len(states[i]))) for i in idx]
-        ids = model.generate(prompts, audio.to(device), lens.to(device), tok.im_end, max_new_tokens)
+        ids = model.generate(prompts, audio.to(device), lens.to(device), tok.im_end, max_new_tokens,
+                             temperature=temperature, generator=gen)
         for i, g in zip(idx, ids):
             out[i] = tok.decode(g)
     return out
@@ -136,6 +143,62 @@ def _plot(table: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _row_masks(questions: Sequence[qa.Question]) -> dict[str, np.ndarray]:
+    masks = {"overall": [q.kind != qa.CAPTION for q in questions]}
+    for kind in (*qa.KINDS, qa.GENERAL):
+        masks[kind] = [q.kind == kind for q in questions]
+    for prior in ("consistent", "breaking"):
+        masks[f"prior_{prior}"] = [q.probes_prior and q.prior == prior for q in questions]
+    return {k: np.asarray(v) for k, v in masks.items() if any(v)}
+
+
+def compare(questions: Sequence[qa.Question], correct: Sequence[bool], base_correct: Sequence[bool],
+            n: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """Per row: the baseline's accuracy, this model's, and the difference with its 95% paired
+    bootstrap interval (the same resampled questions for both)."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(correct, dtype=np.float64), np.asarray(base_correct, dtype=np.float64)
+    out = {}
+    for row, mask in _row_masks(questions).items():
+        idx = np.flatnonzero(mask)
+        d = a[idx] - b[idx]
+        boot = d[rng.integers(0, len(d), size=(n, len(d)))].mean(1)
+        out[row] = {"n": int(len(idx)), "baseline": float(b[idx].mean()), "accuracy": float(a[idx].mean()),
+                    "delta": float(d.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+    return out
+
+
+def _read_baseline(base: Path, questions: Sequence[qa.Question], key_tail: str) -> list[bool]:
+    """The per-question correctness of another evaluation of the same questions."""
+    path = base / "predictions.jsonl"
+    if not path.is_file():
+        raise AhaEvalError(f"{base}: no predictions.jsonl (the --baseline is an 'eval aha' output directory)")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        key = json.loads(lines[0]).get("key", "") if lines else ""
+        rows = {r["i"]: r for r in (json.loads(x) for x in lines[1:] if x.strip())}
+    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        raise AhaEvalError(f"{path}: not an eval aha predictions file ({e})") from None
+    if not key.endswith(key_tail):
+        raise AhaEvalError(f"{path}: evaluated {key.split('|', 1)[-1]!r}, not {key_tail!r}: not the same questions")
+    missing = [i for i in range(len(questions)) if i not in rows]
+    if missing:
+        raise AhaEvalError(f"{path}: {len(missing)} of {len(questions)} questions unanswered (finish that evaluation first)")
+    for i, q in enumerate(questions):
+        if rows[i]["question"] != q.question:
+            raise AhaEvalError(f"{path}: question {i} differs ({rows[i]['question']!r} vs {q.question!r})")
+    return [qa.is_correct(q, rows[i]["prediction"]) for i, q in enumerate(questions)]
+
+
+def _comparison_markdown(cmp: dict, base: Path) -> str:
+    lines = ["", f"## Against {base}", "", "| set | questions | baseline | this | difference | 95% paired CI |",
+             "|---|---:|---:|---:|---:|---|"]
+    for k, v in cmp.items():
+        lines.append(f"| {k} | {v['n']} | {100 * v['baseline']:.1f} | {100 * v['accuracy']:.1f} | "
+                     f"{100 * v['delta']:+.1f} | [{100 * v['ci95'][0]:+.1f}, {100 * v['ci95'][1]:+.1f}] |")
+    return "\n".join(lines) + "\n"
+
+
 def _markdown(table: dict, captions: dict | None, name: str) -> str:
     lines = [f"# AHA-Eval: {name}", "", "| set | questions | accuracy | 95% CI |", "|---|---:|---:|---|"]
     for k, v in table.items():
@@ -152,12 +215,15 @@ def _markdown(table: dict, captions: dict | None, name: str) -> str:
 
 def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, split: str = "test",
                  max_scenes: int = 0, batch: int = 32, seed: int = 0, no_audio: bool = False,
-                 train_templates: bool = False) -> dict:
+                 train_templates: bool = False, baseline: str | Path | None = None,
+                 coda: tuple[float, int] | None = None) -> dict:
     """Answer every question of ``split``; write predictions.jsonl, scores.json/md/png under ``out``.
     ``no_audio``: the encoder states are zeroed, so the answers are what the LM's priors say
     without hearing anything (a diagnostic baseline; not for Qwen2-Audio directories).
     ``train_templates``: ask in the training templates instead of the split's own (for the test
-    split: its held-out sounds without its held-out wording, to tell the two apart)."""
+    split: its held-out sounds without its held-out wording, to tell the two apart).
+    ``baseline``: another evaluation's output directory of the same questions (e.g. the
+    model before alignment): differences per row with paired bootstrap intervals."""
     from audio_align.encoded import encode_scenes
     from audio_align.hf_audio import HFAudioLM, is_hf_audio_dir
     from audio_align.scenes import corpus_root, read_manifest, read_scenes
@@ -165,6 +231,7 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
     from speech.loop import Progress
 
     path = resolve_model(model_dir)
+    coda_info = None
     root = corpus_root(scenes)
     manifest = read_manifest(root)
     scene_list = read_scenes(root, split)
@@ -180,20 +247,41 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
 
         def predict(idx: list[int]) -> list[str]:
             return hf.answer([load_audio(wav[questions[i].scene]) for i in idx], [questions[i].question for i in idx])
+        if coda:
+            raise AhaEvalError(f"{path}: --coda is for LALM directories, not Qwen2-Audio ones")
     else:
+        import contextlib
+
+        from audio_align.coda import amplified, select_heads
+
         model, tok, _ = load_lalm_dir(path)
-        states = encode_scenes(root, split, scene_list, AudioFrontEnd(model.cfg.audio_encoder, model.cfg.pool))
+        frontend = AudioFrontEnd(model.cfg.audio_encoder, model.cfg.pool)
+        states = encode_scenes(root, split, scene_list, frontend)
         if no_audio:
             states = {k: torch.zeros_like(v) for k, v in states.items()}
+        listen = contextlib.nullcontext
+        if coda:
+            dev = read_scenes(root, "dev")[:40]
+            dev_states = encode_scenes(root, "dev", dev, frontend)
+            dev_q = [q for q in qa.build_questions(dev, "dev", manifest["classes"], qa.rules_of(manifest), seed)
+                     if q.kind != qa.CAPTION]
+            heads = select_heads(model, tok, [dev_states[q.scene] for q in dev_q], [q.question for q in dev_q], coda[1])
+            log.info("CoDA: value states of the audio x%g in heads (layer, kv head) %s", coda[0], heads)
+            coda_info = {"scale": coda[0], "top_k": coda[1], "heads": heads}
+            listen = lambda: amplified(model, heads, coda[0])  # noqa: E731 - a fresh block per batch
 
         def predict(idx: list[int]) -> list[str]:
-            return answer(model, tok, [states[questions[i].scene] for i in idx], [questions[i].question for i in idx],
-                          batch=batch)
+            with listen():
+                return answer(model, tok, [states[questions[i].scene] for i in idx], [questions[i].question for i in idx],
+                              batch=batch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pred_path = out / "predictions.jsonl"
     key = (f"{path.resolve()}|{scenes}|{split}|{max_scenes}|{seed}|{'no-audio' if no_audio else 'audio'}|"
-           f"{'train' if train_templates else split}-templates")
+           f"{'train' if train_templates else split}-templates" + (f"|coda:{coda[0]}:{coda[1]}" if coda else ""))
+    # a baseline of other questions is refused before any answering
+    base_ok = (_read_baseline(Path(baseline), questions, key.split("|", 1)[1].split("|coda:")[0])
+               if baseline is not None else None)
     done: dict[int, str] = {}
     kept: list[str] = []  # the whole lines of a run that stopped: kept, the rest redone
     if pred_path.is_file():
@@ -213,6 +301,7 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
     write_text_atomic(pred_path, "".join(x + "\n" for x in [json.dumps({"key": key}), *kept]))
     todo = [i for i in range(len(questions)) if i not in done]
     progress = Progress(len(questions), f"eval aha {split}", "q", every=500)
+    started = time.perf_counter()
     with open(pred_path, "a", encoding="utf-8") as f:
         for k in range(0, len(todo), 256):
             idx = todo[k:k + 256]
@@ -231,11 +320,18 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
     scores = {**{k: v["accuracy"] for k, v in table.items()}, "table": table, "captions": captions,
               "model": str(path), "scenes": scenes, "split": split, "questions": len(questions), "no_audio": no_audio,
               "templates": "train" if train_templates else split,
-              "scenes_evaluated": len(scene_list)}
+              "scenes_evaluated": len(scene_list), "coda": coda_info,
+              # the answering time of this run (a resumed one: of what it answered)
+              "answered_here": len(todo), "answer_seconds": round(time.perf_counter() - started, 2)}
+    md_tail = ""
+    if base_ok is not None:
+        cmp = compare(questions, [qa.is_correct(q, p) for q, p in zip(questions, preds)], base_ok)
+        scores["vs_baseline"] = {"baseline": str(baseline), "table": cmp}
+        md_tail = _comparison_markdown(cmp, Path(baseline))
     write_json_atomic(out / "scores.json", scores)
     what = (f"{path} ({split} split, {scores['templates']} question templates"
             f"{', encoder states zeroed' if no_audio else ''})")
-    write_text_atomic(out / "scores.md", _markdown(table, captions, what))
+    write_text_atomic(out / "scores.md", _markdown(table, captions, what) + md_tail)
     _plot(table, out / "scores.png", f"AHA-Eval ({split}, {len(scene_list)} scenes): {path.name}")
     return scores
 

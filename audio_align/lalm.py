@@ -69,6 +69,9 @@ class LalmConfig:
     max_positions: int = 2048
     rope_theta: float = 10000.0
     dropout: float = 0.0  # attention dropout in the LM
+    # trainable embeddings put before every sequence (STA's steering token, audio_align.align);
+    # 0: none. Their weights are "prefix" in model.safetensors.
+    prefix_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("encoder_dim", "pool", "stride", "projector_dim", "hidden_size", "layers", "heads",
@@ -119,6 +122,15 @@ class AudioLanguageModel(nn.Module):
         self.audio_id = audio_id
         self.projector = Projector(cfg)
         self.lm = Qwen2ForCausalLM(cfg.qwen2())
+        self.prefix = nn.Parameter(torch.zeros(cfg.prefix_tokens, cfg.hidden_size)) if cfg.prefix_tokens else None
+
+    def _prefixed(self, emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Put the prefix embeddings before every row (before a left-padded row's padding)."""
+        if self.prefix is None:
+            return emb, mask
+        b = emb.shape[0]
+        pre = self.prefix.to(emb.dtype)[None].expand(b, -1, -1)
+        return torch.cat([pre, emb], 1), torch.cat([torch.ones_like(mask[:, :1]).expand(b, pre.shape[1]), mask], 1)
 
     def embed(self, input_ids: Tensor, audio: Tensor, audio_lens: Tensor) -> Tensor:
         """input_ids (B, L) with ``audio_tokens(audio_lens[b])`` placeholders in row b, audio
@@ -134,8 +146,9 @@ class AudioLanguageModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, audio: Tensor, audio_lens: Tensor) -> Tensor:
         """-> logits (B, L, vocab)"""
-        emb = self.embed(input_ids, audio, audio_lens)
-        return self.lm(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False).logits
+        emb, mask = self._prefixed(self.embed(input_ids, audio, audio_lens), attention_mask)
+        logits = self.lm(inputs_embeds=emb, attention_mask=mask, use_cache=False).logits
+        return logits[:, self.cfg.prefix_tokens:]
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
         """Summed NLL of the answer tokens (labels != IGNORE) and their count."""
@@ -144,8 +157,10 @@ class AudioLanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], audio: Tensor, audio_lens: Tensor, eos_id: int,
-                 max_new_tokens: int = 48) -> list[list[int]]:
-        """Greedy continuation of each prompt (left-padded into one batch, KV-cached); stops at ``eos_id``."""
+                 max_new_tokens: int = 48, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+        """Continuation of each prompt (left-padded into one batch, KV-cached) until ``eos_id``:
+        greedy, or sampled at ``temperature`` > 0 (drawn from ``generator``, on the CPU)."""
         device = audio.device
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), PAD_ID, dtype=torch.long, device=device)
@@ -153,7 +168,7 @@ class AudioLanguageModel(nn.Module):
         for i, p in enumerate(prompts):
             ids[i, width - len(p):] = torch.tensor(p, device=device)
             mask[i, width - len(p):] = 1
-        emb = self.embed(ids, audio, audio_lens)
+        emb, mask = self._prefixed(self.embed(ids, audio, audio_lens), mask)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         out = self.lm(inputs_embeds=emb, attention_mask=mask, position_ids=positions, use_cache=True)
         past = _cache_of(out)
@@ -161,7 +176,11 @@ class AudioLanguageModel(nn.Module):
         result: list[list[int]] = [[] for _ in prompts]
         logits = out.logits[:, -1]
         for _ in range(max_new_tokens):
-            nxt = logits.argmax(-1)
+            if temperature > 0:
+                probs = torch.softmax(logits.float().cpu() / temperature, -1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0].to(device)
+            else:
+                nxt = logits.argmax(-1)
             for i in range(len(prompts)):
                 if not done[i]:
                     if int(nxt[i]) == eos_id:

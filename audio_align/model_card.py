@@ -31,10 +31,34 @@ def _label(scores: dict[str, Any]) -> str:
     return templates + (", no audio" if scores.get("no_audio") else "")
 
 
-def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int) -> str:
+def _alignment(config: dict[str, Any]) -> list[str]:
+    """The paragraph of an aligned model: its preference data and objective."""
+    rec = config.get("recipe") or {}
+    kept = config.get("pairs") or {}
+    prov = config.get("provenance") or {}
+    rows = ["| source | " + " | ".join(KIND_NAMES.get(k, k) for k in ("omission", "identity", "temporal", "quantitative",
+                                                                          "general", "caption")) + " |",
+            "|---|" + "---:|" * 6]
+    for src in sorted(prov):
+        rows.append(f"| {src} | " + " | ".join(str(prov[src].get(k, 0)) for k in ("omission", "identity", "temporal",
+                                                                                  "quantitative", "general", "caption")) + " |")
+    what = {"all": "the whole model", "lora": "LoRA adapters on the LM (merged)", "projector": "the projector",
+            "prefix": f"{rec.get('prefix_tokens', 1)} steering prefix token (STA)"}.get(config.get("train_params"), "?")
+    return [
+        f"Then `interpres align` (preference optimization against hallucination) from that model: "
+        f"{config.get('method', '?')} (beta {rec.get('beta', '?')}, SFT term weight {rec.get('sft_weight', 0)}, "
+        f"label smoothing {rec.get('label_smoothing', 0)}) on {what}: {config.get('trainable_parameters', '?')} trainable "
+        f"parameters, {config.get('updates', '?')} updates in {config.get('train_seconds', '?')} s. "
+        f"Preference pairs: {kept.get('kept', '?')} of {kept.get('pairs', '?')} kept, with provenance "
+        "(rule: counterfactual perturbations of the ground truth; model: the instruction-tuned model's own wrong "
+        "answers, greedy and sampled, on training scenes):", "", *rows, ""]
+
+
+def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int, name: str = "default") -> str:
     m = config["lalm"]
+    aligned = config.get("stage") == "align"
     lines = [
-        "# interpres audio-language model (default)", "",
+        f"# interpres audio-language model ({name})", "",
         "Answers questions about a sound scene (4-20 s): which sounds are there, what made the sound at a time, "
         "what came first, how many times, when and how long, the loudest sound, what was said; and captions it. "
         "Shape of Qwen2-Audio: a frozen speech encoder, a strided-conv projector and a small Qwen2 causal LM, "
@@ -46,7 +70,8 @@ def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int) -> s
         f"{20 * m['pool'] * m['stride']} ms",
         f"- LM: Qwen2 ({m['layers']} layers, hidden {m['hidden_size']}, {m['heads']} heads / {m['kv_heads']} KV heads, "
         f"FFN {m['intermediate_size']}), vocabulary {m['vocab_size']} sentencepiece pieces, tied embeddings",
-        f"- {params / 1e6:.2f} M trained parameters (projector + LM), stored in fp16", "",
+        f"- {params / 1e6:.2f} M trained parameters (projector + LM"
+        f"{' + steering prefix' if m.get('prefix_tokens') else ''}), stored in fp16", "",
         "## Recipe and data", "",
         f"`interpres data scenes` (scene corpus `{config.get('scenes', 'default')}`), then "
         "`interpres train lalm configs/audio_align/lalm_align.yaml` (captions: projector alignment) and "
@@ -54,6 +79,7 @@ def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int) -> s
         "AHA kinds, the general set and captions). Scenes mix recorded sounds of sound-theme-freedesktop, "
         "oxygen-sounds, sonic-pi-samples and ktuberling-data, sounds made in code and TTS sentences, with exact "
         "ground truth; the training scenes follow co-occurrence priors that some test scenes break.",
+        *(_alignment(config) if aligned else []),
         f"Final stage: {config.get('updates', '?')} updates in {config.get('train_seconds', '?')} s "
         f"({config.get('threads', '?')} threads); dev accuracy {config.get('dev_scores', {}).get('overall', 'n/a')}.", "",
     ]
@@ -82,7 +108,7 @@ def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int) -> s
         lines.append("")
     lines += ["## Limits", "",
               "Trained on synthetic scenes only, from a few hundred distinct sound files: it knows the 24 classes "
-              "of its corpus and nothing else. Its LM was trained from nothing on four phrasings of each question: "
+              "of its corpus and nothing else. Its LM was trained from nothing on a dozen or so phrasings of each question: "
               "asked in words it never saw (the held-out templates), it often answers in the wrong form (a caption "
               "or a list where yes or no was asked), which is most of the gap between the first two columns. It "
               "does not transcribe: what a speaker said is near chance for sentences it never heard in training. "
@@ -102,7 +128,7 @@ def bundle(model_dir: Path, out: Path, scores_paths: list[Path]) -> Path:
         save_file(half, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / TOKENIZER_FILE).write_bytes((model_dir / TOKENIZER_FILE).read_bytes())
         (tmp / CONFIG_FILE).write_text(json.dumps(keep, indent=1, ensure_ascii=False))
-        (tmp / "README.md").write_text(card(config, scores, params))
+        (tmp / "README.md").write_text(card(config, scores, params, name=out.name))
     return out
 
 

@@ -162,19 +162,25 @@ class LalmRecipe:
         return total / max(1, tokens)
 
     def finish(self, model: torch.nn.Module, averaged: list[Path], state: dict) -> None:
-        from audio_align.evaluate import accuracy_table, answer
-
-        n = min(self.cfg.dev_eval_scenes, len(self.dev.scenes))
-        items = [(si, q) for si in range(n) for q in self.dev.questions[si] if q.kind != qa.CAPTION]
-        preds = answer(model, self.tok, [self.dev.states[si] for si, _ in items], [q.question for _, q in items])
-        table = accuracy_table([q for _, q in items], preds)
-        scores = {k: round(v["accuracy"], 4) for k, v in table.items()}
+        scores, n = dev_scores(model, self.tok, self.dev, self.cfg.dev_eval_scenes)
         extra = {"task": "lalm", "stage": self.cfg.stage, "recipe": self.recipe, "scenes": self.cfg.scenes,
-                 "averaged": [p.name for p in averaged], "dev_scores": scores, "dev_questions": len(items),
+                 "averaged": [p.name for p in averaged], "dev_scores": scores, "dev_questions": n,
                  "train_seconds": round(state["seconds"], 1), "updates": state["update"],
                  "threads": torch.get_num_threads(), "processes": self.world}
         save_lalm_dir(model, self.out / TOKENIZER_FILE, self.out / "model", extra=extra)
         log.info("model written to %s (dev accuracy: %s)", self.out / "model", scores)
+
+
+def dev_scores(model: AudioLanguageModel, tok: ChatTokenizer, dev: SceneSet, scenes: int) -> tuple[dict[str, float], int]:
+    """Accuracy by kind on the questions of the first ``scenes`` dev scenes (captions aside),
+    and how many questions that was."""
+    from audio_align.evaluate import accuracy_table, answer
+
+    n = min(scenes, len(dev.scenes))
+    items = [(si, q) for si in range(n) for q in dev.questions[si] if q.kind != qa.CAPTION]
+    preds = answer(model, tok, [dev.states[si] for si, _ in items], [q.question for _, q in items])
+    table = accuracy_table([q for _, q in items], preds)
+    return {k: round(v["accuracy"], 4) for k, v in table.items()}, len(items)
 
 
 def train(cfg: LalmTrainConfig) -> Path:

@@ -56,6 +56,47 @@ def test_scenes_train_eval_and_ask(tmp_path, capsys, monkeypatch):
     blind = json.loads((tmp_path / "blind" / "scores.json").read_text())
     assert blind["no_audio"] and not scores["no_audio"] and blind["questions"] == scores["questions"]
 
+    # alignment: pairs with provenance, cached reference log-probs, DPO; resumed runs do nothing
+    from audio_align import prefs
+
+    aligned = tmp_path / "dpo"
+    align_args = ["align", str(CONFIGS / "align_tiny.yaml"), f"out={aligned}", f"init={run / 'model'}", "--home", str(home)]
+    assert main(align_args) == 0
+    config = json.loads((aligned / "model" / "config.json").read_text())
+    assert config["stage"] == "align" and config["method"] == "dpo" and config["updates"] == 4
+    header, pairs = prefs.read_pairs(aligned / "pairs.jsonl")
+    assert pairs and len(pairs) <= 200 and header["provenance"] == prefs.provenance(pairs)
+    assert any(p.source.startswith("rule:") for p in pairs)
+    assert all(p.chosen != p.rejected for p in pairs)
+    assert (aligned / "reference.safetensors").is_file() and (aligned / "pairs_dev.jsonl").is_file()
+    weights = (aligned / "model" / "model.safetensors").read_bytes()
+    assert main(align_args) == 0 and (aligned / "model" / "model.safetensors").read_bytes() == weights
+    # STA on the same pairs: one steering token is all that trains
+    sta = tmp_path / "sta"
+    assert main([*align_args[:2], f"out={sta}", f"init={run / 'model'}", "train_params=prefix", f"pairs_from={aligned}",
+                 "lr=0.01", "--home", str(home)]) == 0
+    assert (sta / "pairs.jsonl").read_text() == (aligned / "pairs.jsonl").read_text()
+    config = json.loads((sta / "model" / "config.json").read_text())
+    assert config["trainable_parameters"] == config["lalm"]["hidden_size"] and config["lalm"]["prefix_tokens"] == 1
+    # before/after: paired differences against the instruction-tuned model's evaluation
+    after = tmp_path / "aha-dpo"
+    assert main(["eval", "aha", "--model", str(aligned / "model"), "--scenes", "tiny", "--out", str(after),
+                 "--baseline", str(report), "--home", str(home)]) == 0
+    cmp = json.loads((after / "scores.json").read_text())["vs_baseline"]["table"]
+    assert cmp["overall"]["baseline"] == pytest.approx(scores["overall"]) and "difference" in (after / "scores.md").read_text()
+    capsys.readouterr()
+    assert main(["eval", "aha", "--model", str(aligned / "model"), "--scenes", "tiny", "--out", str(after),
+                 "--baseline", str(tmp_path / "blind"), "--home", str(home)]) == 2
+    assert "not the same questions" in capsys.readouterr().err
+    # CoDA: heads chosen on dev scenes, amplified while decoding; compared with the plain run
+    coda = tmp_path / "aha-coda"
+    assert main([*args[:-4], "--out", str(coda), "--coda", "1.5:1", "--baseline", str(report), "--home", str(home)]) == 0
+    got = json.loads((coda / "scores.json").read_text())
+    assert got["coda"]["scale"] == 1.5 and len(got["coda"]["heads"]) == 1 and got["answer_seconds"] > 0
+    with pytest.raises(SystemExit) as bad:
+        main([*args[:-4], "--out", str(coda), "--coda", "0:1", "--home", str(home)])
+    assert bad.value.code == 2 and "SCALE must be a positive number" in capsys.readouterr().err
+
     # the bundle: fp16 weights, the card with the AHA-Eval table; it loads and answers
     from audio_align.lalm import load_lalm_dir
     from audio_align.model_card import main as card_main
