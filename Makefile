@@ -12,7 +12,7 @@ APT_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k fest
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install system demo test bench clean default-model simul-model teacher-model lalm-model
+.PHONY: install system demo test bench clean default-model simul-model teacher-model lalm-model align-model
 
 install: $(STAMP)
 
@@ -130,6 +130,16 @@ lalm-model: install
 	$(PY) -m audio_align.model_card bundle runs/lalm_sft/model audio_align/models/default \
 	  --scores runs/lalm_sft/eval-aha/scores.json --scores runs/lalm_sft/eval-aha-train-templates/scores.json \
 	  --scores runs/lalm_sft/eval-aha-no-audio/scores.json
+
+# Alignment of the instruction-tuned LALM against hallucination (issue 25; after lalm-model):
+# DPO on counterfactual hard negatives, STA (one steering token) on the same pairs, and
+# AHA-Eval of each against the instruction-tuned model; CoDA at decoding. Every step resumes.
+align-model: install
+	$(VENV)/bin/interpres align configs/audio_align/align_dpo.yaml
+	$(VENV)/bin/interpres eval aha --model runs/align_dpo/model --out runs/align_dpo/eval-aha --baseline runs/lalm_sft/eval-aha
+	$(VENV)/bin/interpres align configs/audio_align/align_sta.yaml
+	$(VENV)/bin/interpres eval aha --model runs/align_sta/model --out runs/align_sta/eval-aha --baseline runs/lalm_sft/eval-aha
+	$(VENV)/bin/interpres eval aha --model runs/lalm_sft/model --coda 1.5:2 --out runs/lalm_sft/eval-aha-coda --baseline runs/lalm_sft/eval-aha
 
 # The bundled simultaneous translator's recipe (about 40 minutes on 2 cores); each step
 # resumes. The bundle itself: benchmarks/bench_simul.py, then python -m simul.model_card.
