@@ -49,14 +49,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from audio_align import prefs, qa
+from audio_align.train import chat_batch, dev_scores, load_scene_set
 from audio_align.lalm import (IGNORE, TOKENIZER_FILE, WEIGHTS_FILE, AudioFrontEnd, AudioLanguageModel, ChatTokenizer,
-                              load_lalm_dir, pad_audio, save_lalm_dir)
+                              load_lalm_dir, save_lalm_dir)
 from speech.config import ConfigError
 from speech.data.cache import atomic_path
 from speech.dataset import batches_by_frames
 from speech.loop import LoopConfig, Progress, barrier, hash_seed, run, start_run, to_device
 from speech.model import model_device
-from speech.tokenizer import PAD_ID
 
 log = logging.getLogger(__name__)
 
@@ -163,28 +163,15 @@ class PairSet:
     ref: dict[str, Tensor] = field(default_factory=dict)  # chosen, rejected, chosen_n, rejected_n
 
 
-def _rows(tok: ChatTokenizer, n_audio: int, question: str, answer: str) -> tuple[list[int], list[int]]:
-    return tok.conversation([(question, answer)], n_audio)
-
-
 def pair_batch(tok: ChatTokenizer, model_cfg: Any, scenes: Any, ps: PairSet, idx: list[int]) -> dict[str, Tensor]:
     """Rows 0..N-1 the chosen answers of pairs ``idx``, rows N..2N-1 the rejected ones."""
     rows, states = [], []
     for side in ("chosen", "rejected"):
         for i in idx:
             p, si = ps.pairs[i], ps.scene_index[i]
-            rows.append(_rows(tok, model_cfg.audio_tokens(len(scenes.states[si])), p.question, getattr(p, side)))
-            states.append(scenes.states[si].float())
-    width = max(len(x) for x, _ in rows)
-    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (x, y) in enumerate(rows):
-        ids[r, :len(x)] = torch.tensor(x)
-        labels[r, :len(y)] = torch.tensor(y)
-        mask[r, :len(x)] = 1
-    audio, lens = pad_audio(states)
-    out = {"input_ids": ids, "labels": labels, "attention_mask": mask, "audio": audio, "audio_lens": lens}
+            rows.append(tok.conversation([(p.question, getattr(p, side))], model_cfg.audio_tokens(len(scenes.states[si]))))
+            states.append(scenes.states[si])
+    out = chat_batch(rows, states)
     if ps.ref:
         sel = torch.tensor(idx)
         out.update({f"ref_{k}": v[sel] for k, v in ps.ref.items()})
@@ -293,8 +280,6 @@ class AlignRecipe:
 
     def finish(self, model: nn.Module, averaged: list[Path], state: dict) -> None:
         from compress.lora import merge_lora
-
-        from audio_align.train import dev_scores
 
         merged = merge_lora(model)
         scores, n = dev_scores(model, self.tok, self.scenes["dev"], self.cfg.dev_eval_scenes)
@@ -414,7 +399,6 @@ def _prefix_model(model: AudioLanguageModel, tok: ChatTokenizer, n: int) -> Audi
 
 def align(cfg: AlignConfig) -> Path:
     from audio_align.scenes import corpus_root, read_manifest
-    from audio_align.train import load_scene_set
     from compress.lora import LoraConfig, add_lora
 
     rank, world, recipe = start_run(cfg)

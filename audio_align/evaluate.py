@@ -91,16 +91,22 @@ def _row(correct: list[bool]) -> dict:
             "accuracy": float(np.mean(correct)) if correct else float("nan"), "ci95": [lo, hi]}
 
 
+def _row_masks(questions: Sequence[qa.Question]) -> dict[str, np.ndarray]:
+    """The rows of a table (overall: every non-caption question, each kind, general, and the
+    prior-probing questions of prior-keeping and prior-breaking scenes) as masks over questions."""
+    masks = {"overall": [q.kind != qa.CAPTION for q in questions]}
+    for kind in (*qa.KINDS, qa.GENERAL):
+        masks[kind] = [q.kind == kind for q in questions]
+    for prior in ("consistent", "breaking"):
+        masks[f"prior_{prior}"] = [q.probes_prior and q.prior == prior for q in questions]
+    return {k: np.asarray(v) for k, v in masks.items() if any(v)}
+
+
 def accuracy_table(questions: Sequence[qa.Question], predictions: Sequence[str]) -> dict[str, dict]:
     """Accuracy (with its bootstrap interval) overall, per kind, on general QA, and on the
     prior-probing questions of prior-keeping and prior-breaking scenes."""
-    ok = [qa.is_correct(q, p) for q, p in zip(questions, predictions)]
-    rows = {"overall": [o for q, o in zip(questions, ok) if q.kind != qa.CAPTION]}
-    for kind in (*qa.KINDS, qa.GENERAL):
-        rows[kind] = [o for q, o in zip(questions, ok) if q.kind == kind]
-    for prior in ("consistent", "breaking"):
-        rows[f"prior_{prior}"] = [o for q, o in zip(questions, ok) if q.probes_prior and q.prior == prior]
-    return {k: _row(v) for k, v in rows.items() if v}
+    ok = np.asarray([qa.is_correct(q, p) for q, p in zip(questions, predictions)], dtype=bool)
+    return {k: _row([bool(x) for x in ok[mask]]) for k, mask in _row_masks(questions).items()}
 
 
 def caption_scores(refs: Sequence[str], hyps: Sequence[str], classes: Sequence[str]) -> dict:
@@ -141,15 +147,6 @@ def _plot(table: dict, path: Path, title: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-
-
-def _row_masks(questions: Sequence[qa.Question]) -> dict[str, np.ndarray]:
-    masks = {"overall": [q.kind != qa.CAPTION for q in questions]}
-    for kind in (*qa.KINDS, qa.GENERAL):
-        masks[kind] = [q.kind == kind for q in questions]
-    for prior in ("consistent", "breaking"):
-        masks[f"prior_{prior}"] = [q.probes_prior and q.prior == prior for q in questions]
-    return {k: np.asarray(v) for k, v in masks.items() if any(v)}
 
 
 def compare(questions: Sequence[qa.Question], correct: Sequence[bool], base_correct: Sequence[bool],

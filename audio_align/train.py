@@ -96,6 +96,20 @@ def load_scene_set(root: Path, split: str, frontend: AudioFrontEnd, manifest: di
     return SceneSet(scenes, [by_scene[s["id"]] for s in scenes], [states[s["id"]] for s in scenes])
 
 
+def chat_batch(rows: list[tuple[list[int], list[int]]], states: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """(input ids, labels) rows and each row's encoder states -> a right-padded training batch."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+        mask[i, :len(x)] = 1
+    audio, lens = pad_audio([s.float() for s in states])
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "audio": audio, "audio_lens": lens}
+
+
 class LalmRecipe:
     def __init__(self, cfg: LalmTrainConfig, model: AudioLanguageModel, tok: ChatTokenizer, train: SceneSet,
                  dev: SceneSet, out: Path, recipe: dict, world: int):
@@ -126,16 +140,7 @@ class LalmRecipe:
         for si, qs in key:
             turns = [(data.questions[si][q].question, data.questions[si][q].answer) for q in qs]
             rows.append(self.tok.conversation(turns, self.model_cfg.audio_tokens(len(data.states[si]))))
-        width = max(len(ids) for ids, _ in rows)
-        ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (x, y) in enumerate(rows):
-            ids[i, :len(x)] = torch.tensor(x)
-            labels[i, :len(y)] = torch.tensor(y)
-            mask[i, :len(x)] = 1
-        audio, lens = pad_audio([data.states[si].float() for si, _ in key])
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask, "audio": audio, "audio_lens": lens}
+        return chat_batch(rows, [data.states[si] for si, _ in key])
 
     def make_batch(self, key: Any, gen: torch.Generator) -> dict[str, torch.Tensor]:
         return self._batch(self.train, key)

@@ -548,10 +548,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
     from audio_align.align import AlignConfig, align
     from speech.config import load_config
 
-    overrides = list(args.overrides)
-    if args.config is not None and "=" in args.config and not Path(args.config).exists():
-        overrides.insert(0, args.config)
-        args.config = None
+    overrides = _recipe_overrides(args)
     path = Path(args.config) if args.config else CONFIG_DIR / "audio_align" / "align_dpo.yaml"
     print(f"model directory: {align(load_config(AlignConfig, path, overrides))}")
     return 0
@@ -660,14 +657,21 @@ def _translate_and_print(args: argparse.Namespace, pick_langs, task: str | None 
     return 0
 
 
+def _recipe_overrides(args: argparse.Namespace) -> list[str]:
+    """The key=value overrides; a first positional that is one (`interpres train st
+    max_updates=5`: no recipe given) joins them and leaves ``args.config`` None."""
+    overrides = list(args.overrides)
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        overrides.insert(0, args.config)
+        args.config = None
+    return overrides
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from speech.config import ConfigError, load_config
     from speech.train import TrainConfig, train
 
-    overrides = list(args.overrides)
-    if args.config is not None and "=" in args.config and not Path(args.config).exists():
-        overrides.insert(0, args.config)  # `interpres train st max_updates=5`: no recipe given
-        args.config = None
+    overrides = _recipe_overrides(args)
     if args.task == "simul":
         return _cmd_train_simul(args, overrides)
     if args.task == "lalm":
