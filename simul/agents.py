@@ -23,13 +23,13 @@ SimulEval's text evaluation counts). Policies:
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import torch
 
-from speech.decode import RepetitionGuard
 from speech.model import EOS_ID
 from simul.data import Document
 from simul.translator import Translator
@@ -67,20 +67,68 @@ class Agent(Protocol):
 SEGMENT_BEAM, SEGMENT_LENPEN = 4, 0.5
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+MIN_SENTENCE_WORDS = 3  # "Yes." or "(y/N)" said twice is no repeat
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text`` cut after . ! ? (the pieces keep their punctuation)."""
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
+def sentence_key(sentence: str) -> str | None:
+    """A sentence lowercased without punctuation: what makes two sentences the same
+    (None for one under three words, which may repeat freely)."""
+    words = re.sub(r"[^\w\s]", " ", sentence.lower()).split()
+    return " ".join(words) if len(words) >= MIN_SENTENCE_WORDS else None
+
+
+class SaidSentences:
+    """The sentences a stream's output has said, each with the source segments that said
+    it, so that a segment does not say again what another source segment already said
+    (an undertrained model gives many different sources one stock sentence)."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, set[str]] = {}
+
+    def repeats(self, text: str, source: str) -> list[bool]:
+        """Per sentence of ``text``: would it repeat one a different source said?"""
+        keys = [sentence_key(s) for s in split_sentences(text)]
+        return [k is not None and bool(self.sources.get(k, set()) - {source}) for k in keys]
+
+    def add(self, text: str, source: str) -> None:
+        for s in split_sentences(text):
+            k = sentence_key(s)
+            if k is not None:
+                self.sources.setdefault(k, set()).add(source)
+
+
 def translate_segment(translator: Translator, segment: str, beam: int = SEGMENT_BEAM,
-                      length_penalty: float = SEGMENT_LENPEN) -> str:
-    """The translation of one segment ("" for an empty one)."""
+                      length_penalty: float = SEGMENT_LENPEN, said: SaidSentences | None = None) -> str:
+    """The translation of one segment ("" for an empty one). With ``said``, the best of the
+    beam's hypotheses that repeats no sentence of another segment; if each does, the best
+    without its repeated sentences."""
     if not segment:
         return ""
-    (ids,) = translator.translate([segment], beam=beam, length_penalty=length_penalty)
-    return translator.detokenize(ids)
+    if said is None or not said.sources:
+        (ids,) = translator.translate([segment], beam=beam, length_penalty=length_penalty)
+        return translator.detokenize(ids)
+    texts = [translator.detokenize(ids) for ids in translator.nbest(segment, beam, length_penalty)]
+    if not texts:
+        return ""
+    for text in texts:
+        if not any(said.repeats(text, segment)):
+            return text
+    best = texts[0]
+    return " ".join(s for s, r in zip(split_sentences(best), said.repeats(best, segment)) if not r)
 
 
 def timed_translation(agent, segment: str) -> str:
-    """translate_segment with the agent's translator and beam, its time kept in
-    ``agent.segment_seconds`` (the per-segment decoding times eval simul reports)."""
+    """translate_segment with the agent's translator, beam and said sentences, its time kept
+    in ``agent.segment_seconds`` (the per-segment decoding times eval simul reports)."""
     t0 = time.perf_counter()
-    text = translate_segment(agent.tr, segment, agent.beam)
+    text = translate_segment(agent.tr, segment, agent.beam, said=agent.said)
+    agent.said.add(text, segment)
     agent.segment_seconds.append(time.perf_counter() - t0)
     return text
 
@@ -96,7 +144,7 @@ class WaitK:
         if k < 1:
             raise ValueError(f"wait-k: k must be at least 1, got {k}")
         self.tr, self.k = translator, k
-        self.guard = RepetitionGuard(max_times=translator.repeat_max_times)
+        self.guard = translator.guard
         self.name = f"waitk-{k}"
         self.reset()
 
@@ -182,6 +230,7 @@ class Segmentation:
         self.reset()
 
     def reset(self, doc: Document | None = None) -> None:
+        self.said = SaidSentences()
         self.start = 0  # where the segment being read begins
         self.checked = 0  # positions up to here have been decided
         self.last_segment = ""  # the source of the last committed segment
@@ -233,6 +282,7 @@ class FullSentence:
 
     def reset(self, doc: Document | None = None) -> None:
         self.bounds = list(doc.boundaries) if doc is not None else []
+        self.said = SaidSentences()
         self.start = 0
 
     def policy(self, states: States) -> ReadAction | WriteAction:

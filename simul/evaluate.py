@@ -7,7 +7,8 @@ writes, in SimulEval's layout::
                                    prediction_length, reference, source, source_length
     OUT/PART/AGENT/scores.tsv      BLEU AL AP DAL LAAL StartOffset EndOffset
 
-and over all of them ``OUT/scores.json``, ``OUT/scores.md`` and ``OUT/bleu_al.png`` (BLEU
+and over all of them ``OUT/scores.json`` (with ``repeated_sentences``: output sentences of three words or more
+that copy one the stream already said, beyond the copies its reference has), ``OUT/scores.md`` and ``OUT/bleu_al.png`` (BLEU
 against AL, one curve per policy over its parameter). BLEU is sacrebleu's corpus BLEU of
 the detokenized predictions against the references (as SimulEval's sacrebleu scorer);
 latency is :mod:`simul.latency` over source characters.
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +33,7 @@ import sacrebleu
 from tqdm import tqdm
 
 from speech.data.cache import atomic_path, write_json_atomic
-from simul.agents import Agent, policies_from_spec, run_stream
+from simul.agents import Agent, policies_from_spec, run_stream, sentence_key, split_sentences
 from simul.data import PARTS, Document, StreamCorpusConfig, build_stream_corpus, corpus_dir, load_split
 from simul.latency import corpus_latency
 from simul.translator import Translator
@@ -66,7 +68,7 @@ def _fingerprint(agent: Agent, opts: SimulEvalOptions, part: str, n_docs: int) -
     files += [opts.waitk_model / "model.safetensors"] if opts.waitk_model else []
     # what decides the output: the agent, its decoding settings, the data, the weights
     tr = getattr(agent, "tr", None)
-    decoding = [getattr(agent, "beam", 1)] + ([tr.max_len_a, tr.max_len_b, tr.repeat_max_times] if tr else [])
+    decoding = [getattr(agent, "beam", 1)] + ([tr.max_len_a, tr.max_len_b, tr.repeat_max_ngram, tr.repeat_max_times] if tr else [])
     h = hashlib.sha256(json.dumps([agent.name, decoding, part, opts.split, opts.corpus, opts.max_len,
                                    n_docs]).encode())
     for f in files:
@@ -104,10 +106,24 @@ def run_agent(agent: Agent, docs: list[Document], out_dir: Path, fingerprint: st
     return done
 
 
+def repeated_sentences(prediction: str, reference: str) -> int:
+    """How many sentences of ``prediction`` (of three words or more) are copies of one it
+    already said, beyond the copies the reference has (a source that repeats a sentence
+    may be translated so)."""
+    def keys(text: str) -> Counter:
+        return Counter(k for k in map(sentence_key, split_sentences(text)) if k is not None)
+
+    ref = keys(reference)
+    return sum(max(0, n - max(1, ref[k])) for k, n in keys(prediction).items())
+
+
 def score_instances(instances: list[dict]) -> dict[str, float]:
     hyps = [d["prediction"] for d in instances]
     refs = [d["reference"] for d in instances]
     scores = {"BLEU": sacrebleu.corpus_bleu(hyps, [refs]).score}
+    repeats = [repeated_sentences(h, r) for h, r in zip(hyps, refs)]
+    scores["repeated_sentences"] = sum(repeats)
+    scores["streams_with_repeats"] = sum(1 for r in repeats if r)
     scores.update(corpus_latency(instances))
     scores["instances"] = len(instances)
     return scores
@@ -193,11 +209,12 @@ def report_markdown(report: dict) -> str:
     lines = []
     for part, r in report["parts"].items():
         lines += [f"### {part} {report['split']} ({r['documents']} streams)", "",
-                  "| policy | BLEU | AL | LAAL | DAL | AP | StartOffset | EndOffset |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| policy | BLEU | AL | LAAL | DAL | AP | StartOffset | EndOffset | repeated sentences |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, s in r["agents"].items():
             lines.append(f"| {name} | {s['BLEU']:.2f} | {s['AL']:.2f} | {s['LAAL']:.2f} | {s['DAL']:.2f} | "
-                         f"{s['AP']:.3f} | {s['StartOffset']:.2f} | {s['EndOffset']:.2f} |")
+                         f"{s['AP']:.3f} | {s['StartOffset']:.2f} | {s['EndOffset']:.2f} | "
+                         f"{s.get('repeated_sentences', '')} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -12,12 +12,13 @@ A model directory of this family holds ``config.json`` (``{"model": MTConfig, ..
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from speech.decode import DecodingOptions, search
+from speech.decode import DecodingOptions, RepetitionGuard, search
 from speech.model import BOS_ID, EOS_ID, PAD_ID
 from speech.tokenizer import Tokenizer
 from simul.model import MTModel, load_mt_model
@@ -40,8 +41,13 @@ class Translator:
         # per source character, and an undertrained model repeats itself, so a hypothesis
         # may have at most 1.0 x characters + 5 pieces and ends once an n-gram repeats twice
         # in a row ("address address"): +4 BLEU greedy, and the output is no longer twice
-        # the reference's length.
+        # the reference's length. The guard watches n-grams up to a sentence long (32 pieces),
+        # and the repeated copy is dropped from the output: an undertrained model that does not
+        # stop after its sentence ("Enter a valid number. Enter a valid number. Enter a ...")
+        # returns the sentence once (issue 28).
         self.max_len_a, self.max_len_b, self.repeat_max_times = 1.0, 5, 2
+        self.repeat_max_ngram = 32
+        self.guard = RepetitionGuard(self.repeat_max_ngram, self.repeat_max_times)
 
     def encode_sources(self, sources: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded source ids (B, S) and lengths (B,); an empty source is one eos."""
@@ -55,11 +61,13 @@ class Translator:
     @torch.no_grad()
     def options(self, beam: int = 1, length_penalty: float = 1.0) -> DecodingOptions:
         return DecodingOptions(beam_size=beam, length_penalty=length_penalty, max_len_a=self.max_len_a,
-                               max_len_b=self.max_len_b, repeat_max_times=self.repeat_max_times)
+                               max_len_b=self.max_len_b, repeat_max_ngram=self.repeat_max_ngram,
+                               repeat_max_times=self.repeat_max_times)
 
     def translate(self, sources: Sequence[str], beam: int = 1, committed: Sequence[Sequence[int]] | None = None,
                   length_penalty: float = 1.0) -> list[list[int]]:
-        """Target ids after each committed prefix (not repeating it), without eos."""
+        """Target ids after each committed prefix (not repeating it), without eos; an output
+        the repetition guard ended keeps one copy of its repeated tail."""
         if not sources:
             return []
         committed = committed or [[] for _ in sources]
@@ -76,8 +84,16 @@ class Translator:
             sub = [tuple(t.index_select(0, idx) for t in states[0])]
             prefix = [[BOS_ID, *committed[i]] for i in rows]
             for i, r in zip(rows, search([self.model], sub, prefix, opts)):
-                out[i] = list(r.tokens)
+                out[i] = self.guard.trim(r.tokens) if r.stop == "repetition" else list(r.tokens)
         return out
+
+    @torch.no_grad()
+    def nbest(self, source: str, beam: int, length_penalty: float = 1.0) -> list[list[int]]:
+        """The ``beam`` best translations of ``source`` (ids without eos), best first."""
+        src, lens = self.encode_sources([source])
+        opts = dataclasses.replace(self.options(beam, length_penalty), nbest=beam)
+        (r,) = search([self.model], [self.model.encode(src, lens)], [[BOS_ID]], opts)
+        return [self.guard.trim(h.tokens) if h.stop == "repetition" else list(h.tokens) for h in r.nbest]
 
     @torch.no_grad()
     def next_token(self, source: str, target: Sequence[int]) -> int:

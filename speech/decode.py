@@ -376,6 +376,16 @@ class RepetitionGuard:
                             for n in range(1, self.max_ngram + 1) if n * times <= span))
         return stop
 
+    def trim(self, tokens: Sequence[int]) -> list[int]:
+        """``tokens`` (an output the guard ended) with the extra copies of its repeated tail
+        dropped: ``a b c . a b c .`` -> ``a b c .`` (the smallest repeating n wins). An
+        output whose tail is not a repeat comes back unchanged."""
+        tokens, times = list(tokens), self.max_times
+        for n in range(1, self.max_ngram + 1):
+            if len(tokens) >= n * times and tokens[-n * times:] == tokens[-n:] * times:
+                return tokens[: len(tokens) - n * (times - 1)]
+        return tokens
+
 
 class _Rules:
     """Everything that shapes the next-token distribution besides the models."""

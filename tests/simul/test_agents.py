@@ -3,8 +3,9 @@ write, and that their outputs are what their definitions say."""
 
 import pytest
 
-from simul.agents import (FullSentence, LocalAgreement, ReadAction, Segmentation, StreamSession, WaitK, WriteAction,
-                          policies_from_spec, run_stream, translate_segment)
+from simul.agents import (FullSentence, LocalAgreement, ReadAction, SaidSentences, Segmentation, StreamSession, WaitK, WriteAction,
+                          policies_from_spec, run_stream, sentence_key, split_sentences,
+                          translate_segment)
 from simul.data import load_split
 from simul.segmenter import Segmenter, cut_positions
 from simul.translator import Translator
@@ -99,16 +100,22 @@ def test_segmentation_online_cuts_equal_the_offline_rule(parts):
             for cut, read in zip(cuts, reads):
                 assert cut <= read <= min(len(src), cut + seg.cfg.lookahead)
             words, _, _ = run_stream(Segmentation(tr, seg, threshold, max_len=7), src)
-            assert words == " ".join(translate_segment(tr, s) for s in segments).split()
+            said, expect = SaidSentences(), []
+            for s in segments:
+                expect.append(translate_segment(tr, s, said=said))
+                said.add(expect[-1], s)
+            assert words == " ".join(expect).split()
 
 
 def test_full_sentence_translates_each_true_sentence_at_its_end(parts):
     tr, _, docs = parts
     for doc in docs:
         words, delays, _ = run_stream(FullSentence(tr), doc.source, doc)
-        expect_words, expect_delays = [], []
+        expect_words, expect_delays, said = [], [], SaidSentences()
         for zh, end in zip(doc.zh, doc.boundaries):
-            w = translate_segment(tr, zh).split()
+            text = translate_segment(tr, zh, said=said)
+            said.add(text, zh)
+            w = text.split()
             expect_words += w
             expect_delays += [end] * len(w)
         assert words == expect_words and delays == expect_delays
@@ -160,3 +167,27 @@ def test_policy_specs(parts):
     with pytest.raises(ValueError, match="boundary detector"):
         policies_from_spec("seg:0.5", tr, None, None)
     assert isinstance(WriteAction("a b").content, str)
+
+
+def test_said_sentences_and_repeats():
+    said = SaidSentences()
+    said.add("Enter a valid number. Yes.", "输入一个有效的整数")
+    assert said.repeats("enter a VALID number! Yes. Go on now.", "输入一个有效的时间") == [True, False, False]
+    assert said.repeats("Enter a valid number.", "输入一个有效的整数") == [False]  # the same source may repeat it
+    assert split_sentences("A b c. D e f? G") == ["A b c.", "D e f?", "G"]
+    assert sentence_key("(y/N)") is None and sentence_key("Sets the 'New Layer' dialog.") == "sets the new layer dialog"
+
+
+def test_a_segment_does_not_say_what_another_segment_said(parts):
+    tr, _, docs = parts
+    zh = docs[0].zh[0]
+    best = translate_segment(tr, zh)
+    said = SaidSentences()
+    said.add(best, "另一个句子")  # another source already said the best translation
+    again = translate_segment(tr, zh, said=said)
+    assert not any(said.repeats(again, zh)), (best, again)
+    said.add(best, zh)
+    assert translate_segment(tr, zh, said=SaidSentences()) == best
+    same = SaidSentences()
+    same.add(best, zh)
+    assert translate_segment(tr, zh, said=same) == best  # its own source may say it again

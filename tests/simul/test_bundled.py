@@ -29,3 +29,18 @@ def test_the_bundle_translates_a_stream(one_thread):
     words, delays, _ = run_stream(agent, "输入一个有效的整数输入一个有效的时间")
     text = " ".join(words)
     assert "valid" in text.lower() and delays == sorted(delays) and delays[-1] == 18
+
+
+def test_the_demo_stream_says_each_sentence_once(one_thread):
+    """Issue 28: `make demo`'s stream printed "Enter a valid number. Enter a valid number. Enter a
+    valid number" for its first segment: the model does not stop after its sentence, and the
+    guard only watched 4-grams. Each segment's translation now says its sentence once."""
+    from simul.evaluate import repeated_sentences
+
+    model, seg_dir = resolve_model(None)
+    agent = Segmentation(Translator(model), Segmenter.load(seg_dir), policy_settings(model)["threshold"])
+    source = "输入一个有效的整数输入一个有效的时间输入一个有效的值"
+    words, _, _ = run_stream(agent, source)
+    text = " ".join(words)
+    assert repeated_sentences(text, "") == 0, text
+    assert text.lower().count("enter a valid") == 3, text  # one per source sentence

@@ -98,3 +98,13 @@ def test_bad_options_name_the_culprit(tiny_simul, tmp_path):
     o.policies = ["waitk-trained:3"]
     with pytest.raises(ev.SimulEvalError, match="waitk-trained"):
         evaluate_simul(o)
+
+
+def test_repeated_sentences_counts_copies_the_reference_does_not_have():
+    from simul.evaluate import repeated_sentences
+
+    demo = "Enter a valid number. Enter a valid number. Enter a valid number"
+    assert repeated_sentences(demo, "Enter a valid integer. Enter a valid time.") == 2
+    assert repeated_sentences(demo, "Enter a valid number. Enter a valid number. Enter a valid number.") == 0
+    assert repeated_sentences("Really? (y/N) Really? (y/N)", "") == 0  # under three words: not counted
+    assert repeated_sentences("Sets the dialog. Sets the layer.", "") == 0

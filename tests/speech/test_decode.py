@@ -398,3 +398,19 @@ def test_joint_ctc_changes_the_output_and_needs_a_ctc_head():
         beam_search([no_ctc], encode([no_ctc], x, xl), [[DE]] * 3, DecodingOptions(beam_size=3, ctc_weight=0.3))
     with pytest.raises(ValueError, match="ctc_weight"):
         DecodingOptions(ctc_weight=1.5)
+
+
+def test_repetition_guard_trim_keeps_one_copy():
+    guard = RepetitionGuard(max_ngram=6, max_times=2)
+    sentence = [5, 6, 7, 8, 4]  # "Enter a valid number ."
+    assert guard.trim([1, *sentence, *sentence]) == [1, *sentence]
+    assert guard.trim([1, 2, 9, 9]) == [1, 2, 9]  # the smallest repeating n wins
+    assert guard.trim([1, 2, 3]) == [1, 2, 3]  # no repeated tail: unchanged
+    assert guard.trim([]) == []
+    three = RepetitionGuard(max_ngram=2, max_times=3)
+    assert three.trim([0, 1, 2, 1, 2, 1, 2]) == [0, 1, 2]
+    # what the guard stops, trim shortens; what it lets go, trim leaves alone
+    gen = torch.Generator().manual_seed(1)
+    for row in torch.randint(0, 3, (200, 9), generator=gen).tolist():
+        stop = guard.rows_to_stop(torch.tensor([row]))[0]
+        assert (len(guard.trim(row)) < len(row)) == stop
