@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -205,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     mustc.add_argument("--task", choices=["st", "asr"], default=None,
                        help="st: translate into XX; asr: transcribe every pair into English (default: the model's)")
     mustc.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
-    mustc.add_argument("--lenpen", type=float, default=1.0, help="length penalty (default: 1.0)")
+    mustc.add_argument("--lenpen", type=_finite_float, default=1.0, help="length penalty (default: 1.0)")
     mustc.add_argument("--no-repeat-ngram-size", type=_non_negative_int, default=0, metavar="N",
                        help=NO_REPEAT_HELP)
     mustc.add_argument("--max-len-a", type=_non_negative_float, default=0.0, metavar="A", help=MAX_LEN_A_HELP)
@@ -213,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     mustc.add_argument("--batch-frames", type=_positive_int, default=20000,
                        help="feature frames (10 ms each) per batch, padding included (default: 20000)")
     mustc.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=RUNTIME_HELP)
-    mustc.add_argument("--ctc-weight", type=float, default=None, metavar="W", help=CTC_WEIGHT_HELP)
+    mustc.add_argument("--ctc-weight", type=_probability, default=None, metavar="W", help=CTC_WEIGHT_HELP)
     mustc.add_argument("--out", type=Path, default=None, help="output directory (default: ./eval-SPLIT)")
     mustc.add_argument("--workers", type=_positive_int, default=1,
                        help="processes on this machine, run under torchrun (default: 1)")
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "tokenizer.json) or a Hugging Face one (model.safetensors, config.json, tokenizer.json).")
     whisper.add_argument("src", help="package name or model folder")
     whisper.add_argument("out", type=Path, help="model directory to write")
-    whisper.add_argument("--pad-to-s", type=float, default=30.0, metavar="SECONDS",
+    whisper.add_argument("--pad-to-s", type=_float_in(0.0, 30.0), default=30.0, metavar="SECONDS",
                          help="pad every input with silence to this length, as Whisper was trained "
                               "(default: 30; 0 feeds the audio trimmed, which the untuned model does not "
                               "handle: BENCHMARKS.md, Whisper import)")
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("model", type=Path, help="fine-tuned model directory")
     ov.add_argument("out", type=Path, help="overlay directory to write")
     ov.add_argument("--base", required=True, help="the base MODEL was fine-tuned from (whisper-base)")
-    ov.add_argument("--max-file-mb", type=float, default=25.0, help="largest file to write (default: 25)")
+    ov.add_argument("--max-file-mb", type=_positive_float, default=25.0, help="largest file to write (default: 25)")
     ov.add_argument("--card", type=Path, default=None, help="model card to write as OUT/README.md "
                                                             "(default: MODEL/README.md where it exists)")
     ov.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -388,12 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "is one stream: its end flushes what is left. Punctuation, symbols and spaces (but one "
                     "between two Latin words) are dropped: the model reads unpunctuated transcripts.")
     simul.add_argument("file", nargs="?", type=Path, default=None, help="input file (default: stdin)")
-    simul.add_argument("--realtime", type=float, default=None, metavar="CHARS_PER_SEC",
+    simul.add_argument("--realtime", type=_positive_float, default=None, metavar="CHARS_PER_SEC",
                        help="feed the input at this many characters per second (as a live transcript)")
     simul.add_argument("--format", choices=["text", "jsonl"], default="text", help="output format (default: text)")
     simul.add_argument("--model", type=Path, default=None, help="model directory (default: the bundled one)")
     simul.add_argument("--segmenter", type=Path, default=None, help="boundary detector (default: MODEL/segmenter)")
-    simul.add_argument("--threshold", type=float, default=None,
+    simul.add_argument("--threshold", type=_probability, default=None,
                        help="boundary probability that cuts (default: the model card's choice)")
     simul.add_argument("--max-len", type=_positive_int, default=40,
                        help="force a cut after this many characters without a boundary (default: 40)")
@@ -532,8 +533,6 @@ def _cmd_eval_aha(args: argparse.Namespace) -> int:
 
 
 def _coda_spec(text: str) -> tuple[float, int]:
-    import math
-
     scale, _, k = text.partition(":")
     try:
         out = (float(scale), int(k) if k else 2)
@@ -581,18 +580,27 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):  # NaN and infinity too
-        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
-    return value
+def _float_in(low: float = -math.inf, high: float = math.inf, low_open: bool = False):
+    """An argparse type: a finite number (never NaN or infinity) in [low, high] (or (low, high]
+    with ``low_open``)."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < low or (low_open and value == low) or value > high:
+            lo = "above" if low_open else "at least"
+            what = (f"{lo} {low:g}" if high == math.inf else f"at most {high:g}" if low == -math.inf
+                    else f"in {'(' if low_open else '['}{low:g}, {high:g}]")
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = "float"  # argparse names the type in its "invalid float value" message
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return value
+_finite_float = _float_in()
+_non_negative_float = _float_in(0.0)
+_positive_float = _float_in(0.0, low_open=True)
+_probability = _float_in(0.0, 1.0)
 
 
 def _decoding_options(args: argparse.Namespace, **extra: Any):
@@ -612,7 +620,7 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
                         "'teacher': the bundled fine-tuned Whisper base (all ten languages); "
                         "'whisper-base': Whisper base, imported from its pinned package on first use")
     p.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
-    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty: score / length**lenpen (default: 1.0)")
+    p.add_argument("--lenpen", type=_finite_float, default=1.0, help="length penalty: score / length**lenpen (default: 1.0)")
     p.add_argument("--no-repeat-ngram-size", type=_non_negative_int, default=0, metavar="N", help=NO_REPEAT_HELP)
     p.add_argument("--max-len-a", type=_non_negative_float, default=0.0, metavar="A", help=MAX_LEN_A_HELP)
     p.add_argument("--max-len-b", type=_non_negative_int, default=200, metavar="B", help=MAX_LEN_B_HELP)
@@ -620,8 +628,11 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-frames", type=_positive_int, default=20000,
                    help="feature frames (10 ms each) per batch, padding included (default: 20000)")
     p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="a file that cannot be read is a warning, not an error: exit 0 if any file was read "
+                        "(without it the other files are still translated, and the exit status is 2)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=RUNTIME_HELP)
-    p.add_argument("--ctc-weight", type=float, default=None, metavar="W", help=CTC_WEIGHT_HELP)
+    p.add_argument("--ctc-weight", type=_probability, default=None, metavar="W", help=CTC_WEIGHT_HELP)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
 
@@ -638,22 +649,40 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def _translate_and_print(args: argparse.Namespace, pick_langs, task: str | None = None) -> int:
+    """Translate (or transcribe) every readable file of ``args.files``. A file that cannot be
+    read is reported and the others go on: exit 2 if any failed (with --skip-bad: only if
+    none could be read)."""
     from speech.audio import AudioError
-    from speech.translate import format_results, load_translator, resolve_ctc_weight, translate_files, write_results
+    from speech.translate import (check_out, format_results, load_translator, resolve_ctc_weight,
+                                  translate_files, write_results)
 
-    missing = [f for f in args.files if not f.exists()]
-    if missing:
-        raise AudioError(f"{missing[0]}: no such file")
+    if not any(f.exists() for f in args.files):  # before the model loads
+        raise AudioError(f"{args.files[0]}: no such file")
     translator = load_translator(args.model, runtime=args.runtime, task=task)
     langs = pick_langs(translator)
     translator.check_languages(langs)
+    if args.out is not None:
+        check_out(args.out, args.format, args.files, langs)
     opts = _decoding_options(args, ctc_weight=resolve_ctc_weight(translator, args.ctc_weight))
-    results = translate_files(translator, args.files, langs, opts, batch_frames=args.batch_frames)
+    failures: dict[str, str] = {}
+    results = translate_files(translator, args.files, langs, opts, batch_frames=args.batch_frames,
+                              failures=failures)
+    kind = "warning" if args.skip_bad and results else "error"
+    for message in failures.values():
+        print(f"interpres: {kind}: {message}", file=sys.stderr)
+    if not results:
+        if len(args.files) > 1:
+            print(f"interpres: error: none of the {len(args.files)} files could be read", file=sys.stderr)
+        return 2
     if args.out is None:
         sys.stdout.write(format_results(results, args.format))
     else:
         for path in write_results(results, args.format, args.out):
             print(f"wrote {path}", file=sys.stderr)
+    if failures and not args.skip_bad:
+        print(f"interpres: error: {len(failures)} of {len(args.files)} files could not be read "
+              "(the others are above; --skip-bad makes that a warning)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -696,12 +725,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_whisper(args: argparse.Namespace) -> int:
-    import math
+    from speech.whisper import import_whisper
 
-    from speech.whisper import WhisperImportError, import_whisper
-
-    if not math.isfinite(args.pad_to_s) or not 0 <= args.pad_to_s <= 30:
-        raise WhisperImportError(f"--pad-to-s must be in [0, 30] seconds, got {args.pad_to_s}")
     out = import_whisper(args.src, args.out, pad_to_s=args.pad_to_s)
     print(f"model directory: {out}")
     return 0
@@ -714,8 +739,6 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     card = args.card if args.card is not None else args.model / "README.md"
     if args.card is not None and not card.is_file():
         raise CheckpointError(f"--card {card}: not found")
-    if not 0 < args.max_file_mb:
-        raise CheckpointError(f"--max-file-mb must be positive, got {args.max_file_mb}")
     out = write_overlay(args.model, args.base, args.out, args.max_file_mb,
                         card.read_text(encoding="utf-8") if card.is_file() else None)
     sizes = sorted((p.stat().st_size for p in out.iterdir()), reverse=True)

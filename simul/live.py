@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import os
 import sys
 import time
@@ -125,7 +126,7 @@ def run_live(file: Path | None, realtime: float | None = None, fmt: str = "text"
     from simul.translator import Translator  # noqa: PLC0415
 
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-    if realtime is not None and realtime <= 0:
+    if realtime is not None and not (math.isfinite(realtime) and realtime > 0):
         raise LiveInputError(f"--realtime must be positive characters per second, got {realtime}")
     if file is not None and not file.exists():
         raise LiveInputError(f"{file}: no such file")

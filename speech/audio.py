@@ -4,7 +4,10 @@ Any format libsndfile reads (WAV, FLAC, OGG/Vorbis, Opus, MP3 with libsndfile >=
 ...) at any sample rate and channel count. Channels are averaged; other rates are
 resampled with soxr (``soxr_hq``). A file that cannot serve as input is an
 :class:`AudioError` whose message starts with the file's path: missing, empty, not
-audio, holding NaN or infinity, or digitally silent.
+audio, holding NaN or infinity, digitally silent, or with a header sample rate outside
+1 kHz .. 384 kHz (a broken header: at 1 Hz, 64 KB would "hold" hours of audio). What can
+still be used but looks wrong is a warning naming the file: a WAV whose header promises
+more audio than the file holds (truncated; what is there is used), audio under 0.1 s.
 
     audio = load_audio("question.flac")  # (samples,) float32 in [-1, 1] at 16 kHz
     audio = decode_audio(upload_bytes, "question.flac")  # the same, from memory
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4  # below this everywhere (about 3 int16 steps) a file holds no sound, only digital silence
+MIN_RATE, MAX_RATE = 1_000, 384_000  # header sample rates a real recording has (Hz)
+SHORT_S = 0.1  # less audio than this is a warning: too short for most of a word
 
 
 class AudioError(ValueError):
@@ -48,27 +53,72 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise AudioError(f"{path}: is a directory, not an audio file")
     if size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
-    return _read(str(path), str(path))
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_BYTES)
+    return _read(str(path), str(path), head, size)
 
 
 def decode_audio(data: bytes, name: str) -> np.ndarray:
     """:func:`load_audio` of audio held in memory (an upload); ``name`` is what errors call it."""
     if not data:
         raise AudioError(f"{name}: empty file (0 bytes)")
-    return _read(io.BytesIO(data), name)
+    return _read(io.BytesIO(data), name, data[:_HEAD_BYTES], len(data))
 
 
-def _read(source: str | io.BytesIO, name: str) -> np.ndarray:
+def check_rate(sr: int, name: str) -> None:
+    """Raise :class:`AudioError` naming ``name`` unless ``sr`` is a sample rate a real
+    recording has (1 kHz .. 384 kHz)."""
+    if not MIN_RATE <= sr <= MAX_RATE:
+        raise AudioError(f"{name}: its header says {sr} Hz, outside {MIN_RATE:,} .. {MAX_RATE:,} Hz "
+                         "(a broken or forged header)")
+
+
+def check_finite(samples: np.ndarray, name: str) -> None:
+    """Raise :class:`AudioError` naming ``name`` if ``samples`` hold NaN or infinity."""
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{name}: holds NaN or infinite samples")
+
+
+_HEAD_BYTES = 1 << 16  # where a WAV's chunks before its data are looked for
+_UNKNOWN_LENGTH = (0, 0xFFFFFFFF)  # what streaming writers put in a data chunk's size
+
+
+def wav_shortfall(head: bytes, size: int) -> tuple[int, int] | None:
+    """(bytes the data chunk's header declares, bytes the file holds after it) for a RIFF
+    WAV of ``size`` bytes starting with ``head`` that is shorter than its header says;
+    None for a whole WAV, a size left unknown by a streaming writer, or another format."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(head):
+        cid, n = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if cid == b"data":
+            have = size - (pos + 8)
+            return (n, have) if n not in _UNKNOWN_LENGTH and n > have else None
+        pos += 8 + n + (n & 1)  # chunks are padded to an even length
+    return None
+
+
+def _read(source: str | io.BytesIO, name: str, head: bytes, size: int) -> np.ndarray:
     try:
-        audio, sr = sf.read(source, dtype="float32", always_2d=True)  # (frames, channels)
+        with sf.SoundFile(source) as f:  # the header first: a forged rate must not size the read
+            sr = f.samplerate
+            check_rate(sr, name)
+            audio = f.read(dtype="float32", always_2d=True)  # (frames, channels)
     except (sf.SoundFileError, RuntimeError, OSError) as e:
         why = str(e).replace(repr(source), name)  # libsndfile names what it opened: the name, not a BytesIO
         raise AudioError(f"{name}: not a readable audio file ({why})") from e
     if audio.shape[0] == 0:
         raise AudioError(f"{name}: no audio (0 frames)")
+    short = wav_shortfall(head, size)
+    if short is not None:
+        log.warning("%s: truncated: its header declares %d bytes of audio, the file holds %d; using the "
+                    "%.2f s that are there", name, short[0], short[1], audio.shape[0] / sr)
+    if audio.shape[0] < SHORT_S * sr:
+        log.warning("%s: only %.0f ms of audio (under %.1f s): too short to say much", name,
+                    1000 * audio.shape[0] / sr, SHORT_S)
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
-    if not np.isfinite(mono).all():
-        raise AudioError(f"{name}: holds NaN or infinite samples")
+    check_finite(mono, name)
     peak = float(np.abs(mono).max())
     if peak < SILENCE_PEAK:
         raise AudioError(f"{name}: silent (peak {peak:.1e} over {audio.shape[0] / sr:.2f} s, "

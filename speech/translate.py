@@ -41,8 +41,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speech.audio import SAMPLE_RATE, load_audio
+from speech.audio import SAMPLE_RATE, AudioError, load_audio
 from speech.config import ConfigError
+from speech.data.cache import atomic_path
 from speech.dataset import batches_by_frames, pad_features
 from speech.decode import DecodingOptions, DecodingResult, encode, search
 from speech.features import FbankConfig, FeatureConfig, LogMelConfig, features_of, frames_of
@@ -494,18 +495,29 @@ def decode_segments(translator: Translator, feats: Sequence[torch.Tensor], langs
 
 def translate_files(translator: Translator, paths: Sequence[str | Path], tgt_langs: Sequence[str],
                     opts: DecodingOptions = DecodingOptions(), batch_frames: int = 20000,
-                    max_segment_s: float = 20.0) -> list[FileResult]:
+                    max_segment_s: float = 20.0, failures: dict[str, str] | None = None) -> list[FileResult]:
     """Translate every file into every language: one FileResult per (file, language), file-major.
 
-    Every file is read and cut first (a file that cannot be read fails before any
-    decoding, as an AudioError naming it). Segments of all files are then decoded in
-    batches of similar length holding at most ``batch_frames`` padded feature frames.
+    Every file is read and cut first. A file that cannot be read fails before any
+    decoding, as an AudioError naming it; or, given ``failures``, is recorded there
+    (path -> message) and left out while the other files are translated. Segments of
+    all files are then decoded in batches of similar length holding at most
+    ``batch_frames`` padded feature frames.
     """
     translator.check_languages(tgt_langs)
     spans: list[tuple[int, float, float]] = []  # (file index, start, end)
     feats: list[torch.Tensor] = []
-    for f, path in enumerate(paths):
-        wave = load_audio(path)
+    readable = []
+    for path in paths:
+        try:
+            wave = load_audio(path)
+        except AudioError as e:
+            if failures is None:
+                raise
+            failures[str(path)] = str(e)
+            continue
+        f = len(readable)
+        readable.append(path)
         pieces = cut_segments(translator, wave, max_segment_s)
         log.info("%s: %.1f s, %d segments", path, len(wave) / SAMPLE_RATE, len(pieces))
         for start, end, x in pieces:
@@ -515,7 +527,7 @@ def translate_files(translator: Translator, paths: Sequence[str | Path], tgt_lan
     texts = [[translator.text(h) for h in per_lang]
              for per_lang in decode_segments(translator, feats, tgt_langs, opts, batch_frames)]
     results = []
-    for f, path in enumerate(paths):
+    for f, path in enumerate(readable):
         for j, lang in enumerate(tgt_langs):
             segs = [Segment(start, end, texts[i][j]) for i, (g, start, end) in enumerate(spans) if g == f]
             results.append(FileResult(str(path), lang, segs))
@@ -580,15 +592,35 @@ def srt_paths(results: Sequence[FileResult], out: Path) -> list[Path]:
     return paths
 
 
+def check_out(out: str | Path, fmt: str, files: Sequence[str | Path], langs: Sequence[str]) -> None:
+    """Raise :class:`TranslateError` naming ``out`` if :func:`write_results` could not write
+    there: so that a bad ``--out`` fails before the decoding, not after it."""
+    out = Path(out)
+    if out.is_dir():
+        raise TranslateError(f"--out {out}: is a directory; name a file")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TranslateError(f"--out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TranslateError(f"--out {out}: cannot write in {parent}")
+    if fmt == "srt":
+        srt_paths([FileResult(str(f), lang, []) for f in files for lang in langs], out)
+
+
 def write_results(results: Sequence[FileResult], fmt: str, out: str | Path) -> list[Path]:
-    """Write ``results`` under ``out``: one file for text and JSON, one SRT per file and
-    language. Returns the paths written."""
+    """Write ``results`` under ``out`` (each file whole or not at all: written beside it,
+    then renamed): one file for text and JSON, one SRT per file and language. Returns the
+    paths written."""
     out = Path(out)
     if fmt != "srt":
-        out.write_text(format_results(results, fmt), encoding="utf-8")
+        with atomic_path(out) as tmp:
+            tmp.write_text(format_results(results, fmt), encoding="utf-8")
         return [out]
     paths = srt_paths(results, out)
     for r, path in zip(results, paths):
-        path.write_text(to_srt(r.segments), encoding="utf-8")
+        with atomic_path(path) as tmp:
+            tmp.write_text(to_srt(r.segments), encoding="utf-8")
     return paths
 

@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from speech.audio import SAMPLE_RATE, resample
+from speech.audio import SAMPLE_RATE, AudioError, check_finite, check_rate, resample
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,12 @@ def _read_info(path: Path, where: str) -> TalkInfo:
         raw = sf.info(str(path))
     except (sf.SoundFileError, RuntimeError, OSError) as e:
         raise MustcError(f"{where}: talk {path} is not a readable audio file ({e})") from e
-    if raw.samplerate <= 0 or raw.channels <= 0:
-        raise MustcError(f"{where}: talk {path} has {raw.samplerate} Hz and {raw.channels} channels")
+    if raw.channels <= 0:
+        raise MustcError(f"{where}: talk {path} has {raw.channels} channels")
+    try:
+        check_rate(raw.samplerate, f"talk {path}")
+    except AudioError as e:
+        raise MustcError(f"{where}: {e}") from None
     return TalkInfo(int(raw.samplerate), int(raw.frames), int(raw.channels))
 
 
@@ -390,4 +394,8 @@ def load_segment(segment: Segment) -> np.ndarray:
         raise MustcError(f"{segment.where}: {segment.wav} holds {start + len(audio)} frames, fewer than its "
                          f"header's {info.frames}: segment {segment.id} is cut short")
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    try:
+        check_finite(mono, f"segment {segment.id} of {segment.wav}")
+    except AudioError as e:
+        raise MustcError(f"{segment.where}: {e}") from None
     return resample(mono, info.samplerate, SAMPLE_RATE)

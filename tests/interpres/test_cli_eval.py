@@ -72,9 +72,9 @@ def test_no_repeat_ngram_size_and_max_len_reach_the_decoding(corpus, model_dir, 
     lines = (out / "en-de" / f"{SPLIT}.hyp.de").read_text(encoding="utf-8").split("\n")
     assert all(len(line.split()) <= 3 for line in lines)  # at most 3 pieces, so at most 3 words
     assert "must be at least 0" in error_of_usage(capsys, [*eval_args(corpus, model_dir, out), "--no-repeat-ngram-size", "-1"])
-    for bad in ("-0.5", "inf", "nan"):
-        assert "must be a finite number of at least 0" in error_of_usage(
-            capsys, [*eval_args(corpus, model_dir, out), "--max-len-a", bad])
+    for bad, why in (("-0.5", "must be at least 0, got -0.5"), ("inf", "must be a finite number, got inf"),
+                     ("nan", "must be a finite number, got nan")):
+        assert why in error_of_usage(capsys, [*eval_args(corpus, model_dir, out), "--max-len-a", bad])
 
 
 def error_of_usage(capsys, argv) -> str:
@@ -190,3 +190,26 @@ def test_two_workers_under_torchrun_match_one_process(corpus, model_dir, tmp_pat
     assert two["workers"] == 2
     one.pop("workers"), two.pop("workers")
     assert comparable(one) == comparable(two)
+
+
+def test_a_talk_holding_nan_is_an_error_or_a_skip_never_a_score(model_dir, tmp_path, capsys):
+    """Issue 30: eval mustc read segments without the NaN check translate has, and scored a talk
+    of NaN as "⁇ ⁇ ⁇ ⁇" with exit 0 and n_skipped 0."""
+    import numpy as np
+    import soundfile as sf
+
+    root = build_eval_corpus(tmp_path / "nan", pairs=("en-de",))
+    wav_dir = root / "en-de" / "data" / SPLIT / "wav"
+    talk = sorted(wav_dir.iterdir())[0]
+    wave, sr = sf.read(talk, dtype="float32")
+    wave[: sr // 2] = np.nan  # the first half second: the talk's first segment at least
+    sf.write(talk, wave, sr, subtype="FLOAT")
+    out = tmp_path / "out"
+    args = ["eval", "mustc", "--root", str(root), "--pairs", "en-de", "--split", SPLIT, "--model", str(model_dir),
+            "--beam", "1", "--out", str(out)]
+    err = error_of(capsys, args)
+    assert f"of {talk}: holds NaN or infinite samples" in err
+    assert main([*args, "--skip-bad"]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "scores.json").read_text())
+    assert report["pairs"]["en-de"]["n_skipped"] >= 1

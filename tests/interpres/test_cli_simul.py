@@ -56,7 +56,7 @@ def test_simul_missing_file_and_bad_rate_are_messages(tmp_path):
     res = run("simul", str(tmp_path / "nope.txt"), home=tmp_path)
     assert res.returncode == 2 and "nope.txt: no such file" in text(res.stderr)
     res = run("simul", "--realtime", "0", home=tmp_path, stdin=b"")
-    assert res.returncode == 2 and "--realtime must be positive" in text(res.stderr)
+    assert res.returncode == 2 and "argument --realtime: must be above 0, got 0" in text(res.stderr)
     assert "Traceback" not in text(res.stderr)
 
 

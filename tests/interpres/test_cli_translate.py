@@ -134,3 +134,56 @@ def test_the_bundled_asr_model_transcribes_with_no_model_argument(wav, capsys):
     assert card.startswith("# interpres ASR model") and "tst-VOICE" in card and "en-asr" in card
     sizes = [(d / "model.safetensors").stat().st_size for d in (translate.BUNDLED_ASR_DIR, translate.BUNDLED_MODEL_DIR)]
     assert max(sizes) < 25e6 and sum(sizes) < 25e6  # each within the limit, and both together
+
+
+def test_a_bad_out_fails_before_any_decoding(model_dir, wav, tmp_path, capsys, monkeypatch):
+    decoded = []
+    real = translate.translate_files
+    monkeypatch.setattr(translate, "translate_files", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    base = ["translate", str(wav), "--tgt", "de", "--model", str(model_dir)]
+    assert "is a directory; name a file" in error_of(capsys, [*base, "--out", str(tmp_path)])
+    blocker = tmp_path / "plain-file"
+    blocker.write_text("x")
+    err = error_of(capsys, [*base, "--out", str(blocker / "sub" / "out.txt")])
+    assert f"{blocker} is not a directory" in err
+    err = error_of(capsys, ["translate", str(wav), str(wav), "--tgt", "de", "--model", str(model_dir),
+                            "--format", "srt", "--out", str(tmp_path / "t.srt")])
+    assert "would write the same SRT" in err
+    assert decoded == []
+    assert main([*base, "--out", str(tmp_path / "new" / "dir" / "out.txt")]) == 0  # folders are made
+    assert decoded == [1] and (tmp_path / "new" / "dir" / "out.txt").read_text().strip()
+
+
+def test_one_bad_file_does_not_stop_the_others(model_dir, wav, tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    missing = tmp_path / "missing.wav"
+    out = tmp_path / "out.json"
+    argv = ["translate", str(bad), str(wav), str(missing), "--tgt", "de", "--model", str(model_dir),
+            "--format", "json", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"interpres: error: {bad}: not a readable audio file" in err
+    assert f"interpres: error: {missing}: no such file" in err and "2 of 3 files could not be read" in err
+    assert [r["file"] for r in json.loads(out.read_text())] == [str(wav)]
+    assert main([*argv, "--skip-bad"]) == 0
+    assert f"interpres: warning: {bad}" in capsys.readouterr().err
+    assert main(["translate", str(bad), str(missing), "--tgt", "de", "--model", str(model_dir), "--skip-bad"]) == 2
+    assert "none of the 2 files could be read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["translate", "x.wav", "--tgt", "de", "--lenpen", "nan"],
+    ["translate", "x.wav", "--tgt", "de", "--ctc-weight", "inf"],
+    ["transcribe", "x.wav", "--max-len-a", "nan"],
+    ["simul", "--realtime", "nan"],
+    ["simul", "--threshold", "nan"],
+    ["stream", "x.wav", "--tgt", "de", "--min-pause-s", "inf"],
+    ["eval", "mustc", "--root", "r", "--pairs", "en-de", "--lenpen", "inf"],
+])
+def test_nan_or_infinite_numbers_are_refused_by_name(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "must be a finite number" in err and "Traceback" not in err
+    assert argv[-2] in err  # the option is named

@@ -102,3 +102,65 @@ def test_audio_in_memory_reads_as_the_file_and_errors_name_it(tmp_path: Path):
 def _silent_wav(path: Path) -> bytes:
     sf.write(path, np.zeros(1600, dtype=np.float32), SAMPLE_RATE)
     return path.read_bytes()
+
+
+def _with_rate(path: Path, rate: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[24:28] = rate.to_bytes(4, "little")
+    data[28:32] = (rate * 2).to_bytes(4, "little")  # byte rate of 16-bit mono
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("rate", [1, 7, 100, 999, 384_001, 2**31 - 1])
+def test_an_absurd_header_sample_rate_is_refused_before_reading(tmp_path: Path, rate: int):
+    """Issue 30: a 1 Hz header made a 3.6 GiB MemoryError; 7 Hz ran for minutes ("4571 s" of
+    audio from 64 KB)."""
+    path = tmp_path / "forged.wav"
+    sf.write(path, tone(32000, 16000), 16000, subtype="PCM_16")
+    _with_rate(path, rate)
+    with pytest.raises(AudioError, match=rf"^{path}: its header says {rate} Hz, outside 1,000 \.\. 384,000 Hz"):
+        load_audio(path)
+    with pytest.raises(AudioError, match=r"^up\.wav: its header says"):
+        decode_audio(path.read_bytes(), "up.wav")
+
+
+def test_the_edges_of_the_rates_are_read(tmp_path: Path):
+    for rate in (1000, 384_000):
+        path = tmp_path / f"r{rate}.wav"
+        sf.write(path, tone(rate // 5, rate, freq=300), rate, subtype="PCM_16")
+        assert load_audio(path).shape == (3200,)
+
+
+def test_a_truncated_wav_is_a_warning_and_what_is_there_is_used(tmp_path: Path, caplog):
+    path = tmp_path / "cut.wav"
+    sf.write(path, tone(16000, 16000), 16000, subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:44 + 2 * 4000])  # the header still says 16000 frames
+    with caplog.at_level("WARNING", logger="speech.audio"):
+        audio = load_audio(path)
+    assert audio.shape == (4000,)
+    assert f"{path}: truncated: its header declares 32000 bytes of audio, the file holds 8000" in caplog.text
+
+
+def test_a_whole_wav_or_a_streamed_one_is_not_called_truncated(tmp_path: Path, caplog):
+    from speech.audio import wav_shortfall
+
+    path = tmp_path / "whole.wav"
+    sf.write(path, tone(16000, 16000), 16000, subtype="PCM_16")
+    data = path.read_bytes()
+    assert wav_shortfall(data, len(data)) is None
+    streamed = bytearray(data)
+    streamed[40:44] = (0xFFFFFFFF).to_bytes(4, "little")  # the size a pipe writer leaves unknown
+    assert wav_shortfall(bytes(streamed), len(streamed)) is None
+    assert wav_shortfall(data, len(data) - 10) == (32000, 31990)
+    assert wav_shortfall(b"fLaC" + data[4:], len(data) - 10) is None  # not a WAV: not judged
+    with caplog.at_level("WARNING", logger="speech.audio"):
+        load_audio(path)
+    assert "truncated" not in caplog.text
+
+
+def test_audio_under_a_tenth_of_a_second_is_a_warning(tmp_path: Path, caplog):
+    path = tmp_path / "blip.wav"
+    sf.write(path, tone(800, 16000), 16000, subtype="PCM_16")
+    with caplog.at_level("WARNING", logger="speech.audio"):
+        assert load_audio(path).shape == (800,)
+    assert f"{path}: only 50 ms of audio (under 0.1 s)" in caplog.text
