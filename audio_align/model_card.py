@@ -74,8 +74,8 @@ def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int, name
         f"{' + steering prefix' if m.get('prefix_tokens') else ''}), stored in fp16", "",
         "## Recipe and data", "",
         f"`interpres data scenes` (scene corpus `{config.get('scenes', 'default')}`), then "
-        "`interpres train lalm configs/audio_align/lalm_align.yaml` (captions: projector alignment) and "
-        "`interpres train lalm configs/audio_align/lalm_sft.yaml` (instruction tuning on the questions of the four "
+        "`interpres train lalm audio_align/configs/lalm_align.yaml` (captions: projector alignment) and "
+        "`interpres train lalm audio_align/configs/lalm_sft.yaml` (instruction tuning on the questions of the four "
         "AHA kinds, the general set and captions). Scenes mix recorded sounds of sound-theme-freedesktop, "
         "oxygen-sounds, sonic-pi-samples and ktuberling-data, sounds made in code and TTS sentences, with exact "
         "ground truth; the training scenes follow co-occurrence priors that some test scenes break.",

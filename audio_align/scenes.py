@@ -211,7 +211,7 @@ class SceneError(ValueError):
 
 @dataclass
 class SceneCorpusConfig:
-    """Sizes, mixing ranges and held-out material of one scene corpus (configs/audio_align/data_scenes*.yaml)."""
+    """Sizes, mixing ranges and held-out material of one scene corpus (audio_align/configs/data_scenes*.yaml)."""
 
     name: str = "default"  # folder under <home>/scenes/
     train_scenes: int = 3000  # scenes in train

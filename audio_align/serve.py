@@ -77,7 +77,7 @@ class ServeConfig:
     """What ``interpres serve`` serves and its limits."""
 
     models: list[str] = field(default_factory=lambda: ["teacher"])  # NAME, DIR or ID=DIR
-    runtime: str = "onnx"  # "onnx" (int8) or "torch"
+    runtime: str = "onnx-int8"  # speech.runtime.DECODING_RUNTIMES
     api_keys: list[str] = field(default_factory=list)  # empty: no key needed
     max_upload_mb: float = 25.0  # OpenAI's limit
     max_audio_s: float = 600.0

@@ -41,7 +41,7 @@ STAGES = ("align", "sft")
 
 @dataclass
 class LalmTrainConfig(LoopConfig):
-    """One stage of the LALM (configs/audio_align/lalm_*.yaml)."""
+    """One stage of the LALM (audio_align/configs/lalm_*.yaml)."""
 
     out: str = "runs/lalm"
     scenes: str = "default"  # the corpus $INTERPRES_HOME/scenes/NAME ('interpres data scenes')

@@ -3,7 +3,7 @@
     python benchmarks/bench_finetune_modes.py [--seconds 300] [--out runs/finetune_modes]
                                               [--modes full,frozen-encoder,...] [key=value ...]
 
-Each mode is the teacher recipe (configs/speech/st_whisper.yaml, with any key=value
+Each mode is the teacher recipe (speech/configs/st_whisper.yaml, with any key=value
 overrides given here) trained for ``--seconds`` of active time from the same imported
 Whisper base, then validated once on the whole dev set (per-token NLL, no label
 smoothing). The modes:
@@ -38,7 +38,7 @@ from speech.model import load_model_dir  # noqa: E402
 from speech.train import TrainConfig, freeze_modules, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPE = ROOT / "configs/speech/st_whisper.yaml"
+RECIPE = ROOT / "speech/configs/st_whisper.yaml"
 LORA_TARGETS = "[q_proj,k_proj,v_proj,out_proj,fc1,fc2]"
 
 

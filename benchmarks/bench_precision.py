@@ -3,7 +3,7 @@
     python benchmarks/bench_precision.py [--model runs/whisper-base] [--rounds 5]
                                          [--batch 24] [--frames 300] [--tokens 30]
 
-The teacher recipe's update (configs/speech/st_whisper.yaml): the frozen encoder's
+The teacher recipe's update (speech/configs/st_whisper.yaml): the frozen encoder's
 forward, the decoder's forward and backward with a full-vocabulary cross-entropy, on a
 batch of ``--batch`` utterances of ``--frames`` log-mel frames (10 ms each) with
 ``--tokens``-token targets. Rounds alternate fp32 and bf16 (the order flips each round);

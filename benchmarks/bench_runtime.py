@@ -12,7 +12,7 @@ For each runtime and each beam size (1 = greedy, and 5), with the same decoding 
 Utterances: the first N of ``$INTERPRES_HOME/speech/CORPUS/PAIR/data/tst-COMMON`` (MuST-C
 layout) when it exists, else N synthesized 1-6 s signals (voiced-like harmonics with
 pauses; a random model's speed does not depend on what is said). The ONNX export is
-made once into ``$INTERPRES_HOME/onnx/`` (as ``interpres translate --runtime onnx`` does).
+made once into ``$INTERPRES_HOME/onnx/`` (as ``interpres translate --runtime onnx-int8`` does).
 Prints a Markdown table.
 """
 
@@ -90,9 +90,9 @@ def main() -> None:
     audio_s = sum(len(w) for w in waves) / 16000
 
     t0 = time.perf_counter()
-    onnx_int8 = load_translator(args.model, runtime="onnx")
+    onnx_int8 = load_translator(args.model, runtime="onnx-int8")
     export_s = time.perf_counter() - t0
-    onnx_fp32 = load_translator(args.model, runtime="onnx", onnx_precision="fp32")
+    onnx_fp32 = load_translator(args.model, runtime="onnx")
     torch_int8 = load_translator(args.model)
     torch_int8.models = [quantize_torch_int8(m) for m in torch_int8.models]
     runtimes = {"torch fp32": base, "torch int8": torch_int8, "onnx fp32": onnx_fp32, "onnx int8": onnx_int8}

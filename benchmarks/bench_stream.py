@@ -1,6 +1,6 @@
 """A long stdin stream through ``interpres stream``: memory over time, no segment lost or doubled.
 
-    python benchmarks/bench_stream.py [--minutes 60] [--model default] [--runtime onnx] [--policy pause]
+    python benchmarks/bench_stream.py [--minutes 60] [--model default] [--runtime onnx-int8] [--policy pause]
                                       [--json OUT] [--plot OUT.png]
 
 The stream: the tst-COMMON en-de utterances of the ``small`` corpus, in order and again,
@@ -59,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--model", default="default")
-    ap.add_argument("--runtime", default="onnx")
+    ap.add_argument("--runtime", default="onnx-int8")
     ap.add_argument("--policy", default="pause")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)

@@ -96,7 +96,7 @@ def load_family(spec: str, options: dict[str, Any]) -> Family:
 
 @dataclass
 class CompressConfig:
-    """A compression recipe (configs/compress/*.yaml)."""
+    """A compression recipe (compress/configs/*.yaml)."""
 
     family: str = "speech.compressing:SpeechFamily"
     teacher: list[str] = field(default_factory=list)  # model directories; several = an ensemble

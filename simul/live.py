@@ -121,7 +121,8 @@ def read_chars(stream: BinaryIO, on_char: Callable[[str], None], realtime: float
 
 def run_live(file: Path | None, realtime: float | None = None, fmt: str = "text", model: Path | None = None,
              segmenter: Path | None = None, threshold: float | None = None, max_len: int = 40,
-             stdin: BinaryIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+             stdin: BinaryIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None,
+             runtime: str = "torch") -> int:
     from simul.segmenter import Segmenter  # noqa: PLC0415
     from simul.translator import Translator  # noqa: PLC0415
 
@@ -135,7 +136,7 @@ def run_live(file: Path | None, realtime: float | None = None, fmt: str = "text"
         raise LiveInputError(f"{model_dir}: has no segmenter/; give one with --segmenter")
     settings = policy_settings(model_dir)
     threshold = threshold if threshold is not None else float(settings.get("threshold", 0.5))
-    translator, seg = Translator(model_dir), Segmenter.load(seg_dir)
+    translator, seg = Translator(model_dir, runtime=runtime), Segmenter.load(seg_dir)
 
     def make_session() -> StreamSession:
         return StreamSession(Segmentation(translator, seg, threshold, max_len))

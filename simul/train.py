@@ -1,9 +1,9 @@
 """Training the zh->en translator for simultaneous translation, stage by stage.
 
-    interpres train simul configs/simul/pretrain.yaml                  general pairs
-    interpres train simul configs/simul/domain.yaml   init=runs/simul_pretrain/model
-    interpres train simul configs/simul/segments.yaml init=... segmenter=...
-    interpres train simul configs/simul/waitk.yaml    init=runs/simul_pretrain/model
+    interpres train simul simul/configs/pretrain.yaml                  general pairs
+    interpres train simul simul/configs/domain.yaml   init=runs/simul_pretrain/model
+    interpres train simul simul/configs/segments.yaml init=... segmenter=...
+    interpres train simul simul/configs/waitk.yaml    init=runs/simul_pretrain/model
 
 Every stage runs :func:`speech.loop.run` (exact resume, averaging, ``torchrun``), on
 examples made from the stream corpus (:mod:`simul.data`):
@@ -59,7 +59,7 @@ STAGES = ("pretrain", "domain", "segments", "waitk", "segmenter")
 
 @dataclass
 class SimulTrainConfig(LoopConfig):
-    """A stage of the simultaneous translator's recipe (configs/simul/*.yaml)."""
+    """A stage of the simultaneous translator's recipe (simul/configs/*.yaml)."""
 
     stage: str = "pretrain"
     corpus: str = "default"  # a stream corpus under $INTERPRES_HOME/simul (built when missing)

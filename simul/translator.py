@@ -20,6 +20,7 @@ import torch
 
 from speech.decode import DecodingOptions, RepetitionGuard, search
 from speech.model import BOS_ID, EOS_ID, PAD_ID
+from speech.runtime import onnx_precision, open_model
 from speech.tokenizer import Tokenizer
 from simul.model import MTModel, load_mt_model
 
@@ -28,12 +29,19 @@ TGT_SPM = "spm.model"
 
 
 class Translator:
-    def __init__(self, model_dir: str | Path, model: MTModel | None = None):
+    def __init__(self, model_dir: str | Path, model: MTModel | None = None, runtime: str = "torch",
+                 onnx_dir: str | Path | None = None, threads: int | None = None):
+        """``model`` given: that model; else the directory's, on ``runtime`` (speech.runtime's
+        names; an ONNX runtime reads the graphs in ``onnx_dir``, or the directory's export)."""
         self.path = Path(model_dir)
-        if model is None:
-            model, self.config = load_mt_model(self.path)
-        else:
+        if model is not None:
             self.config = {}
+        elif onnx_precision(runtime) is not None:
+            model, self.config = open_model(self.path, runtime, onnx_dir=onnx_dir, threads=threads), {}
+        else:
+            model, self.config = load_mt_model(self.path)
+            model = open_model(self.path, runtime, model)
+        self.runtime = runtime
         self.model = model.eval()
         self.src_tok = Tokenizer(self.path / SRC_SPM)
         self.tgt_tok = Tokenizer(self.path / TGT_SPM)

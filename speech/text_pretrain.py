@@ -1,7 +1,7 @@
 """Text pretraining of the speech translator's decoder: an en->xx text translator.
 
-    interpres train mt configs/speech/mt_small.yaml
-    interpres train st configs/speech/st_small.yaml init_decoder=runs/mt_small/model
+    interpres train mt speech/configs/mt_small.yaml
+    interpres train st speech/configs/st_small.yaml init_decoder=runs/mt_small/model
 
 The speech corpus has about a thousand spoken sentences per language; the text corpus it
 was drawn from has 19k-39k pairs per language (``interpres data text``). This recipe
@@ -59,7 +59,7 @@ DECODER_FIELDS = ("d_model", "decoder_layers", "heads", "ffn_dim", "dropout", "a
 
 @dataclass
 class TextPretrainConfig(LoopConfig):
-    """The decoder's text pretraining (configs/speech/mt_*.yaml); every key can be overridden."""
+    """The decoder's text pretraining (speech/configs/mt_*.yaml); every key can be overridden."""
 
     corpus: str = "text"  # a folder with en-XX/{train,dev}.tsv, or a name under $INTERPRES_HOME
     langs: list[str] = field(default_factory=lambda: list(TARGET_LANGS))

@@ -1,7 +1,7 @@
 """ASR pretraining and multilingual ST training: one recipe you can read top to bottom.
 
-    interpres train asr configs/speech/asr_small.yaml [key=value ...]
-    interpres train st  configs/speech/st_small.yaml  init_encoder=runs/asr_small/model
+    interpres train asr speech/configs/asr_small.yaml [key=value ...]
+    interpres train st  speech/configs/st_small.yaml  init_encoder=runs/asr_small/model
     torchrun --nproc-per-node 2 -m interpres train st ...        (DDP, gloo on CPU)
 
 ASR is the same recipe with English as the only target language: the decoder's first
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig(LoopConfig):
-    """A training recipe (configs/speech/{asr,st}_*.yaml); every key can be overridden.
+    """A training recipe (speech/configs/{asr,st}_*.yaml); every key can be overridden.
 
     The optimizer, schedule, checkpoint and averaging keys are :class:`speech.loop.LoopConfig`'s.
     """

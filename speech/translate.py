@@ -49,6 +49,7 @@ from speech.decode import DecodingOptions, DecodingResult, encode, search
 from speech.features import FbankConfig, FeatureConfig, LogMelConfig, features_of, frames_of
 from speech.model import CONFIG_FILE, WEIGHTS_FILE, S2TModel, load_model_dir, model_device
 from speech.overlay import weight_files
+from speech.runtime import DECODING_RUNTIMES, check_runtime, onnx_precision, open_model
 from speech.tokenizer import TOKENIZER_FILE, Tokenizer, tokenizer_file
 
 if TYPE_CHECKING:
@@ -64,7 +65,6 @@ BUNDLED_ASR_DIR = Path(__file__).resolve().parent / "models" / "asr"  # the ASR 
 # the teacher: Whisper base fine-tuned into the ten languages, an overlay over the pinned base
 BUNDLED_TEACHER_DIR = Path(__file__).resolve().parent / "models" / "teacher"
 TASKS = ("st", "asr")
-RUNTIMES = ("torch", "onnx")
 FORMATS = ("text", "json", "srt")
 # joint CTC/attention weight of English outputs when every model has a CTC head, chosen on the
 # en-asr dev set (WER 86.6 / 74.2 / 72.6 / 72.1 at 0 / 0.3 / 0.5 / 0.7 with runs/asr_small;
@@ -244,7 +244,7 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _load_one(path: Path, runtime: str = "torch", onnx_precision: str = "int8") -> Translator:
+def _load_one(path: Path, runtime: str = "torch") -> Translator:
     if not path.is_dir():
         raise TranslateError(f"{path}: no such model directory")
     config = _read_config(path) if (path / CONFIG_FILE).is_file() else {}
@@ -254,12 +254,11 @@ def _load_one(path: Path, runtime: str = "torch", onnx_precision: str = "int8") 
             raise TranslateError(f"{file}: not found (a model directory holds {CONFIG_FILE}, "
                                  f"{WEIGHTS_FILE} or an overlay's files, and {tok_file})")
     model: S2TModel | OnnxS2TModel
-    if runtime == "onnx":
-        from speech.onnx import OnnxS2TModel, onnx_export_for
-
-        model = OnnxS2TModel(onnx_export_for(path, onnx_precision), precision=onnx_precision)
+    if onnx_precision(runtime) is not None:
+        model = open_model(path, runtime)
     else:
-        model, config = load_model_dir(path)
+        torch_model, config = load_model_dir(path)
+        model = open_model(path, runtime, torch_model)
     where = str(path / CONFIG_FILE)
     task = config.get("task")
     if task not in TASKS:
@@ -323,7 +322,7 @@ def bundled_model(task: str | None = None) -> Path:
 
 
 def load_translator(model_dir: str | Path | Sequence[str | Path] | None = None, runtime: str = "torch",
-                    onnx_precision: str = "int8", task: str | None = None) -> Translator:
+                    task: str | None = None) -> Translator:
     """Load a model directory: ``config.json``, ``model.safetensors``, ``spm.model``.
 
     ``model_dir`` None is the bundled model for ``task`` (:func:`bundled_model`: the ASR
@@ -332,23 +331,21 @@ def load_translator(model_dir: str | Path | Sequence[str | Path] | None = None, 
     they all have). Raises TranslateError naming the missing or wrong file, and the
     model loader's ConfigError / CheckpointError for a broken config or weights.
 
-    ``runtime`` "onnx" decodes on onnxruntime (:mod:`speech.onnx`) with the
-    ``onnx_precision`` graphs ("int8" or "fp32"): a directory's own ``onnx/`` export, or
-    one made on first use under ``$INTERPRES_HOME/onnx/`` and reused after.
+    ``runtime`` is one of :data:`speech.runtime.DECODING_RUNTIMES`: ``torch``,
+    ``torch-int8``, or ``onnx`` / ``onnx-int8`` (onnxruntime, fp32 or int8 graphs: a
+    directory's own ``onnx/`` export, or one made on first use under
+    ``$INTERPRES_HOME/onnx/`` and reused after).
     """
-    if runtime not in RUNTIMES:
-        raise TranslateError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
-    if onnx_precision not in ("int8", "fp32"):
-        raise TranslateError(f"unknown ONNX precision '{onnx_precision}' (known: int8, fp32)")
+    check_runtime(runtime, DECODING_RUNTIMES)
     if model_dir is None:
         model_dir = bundled_model(task)
     dirs = [Path(model_dir)] if isinstance(model_dir, (str, os.PathLike)) else [Path(d) for d in model_dir]
     dirs = [_named_model(d) for d in dirs]
     if not dirs:
         raise TranslateError("no model directory given")
-    first = _load_one(dirs[0], runtime, onnx_precision)
+    first = _load_one(dirs[0], runtime)
     for path in dirs[1:]:
-        other = _load_one(path, runtime, onnx_precision)
+        other = _load_one(path, runtime)
         if (other.tokenizer.path.read_bytes() != first.tokenizer.path.read_bytes()):
             raise TranslateError(f"{other.tokenizer.path}: differs from {first.tokenizer.path}; "
                                  "an ensemble needs one vocabulary")

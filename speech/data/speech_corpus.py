@@ -62,7 +62,7 @@ _SPEAKABLE = re.compile(r"^[A-Za-z0-9 ,.;:!?'\"()\-]+$")
 
 @dataclass
 class SpeechCorpusConfig:
-    """Sizes, voices and variation of one speech corpus (configs/speech/data_speech_*.yaml)."""
+    """Sizes, voices and variation of one speech corpus (speech/configs/data_speech_*.yaml)."""
 
     name: str = "small"  # folder under <home>/speech/
     langs: list[str] = field(default_factory=lambda: list(TARGET_LANGS))

@@ -52,7 +52,7 @@ TARGET_LANGS = ["de", "es", "fr", "it", "nl", "pt", "ro", "ru", "ja", "zh"]
 
 @dataclass
 class TextCorpusConfig:
-    """What the text builder reads and how it splits (configs/speech/data_text.yaml)."""
+    """What the text builder reads and how it splits (speech/configs/data_text.yaml)."""
 
     langs: list[str] = field(default_factory=lambda: list(TARGET_LANGS))
     apt_packages: list[str] = field(default_factory=lambda: list(CATALOG_PACKAGES))

@@ -16,7 +16,7 @@ from audio_align.scenes import (
 from speech.config import ConfigError, load_config
 
 SR = 16000
-TINY = Path(__file__).resolve().parents[2] / "configs" / "audio_align" / "data_scenes_tiny.yaml"
+TINY = Path(__file__).resolve().parents[2] / "audio_align" / "configs" / "data_scenes_tiny.yaml"
 KEYS = {"id", "split", "wav", "duration", "background", "prior", "prior_rule", "events"}
 EVENT_KEYS = {"class", "source", "onset", "offset", "gain_db", "level_db", "text", "voice"}
 

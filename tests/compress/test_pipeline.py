@@ -23,7 +23,7 @@ def recipe(tiny_simul, out):
         teacher=[str(tiny_simul.model)],
         out=str(out),
         options={"corpus": str(tiny_simul.corpus), "docs": 4, "segmenter": str(tiny_simul.segmenter),
-                 "threshold": 0.5, "train_config": str(ROOT / "configs/simul/tiny.yaml")},
+                 "threshold": 0.5, "train_config": str(ROOT / "simul/configs/tiny.yaml")},
         distill={**train, "max_updates": 10},
         prune={"importance": "taylor", "heads": 0.5, "ffn": 0.5, "layers": {"encoder.layers": 1},
                "calibration_batches": 2},

@@ -12,7 +12,7 @@ import pytest
 from builders import make_model_dir
 from interpres.cli import main
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "audio_align"
+CONFIGS = Path(__file__).resolve().parents[2] / "audio_align" / "configs"
 
 
 @pytest.mark.slow

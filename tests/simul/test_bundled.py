@@ -16,7 +16,7 @@ def test_the_bundle_is_complete_and_small():
         assert (model / name).is_file(), name
     assert sum(p.stat().st_size for p in model.rglob("*") if p.is_file()) < 25e6
     card = (model / "README.md").read_text(encoding="utf-8")
-    for words in ("## Recipe", "## Data", "## Scores", "configs/simul/pretrain.yaml", "BLEU"):
+    for words in ("## Recipe", "## Data", "## Scores", "simul/configs/pretrain.yaml", "BLEU"):
         assert words in card
     conf = json.loads((model / "config.json").read_text())
     assert conf["task"] == "simul-mt" and 0 < policy_settings(model)["threshold"] < 1

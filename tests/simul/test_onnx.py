@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_translator_runs_on_onnx(tiny_simul, tmp_path, one_thread):
     family = SimulFamily(corpus=str(tiny_simul.corpus), docs=3, segmenter=str(tiny_simul.segmenter),
-                         train_config=str(ROOT / "configs/simul/tiny.yaml"))
-    fp32 = family.quantize(tiny_simul.model, tmp_path / "onnx", {"runtime": "onnx-fp32"})
-    assert fp32["runtime"] == "onnx-fp32" and all(Path(f).exists() for f in fp32["files"])
+                         train_config=str(ROOT / "simul/configs/tiny.yaml"))
+    fp32 = family.quantize(tiny_simul.model, tmp_path / "onnx", {"runtime": "onnx"})
+    assert fp32["runtime"] == "onnx" and all(Path(f).exists() for f in fp32["files"])
     onnx_tr = family.open({**fp32, "name": "fp32"}, threads=1)
     torch_tr = Translator(tiny_simul.model)
     sources = [zh for d in load_split(str(tiny_simul.corpus), "general", "test")[:3] for zh in d.zh]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cfg(corpus, out, *overrides):
-    return load_config(SimulTrainConfig, ROOT / "configs/simul/tiny.yaml",
+    return load_config(SimulTrainConfig, ROOT / "simul/configs/tiny.yaml",
                        [f"corpus={corpus}", f"out={out}", "threads=1", *overrides])
 
 
@@ -36,7 +36,7 @@ def run_cli(*args, env_extra=None):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tiny_simul, tmp_path):
-    args = [str(ROOT / "configs/simul/tiny.yaml"), f"corpus={tiny_simul.corpus}", "threads=1", "max_updates=40",
+    args = [str(ROOT / "simul/configs/tiny.yaml"), f"corpus={tiny_simul.corpus}", "threads=1", "max_updates=40",
             "save_interval_updates=20", "validate_interval_updates=20"]
     whole = run_cli(*args, f"out={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-2000:]

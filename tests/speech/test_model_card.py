@@ -49,7 +49,7 @@ def test_the_asr_model_has_its_own_card(tmp_path):
         "en-asr": {"wer": 85.5, "n_utterances": 200}}}))
     card = (bundle(model, tmp_path / "bundle", [scores]) / "README.md").read_text()
     assert card.startswith("# interpres ASR model: English speech to English text")
-    assert "interpres train asr configs/speech/asr_small.yaml" in card and "train st" not in card
+    assert "interpres train asr speech/configs/asr_small.yaml" in card and "train st" not in card
     assert "| tst-VOICE | en-asr |  |  | 85.5 | 200 |" in card and "joint CTC/attention weight 0.5" in card
     assert "English sides of its 2 translation pairs" in card and "<lang:xx>" not in card
     assert "2400 updates in 41.0 min" in card

@@ -216,7 +216,7 @@ def wav(tmp_path_factory):
 
 
 def test_translate_runtime_onnx_exports_once_into_the_cache(model_dir, wav, home, monkeypatch, capsys, caplog):
-    assert main(["translate", str(wav), "--tgt", "de,fr", "--model", str(model_dir), "--runtime", "onnx",
+    assert main(["translate", str(wav), "--tgt", "de,fr", "--model", str(model_dir), "--runtime", "onnx-int8",
                  "--format", "json", "--beam", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["lang"] for r in out] == ["de", "fr"] and all(len(r["segments"]) == 1 for r in out)
@@ -225,7 +225,7 @@ def test_translate_runtime_onnx_exports_once_into_the_cache(model_dir, wav, home
 
     # later loads reuse the export; fp32 decodes exactly as torch does (a tied output embedding here)
     monkeypatch.setattr(sonnx, "export_s2t", lambda *a, **k: pytest.fail("exported again"))
-    translator = load_translator(model_dir, runtime="onnx", onnx_precision="fp32")
+    translator = load_translator(model_dir, runtime="onnx")
     assert isinstance(translator.models[0], OnnxS2TModel) and translator.models[0].folder == cached
     torch_translator = load_translator(model_dir)
     feats = [torch_translator.features(np.random.default_rng(i).standard_normal(16000 * (i + 1)) * 0.1)
@@ -242,14 +242,14 @@ def test_translate_runtime_onnx_exports_once_into_the_cache(model_dir, wav, home
     for f in cached.iterdir():
         (own / f.name).write_bytes(f.read_bytes())
     try:
-        assert load_translator(model_dir, runtime="onnx").models[0].folder == own
+        assert load_translator(model_dir, runtime="onnx-int8").models[0].folder == own
         index = json.loads((own / "onnx.json").read_text())
         index["source"]["sha256"] = "0" * 64
         (own / "onnx.json").write_text(json.dumps(index))
         with caplog.at_level(logging.WARNING):
-            assert load_translator(model_dir, runtime="onnx").models[0].folder == cached
+            assert load_translator(model_dir, runtime="onnx-int8").models[0].folder == cached
         assert f"{own / 'onnx.json'}: exported from other weights" in caplog.text
-        assert main(["transcribe", str(wav), "--model", str(model_dir), "--runtime", "onnx"]) == 2
+        assert main(["transcribe", str(wav), "--model", str(model_dir), "--runtime", "onnx-int8"]) == 2
         assert "cannot transcribe English" in capsys.readouterr().err
     finally:
         for f in own.iterdir():
@@ -262,12 +262,12 @@ def test_eval_mustc_runtime_onnx(model_dir, home, tmp_path, capsys, caplog):
     out = tmp_path / "eval"
     args = ["eval", "mustc", "--root", str(corpus), "--pairs", "en-de", "--split", SPLIT, "--model", str(model_dir),
             "--beam", "2", "--batch-frames", "250", "--out", str(out)]
-    assert main([*args, "--runtime", "onnx"]) == 0
+    assert main([*args, "--runtime", "onnx-int8"]) == 0
     report = json.loads((out / "scores.json").read_text())
-    assert report["runtime"] == "onnx" and "bleu" in report["pairs"]["en-de"]
+    assert report["runtime"] == "onnx-int8" and "bleu" in report["pairs"]["en-de"]
     hyps = (out / "en-de" / f"{SPLIT}.hyp.de").read_text()
     log = (out / "en-de" / f"{SPLIT}.progress.jsonl").read_text().splitlines()
-    assert json.loads(log[0])["settings"]["runtime"] == "onnx"
+    assert json.loads(log[0])["settings"]["runtime"] == "onnx-int8"
     # the runtime is part of what a log was made with: torch starts over, and writes its own hypotheses
     with caplog.at_level(logging.WARNING):
         assert main([*args, "--runtime", "torch"]) == 0

@@ -32,7 +32,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="needs espeak-ng and sox"),
 ]
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "configs/speech"
+TINY = ROOT / "speech/configs"
 
 
 @pytest.fixture(scope="module")

@@ -346,7 +346,7 @@ def test_onnx_runtime_decodes_an_imported_model_as_torch(tiny_ct2, tmp_path, mon
     opts = DecodingOptions(beam_size=2, max_len_b=8, repetition_guard=False)
     (want,), = load_translator(model).decode([feats], ["en"], opts)
     for precision in ("fp32", "int8"):
-        (got,), = load_translator(model, runtime="onnx", onnx_precision=precision).decode([feats], ["en"], opts)
+        (got,), = load_translator(model, runtime={"int8": "onnx-int8", "fp32": "onnx"}[precision]).decode([feats], ["en"], opts)
         assert got.tokens == want.tokens, precision
 
 

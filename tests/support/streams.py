@@ -53,7 +53,7 @@ def train_tiny_translator(corpus: Path, out: Path, *overrides: str) -> Path:
     from simul.train import SimulTrainConfig, train
 
     root = Path(__file__).resolve().parents[2]
-    cfg = load_config(SimulTrainConfig, root / "configs/simul/tiny.yaml",
+    cfg = load_config(SimulTrainConfig, root / "simul/configs/tiny.yaml",
                       [f"corpus={corpus}", f"out={out}", "threads=1", *overrides])
     return train(cfg)
 
