@@ -56,7 +56,7 @@ from speech.config import ConfigError
 from speech.data.cache import atomic_path
 from speech.dataset import batches_by_frames
 from speech.loop import LoopConfig, Progress, barrier, hash_seed, run, start_run, to_device
-from speech.model import model_device
+from speech.checkpoint import model_device
 
 log = logging.getLogger(__name__)
 

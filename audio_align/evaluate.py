@@ -29,6 +29,7 @@ import torch
 
 from audio_align import qa
 from audio_align.lalm import AudioFrontEnd, AudioLanguageModel, ChatTokenizer, LalmError, load_lalm_dir, pad_audio
+from compress.errors import UserError
 from speech.data.cache import atomic_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "models" / "default"
 ROWS = ("overall", *qa.KINDS, qa.GENERAL)
 
 
-class AhaEvalError(ValueError):
+class AhaEvalError(UserError, ValueError):
     """A model, corpus or output the evaluation cannot use; the message names it."""
 
 

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from compress.errors import UserError
 from speech.config import ConfigError
 from speech.data.cache import atomic_path, write_json_atomic
 from speech.tokenizer import PAD_ID, Tokenizer, TokenizerError
@@ -47,7 +48,7 @@ FAMILY = "lalm"
 IGNORE = -100
 
 
-class LalmError(ValueError):
+class LalmError(UserError, ValueError):
     """A model directory, audio or question the LALM cannot use; the message names it."""
 
 

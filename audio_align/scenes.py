@@ -69,6 +69,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from compress.errors import UserError
 from speech.audio import SAMPLE_RATE, resample
 from speech.config import config_to_dict
 from speech.data import tts
@@ -205,7 +206,7 @@ TRAIN_VOICES = ["espeak:en-us+m1", "espeak:en-gb+f2", "espeak:en-us+f3", "flite:
 HELDOUT_VOICE = "flite:awb"
 
 
-class SceneError(ValueError):
+class SceneError(UserError, ValueError):
     """A scene config or source is wrong; the message names the field or the file."""
 
 

@@ -59,6 +59,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audio_align.batching import DynamicBatcher, Overloaded
+from compress.errors import UserError
 from speech.audio import SAMPLE_RATE, AudioError, decode_audio
 from speech.decode import DecodingOptions, DecodingResult
 from speech.model_card import LANG_NAMES
@@ -91,7 +92,7 @@ class ServeConfig:
     lalm: str = ""  # the audio-language model of /v1/chat/completions: a directory or "default"; "": none
 
 
-class ServeError(ValueError):
+class ServeError(UserError, ValueError):
     """What to serve cannot be: a model id given twice, no model, an unreadable key file."""
 
 

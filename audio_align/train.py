@@ -31,7 +31,7 @@ from audio_align.lalm import (IGNORE, answer_nll, TOKENIZER_FILE, AudioFrontEnd,
 from speech.config import ConfigError
 from speech.dataset import batches_by_frames
 from speech.loop import LoopConfig, barrier, hash_seed, run, start_run, to_device
-from speech.model import model_device
+from speech.checkpoint import model_device
 from speech.tokenizer import PAD_ID
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from speech.data.cache import interpres_home  # noqa: E402
 from speech.data.mustc import MustcSplit, load_segment  # noqa: E402
 from speech.decode import DecodingOptions  # noqa: E402
-from speech.evaluate import word_error_rate  # noqa: E402
+from speech.metrics import word_error_rate  # noqa: E402
 from speech.translate import load_translator  # noqa: E402
 from speech.whisper import import_whisper  # noqa: E402
 

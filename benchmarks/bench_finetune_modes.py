@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compress.lora import add_lora  # noqa: E402
 from speech.config import load_config  # noqa: E402
 from speech.loop import iter_history  # noqa: E402
-from speech.model import load_model_dir  # noqa: E402
+from speech.checkpoint import load_model_dir  # noqa: E402
 from speech.train import TrainConfig, freeze_modules, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from speech.model import load_model_dir  # noqa: E402
+from speech.checkpoint import load_model_dir  # noqa: E402
 
 
 def main() -> None:

@@ -61,7 +61,9 @@ def _train(model: str, corpus: str, pair: str) -> dict:
     from speech.data.mustc import MustcSplit
     from speech.dataset import SplitFeatures, batches_by_frames, pad_features
     from speech.features import FbankConfig
-    from speech.model import PAD_ID, S2TModel, label_smoothed_nll_loss
+    from speech.losses import label_smoothed_nll_loss
+    from speech.model import S2TModel
+    from speech.model_config import PAD_ID
     from speech.train import corpus_root
     from speech.translate import load_translator
 

@@ -12,7 +12,7 @@ transcripts), each transcribed whole (no voice-activity cut) with beam 5, by:
   encoder work, but the untuned model was never shown an input that ends with speech;
 - any fine-tuned model directory given with ``--teacher`` (with its own feature settings).
 
-WER is the project's (speech.evaluate.word_error_rate: lower case, no punctuation).
+WER is the project's (speech.metrics.word_error_rate: lower case, no punctuation).
 Time is the wall time of the five clips, features included, median over ``--rounds``
 rounds that interleave the systems. Prints a Markdown table.
 """
@@ -35,7 +35,7 @@ from speech.audio import load_audio  # noqa: E402
 from speech.data.cache import interpres_home  # noqa: E402
 from speech.data.packages import fetch_apt  # noqa: E402
 from speech.decode import DecodingOptions  # noqa: E402
-from speech.evaluate import word_error_rate  # noqa: E402
+from speech.metrics import word_error_rate  # noqa: E402
 from speech.translate import load_translator  # noqa: E402
 from speech.whisper import PACKAGES, import_whisper, package_data_dir, read_package  # noqa: E402
 

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from compress.errors import UserError
+
 
 @dataclass
 class KDConfig:
@@ -140,7 +142,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor | None, target: Tenso
 # --------------------------------------------------------------------------- sequence-level KD
 
 
-class SeqKDError(ValueError):
+class SeqKDError(UserError, ValueError):
     """The cached corpus is unreadable or belongs to other settings; the message names the file."""
 
 

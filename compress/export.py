@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.errors import UserError
 from compress.runtime import OrtSession, RuntimeSessionError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 EMBED_LIMIT = 1_800_000_000  # bytes of weights above which they go to an external data file
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export or its check failed; the message names the file."""
 
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from compress.errors import UserError
 
-class LoraError(ValueError):
+
+class LoraError(UserError, ValueError):
     """A LoRA setting that cannot apply to the model; the message names it."""
 
 

@@ -444,7 +444,7 @@ def write_report(cfg: Any, results: list[dict[str, Any]], out: Path, quality: st
 
 
 def _child(job_path: str, out_path: str) -> None:
-    from compress.pipeline import load_family  # noqa: PLC0415
+    from compress.family import load_family  # noqa: PLC0415
 
     job = json.loads(Path(job_path).read_text())
     family = load_family(job["family"], job["options"])

@@ -17,10 +17,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from compress.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class RuntimeSessionError(RuntimeError):
+class RuntimeSessionError(UserError, RuntimeError):
     """An ONNX file cannot be loaded or run as asked; the message names the file."""
 
 

@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from compress.errors import UserError
 from speech.runtime import DECODING_RUNTIMES as RUNTIMES  # light: no torch
 
 RUNTIME_HELP = ("torch, torch-int8 (PyTorch dynamic int8), onnx or onnx-int8 (onnxruntime, fp32 or int8 graphs, "
@@ -743,7 +744,7 @@ def _cmd_import_whisper(args: argparse.Namespace) -> int:
 
 
 def _cmd_overlay(args: argparse.Namespace) -> int:
-    from speech.model import CheckpointError
+    from speech.checkpoint import CheckpointError
     from speech.overlay import write_overlay
 
     card = args.card if args.card is not None else args.model / "README.md"
@@ -758,7 +759,7 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
 
 def _cmd_average(args: argparse.Namespace) -> int:
     from speech.average import average_into_model_dir, select_checkpoints
-    from speech.model import CheckpointError
+    from speech.checkpoint import CheckpointError
 
     if args.run is None and (not args.checkpoint or args.like is None):
         raise CheckpointError("name a training run, or --checkpoint folders and --like DIR")
@@ -966,38 +967,6 @@ COMMANDS = {
 }
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Our exception types: each message names the file, field or language at fault."""
-    from compress.export import ExportError
-    from compress.runtime import RuntimeSessionError
-    from speech.audio import AudioError
-    from speech.config import ConfigError
-    from speech.data.mustc import MustcError
-    from speech.data.packages import PackageError
-    from speech.data.tts import SynthesisError
-    from speech.evaluate import EvalError
-    from speech.model import CheckpointError
-    from speech.tokenizer import TokenizerError
-    from speech.onnx import OnnxModelError
-    from speech.translate import TranslateError
-    from simul.data import StreamDataError
-    from simul.evaluate import SimulEvalError
-    from simul.eval_stream import StreamEvalError
-    from simul.live import LiveInputError
-    from simul.segmenter import SegmenterFileError
-    from compress.distill import SeqKDError
-    from compress.pipeline import CompressError
-    from speech.whisper import WhisperImportError
-    from audio_align.serve import ServeError
-    from audio_align.evaluate import AhaEvalError
-    from audio_align.lalm import LalmError
-    from audio_align.scenes import SceneError
-
-    return (AhaEvalError, LalmError, SceneError, ServeError, WhisperImportError, CompressError, SeqKDError, AudioError, ConfigError, MustcError, PackageError, SynthesisError, CheckpointError,
-            TokenizerError, TranslateError, EvalError, StreamDataError, SimulEvalError, SegmenterFileError,
-            LiveInputError, OnnxModelError, ExportError, RuntimeSessionError, StreamEvalError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -1006,7 +975,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS[(args.command, getattr(args, "what", None))]
     try:
         return handler(args)
-    except _user_errors() as e:
+    except UserError as e:  # what a user gave cannot be used; the message names it
         print(f"interpres: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an input file that cannot be opened, a full disk

@@ -25,11 +25,13 @@ import sacrebleu
 import torch
 from torch import Tensor, nn
 
-from compress.pipeline import CompressError
+from compress.family import CompressError
 from speech.config import ConfigError, _build, load_config, preset
 from speech.runtime import RUNTIMES, check_runtime, export
-from speech.model import PAD_ID, label_smoothed_nll_loss, save_resized_model_dir
-from simul.agents import SEGMENT_BEAM, SEGMENT_LENPEN, Segmentation, run_stream
+from speech.checkpoint import save_resized_model_dir
+from speech.losses import label_smoothed_nll_loss
+from speech.model_config import PAD_ID
+from simul.policies import SEGMENT_BEAM, SEGMENT_LENPEN, Segmentation, run_stream
 from simul.data import load_split
 from simul.evaluate import score_instances
 from simul.model import MTConfig, MTModel, load_mt_model

@@ -33,6 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compress.errors import UserError
 from speech.config import ConfigError, config_to_dict
 from speech.data.cache import atomic_path, interpres_home, write_json_atomic
 from speech.data.text import SPLITS, read_tsv
@@ -43,7 +44,7 @@ DOMAIN_FAMILIES = ["gcc-12-locales", "binutils-common", "bison", "make"]
 PARTS = ("general", "domain")
 
 
-class StreamDataError(ValueError):
+class StreamDataError(UserError, ValueError):
     """A stream corpus is missing or malformed; the message names the file and line."""
 
 

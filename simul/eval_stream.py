@@ -40,11 +40,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from compress.errors import UserError
 from speech.audio import SAMPLE_RATE, load_audio
 from speech.data.cache import atomic_path, write_json_atomic
 from speech.data.mustc import MustcSplit, Segment
 from speech.decode import DecodingOptions
-from speech.evaluate import score_translation, word_error_rate
+from speech.metrics import score_translation, word_error_rate
 from simul.latency import SPEECH_METRICS, reference_length, speech_latency
 from simul.resegment import CJK_LANGS, join_units, resegment, units
 from simul.speech_stream import PauseSettings, make_policy
@@ -56,7 +57,7 @@ TIMELINES = ("", "_CA", "_RT")  # computation-unaware; SimulEval's computation-a
 LATENCY_COLUMNS = [m + s for s in TIMELINES for m in SPEECH_METRICS]
 
 
-class StreamEvalError(ValueError):
+class StreamEvalError(UserError, ValueError):
     """Bad options or data for ``eval stream``; the message names them."""
 
 

@@ -32,8 +32,9 @@ from pathlib import Path
 import sacrebleu
 from tqdm import tqdm
 
+from compress.errors import UserError
 from speech.data.cache import atomic_path, write_json_atomic
-from simul.agents import Agent, policies_from_spec, run_stream, sentence_key, split_sentences
+from simul.policies import Agent, policies_from_spec, run_stream, sentence_key, split_sentences
 from simul.data import PARTS, Document, StreamCorpusConfig, build_stream_corpus, corpus_dir, load_split
 from simul.latency import corpus_latency
 from simul.translator import Translator
@@ -44,7 +45,7 @@ DEFAULT_POLICIES = ["full", "seg:0.3,0.5,0.7,0.9", "waitk:2,4,7,12", "la:3,6"]
 METRIC_ORDER = ("BLEU", "AL", "AP", "DAL", "LAAL", "StartOffset", "EndOffset")
 
 
-class SimulEvalError(ValueError):
+class SimulEvalError(UserError, ValueError):
     """Bad options or files for ``eval simul``; the message names them."""
 
 

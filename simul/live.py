@@ -2,7 +2,7 @@
 
 Input arrives as bytes (stdin, or a file fed at ``--realtime`` characters per second);
 it is decoded incrementally, so a character is read the moment its last byte arrives.
-Each line is one stream: its characters go to a :class:`simul.agents.StreamSession`
+Each line is one stream: its characters go to a :class:`simul.policies.StreamSession`
 as they come, and its end flushes what is left. What the model never saw in training is
 removed on the way in (punctuation, symbols, spaces except one between two Latin words
 or numbers), with no message. What looks wrong gets one line on stderr naming the line:
@@ -22,11 +22,12 @@ import unicodedata
 from pathlib import Path
 from typing import BinaryIO, Callable, TextIO
 
-from simul.agents import Commit, Segmentation, StreamSession
+from compress.errors import UserError
+from simul.policies import Commit, Segmentation, StreamSession
 from simul.bundled import policy_settings, resolve_model
 
 
-class LiveInputError(ValueError):
+class LiveInputError(UserError, ValueError):
     """The input cannot be read at all (a missing file, a bad rate)."""
 
 

@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from compress.errors import UserError
 from speech.data.cache import atomic_path, write_json_atomic
-from speech.model import load_weights
+from speech.checkpoint import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ WEIGHTS_FILE = "model.safetensors"
 SCORE_CHUNK = 16384
 
 
-class SegmenterFileError(ValueError):
+class SegmenterFileError(UserError, ValueError):
     """A segmenter directory is missing a file or its files disagree; the message names the file."""
 
 

@@ -43,10 +43,12 @@ from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
 from speech.decode import encode, search
 from speech.loop import LoopConfig, Progress, barrier, resolve_device, run, start_run, to_device
-from speech.model import (EOS_ID, PAD_ID, label_smoothed_nll_loss, load_model_dir, model_device, model_dir_hash,
-                          param_count, save_model_dir)
+from speech.checkpoint import load_model_dir, model_device, model_dir_hash, save_model_dir
+from speech.losses import label_smoothed_nll_loss
+from speech.model import param_count
+from speech.model_config import EOS_ID, PAD_ID
 from speech.tokenizer import Tokenizer, train_tokenizer
-from simul.agents import SEGMENT_LENPEN
+from simul.policies import SEGMENT_LENPEN
 from simul.data import Document, StreamCorpusConfig, build_stream_corpus, load_split
 from simul.model import MTConfig, MTModel, preset
 from speech.text_model import text_batch

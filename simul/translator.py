@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from speech.decode import DecodingOptions, RepetitionGuard, search
-from speech.model import BOS_ID, EOS_ID, PAD_ID
+from speech.model_config import BOS_ID, EOS_ID, PAD_ID
 from speech.runtime import onnx_precision, open_model
 from speech.tokenizer import Tokenizer
 from simul.model import MTModel, load_mt_model

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from compress.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -30,7 +32,7 @@ MIN_RATE, MAX_RATE = 1_000, 384_000  # header sample rates a real recording has 
 SHORT_S = 0.1  # less audio than this is a warning: too short for most of a word
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """An audio file cannot be used as input; the message names the file."""
 
 

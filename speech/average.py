@@ -25,7 +25,7 @@ from typing import Sequence
 
 from speech.data.cache import atomic_dir
 from speech.loop import average_checkpoints, list_checkpoints
-from speech.model import CONFIG_FILE, CheckpointError, load_model_dir, save_model_dir
+from speech.checkpoint import CONFIG_FILE, CheckpointError, load_model_dir, save_model_dir
 from speech.tokenizer import tokenizer_file
 
 CHECKPOINT_FILE = "checkpoint.safetensors"

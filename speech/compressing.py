@@ -33,15 +33,16 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from compress.pipeline import CompressError
+from compress.family import CompressError
 from speech.config import ConfigError, _build, load_config, preset
 from speech.runtime import RUNTIMES, check_runtime, export, open_model
 from speech.data.mustc import MustcSplit
 from speech.dataset import SplitFeatures, pad_features
 from speech.decode import DecodingOptions, encode, search
-from speech.evaluate import score_translation, word_error_rate
-from speech.features import FbankConfig
-from speech.model import PAD_ID, label_smoothed_nll_loss, load_model_dir, save_resized_model_dir
+from speech.metrics import score_translation, word_error_rate
+from speech.checkpoint import load_model_dir, save_resized_model_dir
+from speech.losses import label_smoothed_nll_loss
+from speech.model_config import PAD_ID
 from speech.train import TrainConfig, corpus_root, make_batch, train
 from speech.translate import Translator, load_translator
 
@@ -105,7 +106,7 @@ class SpeechFamily:
 
         cfg = load_config(TrainConfig, self.train_config, [f"corpus={self.corpus}"])
         tok = Tokenizer(Path(model_dir) / "spm.model")
-        data = build_lang_data(read_texts(cfg, "train"), tok, FbankConfig())
+        data = build_lang_data(read_texts(cfg, "train"), tok, cfg.features)
         batches = []
         langs = sorted(data)
         for i in range(n):  # one batch per language in turn, the same ones every time
@@ -137,9 +138,10 @@ class SpeechFamily:
         root = corpus_root(self.corpus)
         pairs = [f"en-{lang}" for lang in self.langs] + (["en-asr"] if self.asr else [])
         items = []
+        features = load_config(TrainConfig, self.train_config).features  # the recipe's filterbank
         for pair in pairs:
             split = MustcSplit(root, pair, self.split)
-            feats = SplitFeatures.load_or_compute(split, FbankConfig())
+            feats = SplitFeatures.load_or_compute(split, features)
             lang = split.tgt_lang or "en"
             for i, seg in enumerate(split):
                 if i >= self.per_lang:

@@ -24,10 +24,12 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from compress.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is wrong; the message names the key and its source."""
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.errors import UserError
+
 SUPPORTED_VERSIONS = (5, 6)
 # CTranslate2's DataType enum (include/ctranslate2/types.h); bfloat16 is kept as raw uint16 bits
 _DTYPES: dict[int, np.dtype] = {
@@ -36,7 +38,7 @@ _DTYPES: dict[int, np.dtype] = {
 BFLOAT16 = 5
 
 
-class CT2FormatError(ValueError):
+class CT2FormatError(UserError, ValueError):
     """A model.bin that is not a readable CTranslate2 model; the message names the file."""
 
 

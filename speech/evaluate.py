@@ -61,41 +61,39 @@ import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
-from sacrebleu.metrics import BLEU, CHRF
 from tqdm import tqdm
 
+from compress.errors import UserError
 from speech.audio import SAMPLE_RATE
 from speech.data.cache import atomic_path, write_json_atomic, write_text_atomic
 from speech.data.mustc import MustcError, MustcSplit, Segment, load_segment
 from speech.dataset import batches_by_frames
 from speech.decode import DecodingOptions
 from speech.features import frames_of
-from speech.model import CONFIG_FILE
+from speech.metrics import WER_NORMALIZATION, jiwer_version, score_translation, word_error_rate
+from speech.checkpoint import CONFIG_FILE
 from speech.overlay import weight_files
+from speech.runtime import DECODING_RUNTIMES, check_runtime
 from speech.tokenizer import tokenizer_file
 from speech.translate import Translator, load_translator, resolve_ctc_weight
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("torch", "onnx")
 KILL_HOOK = "INTERPRES_TEST_KILL_AFTER_BATCHES"  # tests: SIGKILL this process after N new batches
 PROGRESS_VERSION = 1
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """An evaluation cannot run or finish; the message names the option, file or pair at fault."""
 
 
@@ -123,72 +121,6 @@ class EvalOptions:
         return Path(self.out) if self.out is not None else Path(f"eval-{self.split}")
 
 
-# --------------------------------------------------------------------------- scores
-
-
-_PUNCT = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")
-WER_NORMALIZATION = "lower-cased, punctuation removed (apostrophes inside words kept), empty references left out"
-
-
-def asr_normalize(text: str) -> str:
-    """As the S2T recipes score ASR: lower case, punctuation removed, spaces collapsed."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
-
-
-def word_error_rate(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """Corpus WER in percent over the normalized texts; utterances with an empty reference are left out."""
-    import jiwer  # noqa: PLC0415 - only transcription needs it
-
-    pairs = [(asr_normalize(r), asr_normalize(h)) for r, h in zip(refs, hyps)]
-    pairs = [(r, h) for r, h in pairs if r]
-    if not pairs:
-        return 0.0
-    return 100 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
-
-
-def _mecab_available() -> bool:
-    return find_spec("MeCab") is not None and find_spec("ipadic") is not None
-
-
-def bleu_tokenizer(lang: str) -> tuple[str, str | None]:
-    """(sacrebleu tokenizer for ``lang``, a note when it is a fallback)."""
-    if lang == "zh":
-        return "zh", None
-    if lang == "ja":
-        if _mecab_available():
-            return "ja-mecab", None
-        return "char", "ja: BLEU tokenized by characters (tok:char); install mecab-python3 and ipadic for ja-mecab"
-    return "13a", None
-
-
-def score_translation(lang: str, hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
-    """Corpus BLEU and chrF (sacrebleu) with their signatures and, if any, a tokenizer note."""
-    tokenize, note = bleu_tokenizer(lang)
-    bleu, chrf = BLEU(tokenize=tokenize), CHRF()
-    b = bleu.corpus_score(list(hyps), [list(refs)])
-    c = chrf.corpus_score(list(hyps), [list(refs)])
-    scores: dict[str, Any] = {"bleu": b.score, "bleu_signature": str(bleu.get_signature()),
-                              "chrf": c.score, "chrf_signature": str(chrf.get_signature())}
-    if note:
-        scores["note"] = note
-    return scores
-
-
-def score_hypotheses(lang: str, hyps: list[str], refs: list[str]) -> dict[str, float]:
-    """Training's dev scores: ``{"wer_en": ...}`` for English, else ``{"bleu_XX": ...}``, to 2 decimals."""
-    if lang == "en":
-        return {"wer_en": round(word_error_rate(hyps, refs), 2)}
-    tokenize, _ = bleu_tokenizer(lang)
-    return {f"bleu_{lang}": round(BLEU(tokenize=tokenize).corpus_score(hyps, [refs]).score, 2)}
-
-
-def _jiwer_version() -> str:
-    try:
-        return version("jiwer")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 # --------------------------------------------------------------------------- reading a pair
 
 
@@ -212,11 +144,10 @@ class PairPlan:
 def plan_pairs(opts: EvalOptions, translator: Translator) -> list[PairPlan]:
     """Read every pair's split and check the model knows its languages and, unless ``skip_bad``,
     every segment fits its talk (from the headers): the errors come before any decoding."""
+    check_runtime(opts.runtime, DECODING_RUNTIMES, "--runtime")
     task = opts.task or translator.task
     if task not in ("st", "asr"):
         raise EvalError(f"task must be 'st' or 'asr', got {task!r}")
-    if opts.runtime not in RUNTIMES:
-        raise EvalError(f"unknown runtime '{opts.runtime}' (known: {', '.join(RUNTIMES)})")
     if not opts.pairs:
         raise EvalError("no pair given (e.g. --pairs en-de,en-fr)")
     if len(set(opts.pairs)) != len(opts.pairs):
@@ -503,7 +434,7 @@ def score_pair(plan: PairPlan, merged: dict[str, Any], out: Path) -> dict[str, A
     if plan.wer_lang is not None:
         entry["references"][plan.wer_lang] = str(plan.base / "txt" / f"{split.split}.{split.src_lang}")
         entry["wer"] = word_error_rate(merged["hyps"][plan.wer_lang], [s.src for s in split])
-        entry["wer_signature"] = f"jiwer {_jiwer_version()}; {WER_NORMALIZATION}"
+        entry["wer_signature"] = f"jiwer {jiwer_version()}; {WER_NORMALIZATION}"
     return entry
 
 

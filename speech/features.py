@@ -21,12 +21,15 @@ log floor bites). ``dither`` is therefore in int16 units too, as in Kaldi.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+
+from speech.config import ConfigError
 
 INT16_SCALE = 32768.0  # [-1, 1] floats -> Kaldi's int16-scale samples
 LOG_FLOOR = float(torch.finfo(torch.float32).eps)  # Kaldi floors mel energies here before the log
@@ -303,3 +306,27 @@ def features_of(waveform: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
 def frames_of(num_samples: int, cfg: FeatureConfig) -> int:
     """Frames :func:`features_of` makes of ``num_samples`` samples."""
     return cfg.num_frames(num_samples) if isinstance(cfg, LogMelConfig) else num_frames(num_samples, cfg)
+
+
+def feature_config(data: object, where: str, n_mels: int) -> FeatureConfig:
+    """config.json's "features": FbankConfig fields, or LogMelConfig's with ``type: log_mel``."""
+    if data is None:
+        cfg: FeatureConfig = FbankConfig(num_mel_bins=n_mels)
+    else:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: 'features' must be a mapping of FbankConfig or LogMelConfig fields")
+        cls = LogMelConfig if data.get("type") == "log_mel" else FbankConfig
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key 'features.{key}' (known keys: {', '.join(known)})")
+        try:
+            cfg = cls(**data)
+            cfg.check()
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: 'features': {e}") from e
+    if cfg.num_mel_bins != n_mels:
+        raise ConfigError(f"{where}: 'features.num_mel_bins' is {cfg.num_mel_bins} but the model takes {n_mels}")
+    if isinstance(cfg, FbankConfig) and cfg.dither:
+        cfg = dataclasses.replace(cfg, dither=0.0)  # dither is for training
+    return cfg

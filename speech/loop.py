@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from speech.config import ConfigError, config_to_dict
 from speech.data.cache import atomic_dir, write_json_atomic
-from speech.model import model_device
+from speech.checkpoint import model_device
 
 log = logging.getLogger(__name__)
 

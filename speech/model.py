@@ -27,205 +27,23 @@ encoders, and the exported decoder step) the same mask as an additive float bias
 0 or -inf (:func:`additive_mask`: cheaper once exported); all masks are built from
 ``torch.arange`` so they export with dynamic batch and length.
 
-A model directory holds ``config.json`` (``{"model": ModelConfig fields, ...extra}``) and
-``model.safetensors``; :func:`save_model_dir` and :func:`load_model_dir` write and read it
-without pickle.
+The architecture is :class:`speech.model_config.ModelConfig`; the losses are in
+:mod:`speech.losses`; model directories (config.json + model.safetensors, no pickle) are
+written and read by :mod:`speech.checkpoint`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
-import shutil
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from speech.config import ConfigError, config_to_dict
-from speech.data.cache import atomic_dir, atomic_path
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # speech.tokenizer's fixed ids
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A model.safetensors does not fit its config; the message names the file and tensor."""
-
-
-@dataclass
-class ModelConfig:
-    """The architecture. The defaults are fairseq's ``s2t_transformer_s``; see :data:`PRESETS`."""
-
-    vocab_size: int = 0  # 0 = not set yet: a recipe takes it from spm.model
-    n_mels: int = 80
-    conv_channels: int = 1024  # the first conv's output channels (GLU halves them)
-    conv_kernel_sizes: list[int] = field(default_factory=lambda: [5, 5])
-    d_model: int = 256
-    encoder_layers: int = 12
-    decoder_layers: int = 6
-    heads: int = 4
-    ffn_dim: int = 2048
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
-    activation_dropout: float = 0.1
-    max_source_positions: int = 6000  # input feature frames (60 s at a 10 ms shift)
-    max_target_positions: int = 1024  # decoder tokens
-    share_decoder_input_output_embed: bool = True
-    ctc: bool = True  # a CTC head on the encoder output (ASR pretraining, joint CTC loss)
-    pad_id: int = PAD_ID
-    bos_id: int = BOS_ID
-    eos_id: int = EOS_ID
-    blank_id: int = PAD_ID  # CTC blank: the pad id (never a CTC target)
-    # A pruned model (compress/) has its own sizes per layer; empty/0 = the uniform sizes above.
-    head_dim: int = 0  # 0: d_model // heads
-    encoder_layout: list[list[int]] = field(default_factory=list)  # per encoder layer: [heads, ffn_dim]
-    decoder_layout: list[list[int]] = field(default_factory=list)  # per decoder layer: [self heads, cross heads, ffn_dim]
-    # The family's variants (the "whisper" preset sets all four to Whisper's choices):
-    frontend: str = "glu"  # "glu": stride-2 Conv1d + GLU layers; "gelu": Conv1d + GELU, the first of stride 1
-    activation: str = "relu"  # of the feed-forward blocks: "relu" or "gelu"
-    scale_embedding: bool = True  # multiply token embeddings and subsampled frames by sqrt(d_model)
-    decoder_positions: str = "sinusoidal"  # or "learned": max_target_positions embeddings
-
-    def __post_init__(self) -> None:
-        positive = ("n_mels", "conv_channels", "d_model", "encoder_layers", "decoder_layers",
-                    "heads", "ffn_dim", "max_source_positions", "max_target_positions")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"'{name}' must be at least 1, got {getattr(self, name)}")
-        if self.vocab_size < 0:
-            raise ValueError(f"'vocab_size' must be positive (or 0 = not set), got {self.vocab_size}")
-        check_layout(self)
-        for name, known in (("frontend", FRONTENDS), ("activation", ACTIVATIONS),
-                            ("decoder_positions", ("sinusoidal", "learned"))):
-            if getattr(self, name) not in known:
-                raise ValueError(f"'{name}' must be one of {', '.join(known)}, got {getattr(self, name)!r}")
-        if self.frontend == "glu" and self.conv_channels % 2:
-            raise ValueError(f"'conv_channels' must be even (GLU halves it), got {self.conv_channels}")
-        if not self.conv_kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.conv_kernel_sizes):
-            raise ValueError(f"'conv_kernel_sizes' must be odd sizes, got {self.conv_kernel_sizes}")
-        for name in ("dropout", "attention_dropout", "activation_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"'{name}' must be in [0, 1), got {getattr(self, name)}")
-        for name in ("pad_id", "bos_id", "eos_id", "blank_id"):
-            value = getattr(self, name)
-            if value < 0 or (self.vocab_size and value >= self.vocab_size):
-                raise ValueError(f"'{name}' ({value}) is outside the vocabulary of {self.vocab_size}")
-
-
-FRONTENDS = ("glu", "gelu")
-ACTIVATIONS = ("relu", "gelu")
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # for tests: builds and runs in milliseconds
-    "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, heads=4, ffn_dim=128, conv_channels=64),
-    # the CPU default: about a third of s's compute per frame
-    # the CPU default: 6.5M parameters at a 4k vocabulary train at 46 utterances/s on 2 cores,
-    # against 25/s for d=256 with 8+4 layers (13.4M), so the 2-hour recipe sees twice the epochs
-    "small": dict(d_model=192, encoder_layers=6, decoder_layers=3, heads=4, ffn_dim=768, conv_channels=384),
-    # fairseq s2t_transformer_s
-    "s": dict(d_model=256, encoder_layers=12, decoder_layers=6, heads=4, ffn_dim=2048, conv_channels=1024),
-    # OpenAI's Whisper base (74M): GELU conv front end (30 s = 3000 frames in, 1500 out), no
-    # embedding scale, learned decoder positions, no CTC head; speech.whisper imports its weights
-    "whisper-base": dict(d_model=512, encoder_layers=6, decoder_layers=6, heads=8, ffn_dim=2048, conv_channels=512,
-                         conv_kernel_sizes=[3, 3], frontend="gelu", activation="gelu", scale_embedding=False,
-                         decoder_positions="learned", max_source_positions=3000, max_target_positions=448,
-                         ctc=False, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
-}
-
-
-# fields a config.json written before they existed may lack (their defaults mean "uniform")
-OPTIONAL_FIELDS = ("head_dim", "encoder_layout", "decoder_layout", "frontend", "activation", "scale_embedding",
-                   "decoder_positions")
-
-
-def check_layout(cfg: Any) -> None:
-    """Validate the per-layer sizes of a config with ``heads``, ``ffn_dim``, ``head_dim``,
-    ``encoder_layout`` and ``decoder_layout`` (ModelConfig and simul's MTConfig)."""
-    if cfg.head_dim < 0:
-        raise ValueError(f"'head_dim' must be positive (or 0 = d_model // heads), got {cfg.head_dim}")
-    if not cfg.head_dim and cfg.d_model % cfg.heads:
-        raise ValueError(f"'d_model' ({cfg.d_model}) must be a multiple of 'heads' ({cfg.heads})")
-    for name, layers, width in (("encoder_layout", cfg.encoder_layers, 2), ("decoder_layout", cfg.decoder_layers, 3)):
-        layout = getattr(cfg, name)
-        if not layout:
-            continue
-        if len(layout) != layers:
-            raise ValueError(f"'{name}' has {len(layout)} entries for {layers} layers")
-        for i, entry in enumerate(layout):
-            if len(entry) != width or any(v < 1 for v in entry):
-                raise ValueError(f"'{name}[{i}]' must be {width} positive sizes, got {entry}")
-
-
-def head_dim(cfg: Any) -> int:
-    return cfg.head_dim or cfg.d_model // cfg.heads
-
-
-def encoder_layer_sizes(cfg: Any, i: int) -> tuple[int, int]:
-    """(heads, ffn_dim) of encoder layer ``i``."""
-    return tuple(cfg.encoder_layout[i]) if cfg.encoder_layout else (cfg.heads, cfg.ffn_dim)  # type: ignore[return-value]
-
-
-def decoder_layer_sizes(cfg: Any, i: int) -> tuple[int, int, int]:
-    """(self-attention heads, cross-attention heads, ffn_dim) of decoder layer ``i``."""
-    return tuple(cfg.decoder_layout[i]) if cfg.decoder_layout else (cfg.heads, cfg.heads, cfg.ffn_dim)  # type: ignore[return-value]
-
-
-def layout_of(model: nn.Module) -> dict[str, Any]:
-    """The size fields of a model's config read off its modules (after structured pruning):
-    ``encoder_layers``, ``decoder_layers``, ``head_dim``, ``encoder_layout``, ``decoder_layout``,
-    and ``conv_channels`` where the encoder has a :class:`Conv1dSubsampler`.
-    Works for every model whose ``encoder.layers`` / ``decoder.layers`` are this file's layers."""
-    enc, dec = list(model.encoder.layers), list(model.decoder.layers)
-    sizes: dict[str, Any] = {}
-    subsample = getattr(model.encoder, "subsample", None)
-    if isinstance(subsample, Conv1dSubsampler) and len(subsample.conv_layers) > 1:
-        inner = {conv.out_channels for conv in list(subsample.conv_layers)[:-1]}
-        if len(inner) > 1:
-            raise ValueError(f"layout_of: the subsampler's inner convs differ in size ({sorted(inner)})")
-        sizes["conv_channels"] = inner.pop()
-    dims = {layer.self_attn.head_dim for layer in enc} | {m.head_dim for layer in dec
-                                                          for m in (layer.self_attn, layer.encoder_attn)}
-    if len(dims) > 1:
-        raise ValueError(f"layout_of: attention head sizes differ between layers ({sorted(dims)})")
-    return {
-        "encoder_layers": len(enc),
-        "decoder_layers": len(dec),
-        "head_dim": dims.pop() if dims else 0,
-        "encoder_layout": [[layer.self_attn.heads, layer.ffn.fc1.out_features] for layer in enc],
-        "decoder_layout": [[layer.self_attn.heads, layer.encoder_attn.heads, layer.ffn.fc1.out_features]
-                           for layer in dec],
-        **sizes,
-    }
-
-
-def preset(name: str, vocab_size: int, **overrides: Any) -> ModelConfig:
-    """The :data:`PRESETS` entry ``name`` for a vocabulary, with any field overridden."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown model preset '{name}' (known: {', '.join(PRESETS)})")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    for key in overrides:
-        if key not in fields:
-            raise ConfigError(f"preset '{name}': unknown ModelConfig field '{key}'")
-    try:
-        return ModelConfig(**{**PRESETS[name], "vocab_size": vocab_size, **overrides})
-    except ValueError as e:
-        raise ConfigError(f"preset '{name}': {e}") from e
-
-
-def param_count(model: nn.Module) -> int:
-    """Trainable and frozen parameters, a tied weight counted once."""
-    return sum(p.numel() for p in model.parameters())
+from speech.config import ConfigError
+from speech.model_config import ModelConfig, decoder_layer_sizes, encoder_layer_sizes, head_dim
 
 
 # --------------------------------------------------------------------------- blocks
@@ -606,228 +424,34 @@ class S2TModel(nn.Module):
         return {"logits": logits, "ctc_logits": ctc_logits, "enc_lens": enc_lens}
 
 
-# --------------------------------------------------------------------------- losses
+def layout_of(model: nn.Module) -> dict[str, Any]:
+    """The size fields of a model's config read off its modules (after structured pruning):
+    ``encoder_layers``, ``decoder_layers``, ``head_dim``, ``encoder_layout``, ``decoder_layout``,
+    and ``conv_channels`` where the encoder has a :class:`Conv1dSubsampler`.
+    Works for every model whose ``encoder.layers`` / ``decoder.layers`` are this file's layers."""
+    enc, dec = list(model.encoder.layers), list(model.decoder.layers)
+    sizes: dict[str, Any] = {}
+    subsample = getattr(model.encoder, "subsample", None)
+    if isinstance(subsample, Conv1dSubsampler) and len(subsample.conv_layers) > 1:
+        inner = {conv.out_channels for conv in list(subsample.conv_layers)[:-1]}
+        if len(inner) > 1:
+            raise ValueError(f"layout_of: the subsampler's inner convs differ in size ({sorted(inner)})")
+        sizes["conv_channels"] = inner.pop()
+    dims = {layer.self_attn.head_dim for layer in enc} | {m.head_dim for layer in dec
+                                                          for m in (layer.self_attn, layer.encoder_attn)}
+    if len(dims) > 1:
+        raise ValueError(f"layout_of: attention head sizes differ between layers ({sorted(dims)})")
+    return {
+        "encoder_layers": len(enc),
+        "decoder_layers": len(dec),
+        "head_dim": dims.pop() if dims else 0,
+        "encoder_layout": [[layer.self_attn.heads, layer.ffn.fc1.out_features] for layer in enc],
+        "decoder_layout": [[layer.self_attn.heads, layer.encoder_attn.heads, layer.ffn.fc1.out_features]
+                           for layer in dec],
+        **sizes,
+    }
 
 
-def label_smoothed_nll_loss(logits: Tensor, target: Tensor, epsilon: float = 0.1,
-                            ignore_index: int = PAD_ID) -> tuple[Tensor, Tensor]:
-    """fairseq's label-smoothed cross entropy, summed over the non-pad targets.
-
-    logits (B, U, V), target (B, U) -> (loss, nll_loss), both scalar sums in float32;
-    divide by the number of target tokens for a per-token loss.
-    """
-    lprobs = F.log_softmax(logits.float(), dim=-1)
-    target = target.unsqueeze(-1)
-    nll = -lprobs.gather(-1, target).squeeze(-1)
-    smooth = -lprobs.sum(-1)
-    keep = target.squeeze(-1) != ignore_index
-    nll = nll.masked_fill(~keep, 0.0).sum()
-    smooth = smooth.masked_fill(~keep, 0.0).sum()
-    eps_i = epsilon / (lprobs.shape[-1] - 1)
-    loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
-    return loss, nll
-
-
-def ctc_loss(ctc_logits: Tensor, enc_lens: Tensor, targets: Tensor, target_lens: Tensor,
-             blank: int = PAD_ID) -> Tensor:
-    """CTC summed over the batch. ctc_logits (B, T', V), enc_lens (B,), targets (B, S)
-    padded, target_lens (B,) -> scalar float32. Impossible alignments count as 0."""
-    lprobs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (T', B, V)
-    return F.ctc_loss(lprobs, targets, enc_lens, target_lens, blank=blank, reduction="sum",
-                      zero_infinity=True)
-
-
-# --------------------------------------------------------------------------- model directories
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
-def _saved_names(state: dict[str, Tensor]) -> list[str]:
-    """State-dict names without the aliases of an earlier tensor (the tied output projection)."""
-    seen: set[tuple] = set()
-    names = []
-    for name, t in state.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-        if key in seen:
-            continue
-        seen.add(key)
-        names.append(name)
-    return names
-
-
-def model_device(model: object) -> torch.device:
-    """Where a model takes its inputs: its parameters' device; the CPU for a model without
-    any (an ONNX Runtime model, say)."""
-    if isinstance(model, nn.Module):
-        param = next(model.parameters(), None)
-        if param is not None:
-            return param.device
-    return torch.device("cpu")
-
-
-def save_model_dir(model: nn.Module, cfg: Any, path: str | Path, extra: dict[str, Any] | None = None,
-                   dtype: torch.dtype | None = None) -> Path:
-    """Write ``path/model.safetensors`` and ``path/config.json`` = {"model": cfg, **extra}.
-
-    ``extra`` holds what else a model directory records (languages, feature settings,
-    the recipe). ``dtype`` (e.g. torch.float16) converts the floating tensors for storage.
-    A tied weight is stored once. Each file is written to a temporary name, then renamed.
-    """
-    path = Path(path)
-    extra = dict(extra or {})
-    if "model" in extra:
-        raise ValueError("save_model_dir: 'model' is reserved in config.json for the ModelConfig")
-    path.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
-    tensors = {}
-    for name in _saved_names(state):
-        t = state[name].detach().to("cpu")
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        tensors[name] = t.contiguous()
-    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    config = {"model": config_to_dict(cfg), **extra}
-    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-    _atomic_write(path / CONFIG_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return path
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if typing.get_origin(tp) is list:
-        (item,) = typing.get_args(tp)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
-    return isinstance(value, tp)
-
-
-def model_config_from_dict(data: Any, where: str, config_cls: type = ModelConfig) -> Any:
-    """A ``config_cls`` (a ModelConfig by default) from a config.json's "model" mapping;
-    every field must be present."""
-    name = config_cls.__name__
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: 'model' must be a mapping of {name} fields")
-    hints = typing.get_type_hints(config_cls)
-    fields = [f.name for f in dataclasses.fields(config_cls)]
-    for key in data:
-        if key not in hints:
-            raise ConfigError(f"{where}: unknown key 'model.{key}' (known keys: {', '.join(fields)})")
-    for key in fields:
-        if key not in data:
-            if key in OPTIONAL_FIELDS:
-                continue
-            raise ConfigError(f"{where}: missing key 'model.{key}'")
-        if not _type_ok(data[key], hints[key]):
-            raise ConfigError(f"{where}: 'model.{key}' must be {hints[key]}, got {data[key]!r}")
-    kwargs = {k: float(v) if hints[k] is float else v for k, v in data.items()}
-    try:
-        return config_cls(**kwargs)
-    except ValueError as e:
-        raise ConfigError(f"{where}: {name}: {e}") from e
-
-
-def load_weights(model: nn.Module, weights_path: Path, error: type[Exception] = CheckpointError) -> None:
-    """Fill ``model`` strictly from a safetensors file: every tensor of its state dict
-    (a tied weight once) with its shape and kind (floating or not), and nothing else.
-    Raises ``error`` naming the file and the tensor. Nothing is unpickled."""
-    if not weights_path.is_file():
-        raise error(f"{weights_path}: not found")
-    try:
-        tensors = load_file(str(weights_path), device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise error(f"{weights_path}: cannot read ({e})") from e
-    fill_weights(model, tensors, str(weights_path), error)
-
-
-def fill_weights(model: nn.Module, tensors: dict[str, Tensor], where: str,
-                 error: type[Exception] = CheckpointError) -> None:
-    """Copy ``tensors`` into ``model`` strictly (see :func:`load_weights`); errors name ``where``."""
-    state = model.state_dict()
-    expected = _saved_names(state)
-    for name in expected:
-        if name not in tensors:
-            raise error(f"{where}: missing tensor '{name}'")
-        got, want = tensors[name], state[name]
-        if tuple(got.shape) != tuple(want.shape) or got.is_floating_point() != want.is_floating_point():
-            raise error(f"{where}: tensor '{name}' has shape {tuple(got.shape)} ({got.dtype}), "
-                        f"the config wants {tuple(want.shape)} ({want.dtype})")
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        raise error(f"{where}: unexpected tensor '{unexpected[0]}'"
-                    + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
-    with torch.no_grad():
-        for name in expected:
-            state[name].copy_(tensors[name])  # state-dict tensors share storage with the parameters
-
-
-def model_dir_hash(model_dir: str | Path) -> str:
-    """sha256 of a model directory's config.json and weight files (model.safetensors, or an
-    overlay's): what an export, or a teacher's cached translations, depends on."""
-    from speech.overlay import weight_files  # noqa: PLC0415 - overlays build on this module
-
-    h = hashlib.sha256()
-    config = json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
-    for path in [Path(model_dir) / CONFIG_FILE, *weight_files(Path(model_dir), config)]:
-        h.update(path.name.encode() + b"\0")
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def load_model_dir(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                   config_cls: type = ModelConfig, model_cls: type = S2TModel) -> tuple[Any, dict[str, Any]]:
-    """Read a model directory -> (model in eval mode, the whole config.json as a dict).
-
-    The weights load strictly; fp16 storage is upcast to ``dtype`` (float32 by default).
-    ``config_cls`` and ``model_cls`` say which family the directory holds (S2T by default).
-    """
-    path = Path(path)
-    config_path = path / CONFIG_FILE
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{config_path}: not found (is {path} a model directory?)") from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{config_path}:{e.lineno}: invalid JSON ({e.msg})") from e
-    if not isinstance(config, dict) or "model" not in config:
-        raise ConfigError(f"{config_path}: missing key 'model'")
-    cfg = model_config_from_dict(config["model"], str(config_path), config_cls)
-
-    model = model_cls(cfg)
-    if "base" in config:  # an overlay over a base model (speech.overlay)
-        from speech.overlay import load_overlay  # noqa: PLC0415 - overlays build on this module
-
-        load_overlay(model, path, config)
-    else:
-        load_weights(model, path / WEIGHTS_FILE)
-    model.to(device=device, dtype=dtype or torch.float32)
-    return model.eval(), config
-
-
-def save_resized_model_dir(model: nn.Module, like: str | Path, out: str | Path, note: dict[str, Any],
-                           files: Sequence[str], config_cls: type = ModelConfig, model_cls: type = S2TModel) -> Path:
-    """Write a model whose sizes changed (structured pruning) as a model directory ``out``:
-    its config read off its modules (:func:`layout_of`), the other config.json keys of the
-    model directory ``like`` plus ``{"compress": note}``, and ``like``'s ``files`` (the
-    tokenizers). The folder is written whole or not at all, and must load back."""
-    like = Path(like)
-    config = json.loads((like / CONFIG_FILE).read_text(encoding="utf-8"))
-    cfg = dataclasses.replace(model.cfg, **layout_of(model))
-    extra = {k: v for k, v in config.items() if k != "model"} | {"compress": note}
-    with atomic_dir(out) as tmp:
-        save_model_dir(model, cfg, tmp, extra=extra)
-        for name in files:
-            shutil.copyfile(like / name, tmp / name)
-        load_model_dir(tmp, config_cls=config_cls, model_cls=model_cls)  # loads from its own config
-    return Path(out)
-
+def param_count(model: nn.Module) -> int:
+    """Trainable and frozen parameters, a tied weight counted once."""
+    return sum(p.numel() for p in model.parameters())

@@ -26,7 +26,8 @@ import torch
 from safetensors import safe_open
 
 from speech.data.cache import atomic_dir, write_text_atomic
-from speech.model import load_model_dir, param_count, save_model_dir
+from speech.checkpoint import load_model_dir, save_model_dir
+from speech.model import param_count
 
 LANG_NAMES = {"de": "German", "es": "Spanish", "fr": "French", "it": "Italian", "nl": "Dutch", "pt": "Portuguese",
               "ro": "Romanian", "ru": "Russian", "ja": "Japanese", "zh": "Chinese", "en": "English (transcription)"}

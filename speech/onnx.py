@@ -62,13 +62,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from compress.errors import UserError
 from compress.export import export_onnx
 from compress.quantize import DEFAULT_ONNX_OPS, quantize_onnx_int8
 from compress.runtime import OrtSession
 from speech.config import config_to_dict
 from speech.data.cache import atomic_dir, interpres_home, write_json_atomic
-from speech.model import (CONFIG_FILE, Conv1dSubsampler, LayerCache, ModelConfig, S2TModel, additive_mask,
-                          lengths_to_padding_mask, load_model_dir, model_config_from_dict, model_dir_hash)
+from speech.checkpoint import CONFIG_FILE, load_model_dir, model_config_from_dict, model_dir_hash
+from speech.model import Conv1dSubsampler, LayerCache, S2TModel, additive_mask, lengths_to_padding_mask
+from speech.model_config import ModelConfig
 from speech.text_model import MTConfig, MTModel
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,7 @@ FAMILIES = {"s2t": (S2TModel, ModelConfig, ("features", "feat_lens")),
             "text": (MTModel, MTConfig, ("src_tokens", "src_lens"))}
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(UserError, ValueError):
     """An ONNX export folder is missing, stale or broken; the message names the file."""
 
 

@@ -12,7 +12,7 @@ model config, as any model directory), its tokenizer and model card, and:
 
 ``config.json`` names the base under ``"base"``: ``{"model": "whisper-base", "sha256":
 <the pinned sha256 of its model.bin>, "files": [...], "adapters": "lora.safetensors" or
-null}``. :func:`speech.model.load_model_dir` reads such a directory as any other: it
+null}``. :func:`speech.checkpoint.load_model_dir` reads such a directory as any other: it
 imports the base from its pinned package once (:func:`speech.whisper.imported_model`),
 checks it is the model the overlay was made over, and lays the overlay on it.
 """
@@ -32,8 +32,8 @@ from torch import nn
 
 from compress.lora import LoraConfig, LoraError, add_lora, merge_lora
 from speech.data.cache import atomic_dir
-from speech.model import (CONFIG_FILE, WEIGHTS_FILE, CheckpointError, fill_weights, load_model_dir,
-                          model_config_from_dict)
+from speech.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, CheckpointError, fill_weights, load_model_dir,
+                               model_config_from_dict)
 from speech.tokenizer import tokenizer_file
 
 BASE_KEY = "base"

@@ -26,13 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from speech.config import ConfigError
-from speech.model import (BOS_ID, EOS_ID, PAD_ID, EncoderLayer, TextDecoder, _check_length, additive_mask,
-                          check_layout, lengths_to_padding_mask, load_model_dir, sinusoids)
+from speech.checkpoint import load_model_dir
+from speech.model import EncoderLayer, TextDecoder, _check_length, additive_mask, lengths_to_padding_mask, sinusoids
+from speech.model_config import BOS_ID, EOS_ID, PAD_ID, check_layout
 
 
 @dataclass
 class MTConfig:
-    """The architecture (field names shared with speech.model.ModelConfig where they mean the same)."""
+    """The architecture (field names shared with speech.model_config.ModelConfig where they mean the same)."""
 
     src_vocab_size: int = 0  # 0 = not set yet: a recipe takes it from the tokenizers
     vocab_size: int = 0
@@ -51,7 +52,7 @@ class MTConfig:
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
-    # per-layer sizes of a pruned model, as in speech.model.ModelConfig; empty/0 = uniform
+    # per-layer sizes of a pruned model, as in speech.model_config.ModelConfig; empty/0 = uniform
     head_dim: int = 0
     encoder_layout: list[list[int]] = field(default_factory=list)
     decoder_layout: list[list[int]] = field(default_factory=list)

@@ -42,10 +42,13 @@ from speech.config import ConfigError
 from speech.data.cache import interpres_home
 from speech.data.text import TARGET_LANGS, read_tsv
 from speech.dataset import batches_by_frames, interleave_by_weight, language_weights
-from speech.evaluate import score_hypotheses
+from speech.metrics import score_hypotheses
 from speech.loop import LoopConfig, barrier, run, start_run, to_device
-from speech.model import EOS_ID, PAD_ID, label_smoothed_nll_loss, model_device, param_count, save_model_dir
-from speech.model import preset as speech_preset
+from speech.checkpoint import model_device, save_model_dir
+from speech.losses import label_smoothed_nll_loss
+from speech.model import param_count
+from speech.model_config import EOS_ID, PAD_ID
+from speech.model_config import preset as speech_preset
 from speech.text_model import MTConfig, MTModel, text_batch
 from speech.tokenizer import Tokenizer, train_st_tokenizer
 

@@ -1,6 +1,6 @@
 """SentencePiece tokenizers: training them, and the token-id conventions of our models.
 
-Fixed ids, in every ``spm.model`` trained here (and in :class:`speech.model.ModelConfig`):
+Fixed ids, in every ``spm.model`` trained here (and in :class:`speech.model_config.ModelConfig`):
 
     <pad> 0    <unk> 1    <s> (bos) 2    </s> (eos) 3    then the user-defined symbols
 
@@ -35,6 +35,8 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import sentencepiece as spm
 
+from compress.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -42,7 +44,7 @@ _LANG_TAG = re.compile(r"^<lang:([A-Za-z0-9_-]+)>$")
 _CJK = {"ja", "zh"}  # scripts with thousands of characters: leave the rarest to <unk>
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer cannot be trained, loaded or asked for something it lacks."""
 
 

@@ -43,11 +43,13 @@ from speech.data.cache import atomic_path, interpres_home
 from speech.data.mustc import MustcSplit
 from speech.data.text import TARGET_LANGS
 from speech.dataset import SplitFeatures, batches_by_frames, interleave_by_weight, language_weights, pad_features
-from speech.evaluate import score_hypotheses  # one scoring rule for training and evaluation
-from speech.features import FbankConfig, FeatureConfig
+from speech.metrics import score_hypotheses  # one scoring rule for training and evaluation
+from speech.features import FbankConfig, FeatureConfig, feature_config
 from speech.loop import LoopConfig, Progress, barrier, resolve_device, run, start_run, to_device
-from speech.model import (PAD_ID, ModelConfig, S2TModel, ctc_loss, label_smoothed_nll_loss, load_model_dir,
-                          model_device, model_dir_hash, param_count, preset, save_model_dir)
+from speech.checkpoint import load_model_dir, model_device, model_dir_hash, save_model_dir
+from speech.losses import ctc_loss, label_smoothed_nll_loss
+from speech.model import S2TModel, param_count
+from speech.model_config import PAD_ID, ModelConfig, preset
 from speech.tokenizer import Tokenizer, train_st_tokenizer
 
 if TYPE_CHECKING:
@@ -71,6 +73,9 @@ class TrainConfig(LoopConfig):
     out: str = "runs/st"
     model: str = "small"  # preset of speech.model
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    # the filterbank of a model trained from scratch (Kaldi's option names; the model's n_mels
+    # follows num_mel_bins); a model started from another (init) keeps that one's features
+    features: FbankConfig = field(default_factory=FbankConfig)
     vocab_size: int = 2000
     init_encoder: str | None = None  # model directory whose encoder starts this one (ASR pretraining)
     # text model directory (interpres train mt) whose decoder and spm.model start this one
@@ -414,10 +419,8 @@ def train(cfg: TrainConfig) -> Path:
     rank, world, recipe = start_run(cfg)
     out = Path(cfg.out)
     init_config = _init_config(cfg.init) if cfg.init else {}
-    fbank_cfg = FbankConfig()
+    fbank_cfg: FeatureConfig = cfg.features
     if cfg.init:  # a model keeps the features it was trained on (Whisper's log-mel, say)
-        from speech.translate import feature_config  # noqa: PLC0415
-
         fbank_cfg = feature_config(init_config.get("features"), f"{cfg.init}/config.json",
                                    int(init_config.get("model", {}).get("n_mels", 80)))
     # config.json keys that describe the init model's tokenizer, carried into this run's model
@@ -507,7 +510,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, recipe: dict, train_texts: d
         mcfg = model.cfg
         log.info("initialized from %s", cfg.init)
     else:
-        mcfg = preset(cfg.model, vocab_size=tok.vocab_size, **cfg.model_overrides)
+        mcfg = preset(cfg.model, vocab_size=tok.vocab_size, **({"n_mels": fbank_cfg.num_mel_bins} | cfg.model_overrides))
+        if mcfg.n_mels != fbank_cfg.num_mel_bins:
+            raise ConfigError(f"model_overrides.n_mels is {mcfg.n_mels} but features.num_mel_bins is "
+                              f"{fbank_cfg.num_mel_bins}")
         model = S2TModel(mcfg)
     if mcfg.vocab_size != tok.vocab_size:
         raise ConfigError(f"{tok.path}: {tok.vocab_size} pieces, but the model's vocab_size is {mcfg.vocab_size}")

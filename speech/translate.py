@@ -41,13 +41,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from compress.errors import UserError
 from speech.audio import SAMPLE_RATE, AudioError, load_audio
 from speech.config import ConfigError
 from speech.data.cache import atomic_path
 from speech.dataset import batches_by_frames, pad_features
 from speech.decode import DecodingOptions, DecodingResult, encode, search
-from speech.features import FbankConfig, FeatureConfig, LogMelConfig, features_of, frames_of
-from speech.model import CONFIG_FILE, WEIGHTS_FILE, S2TModel, load_model_dir, model_device
+from speech.features import FeatureConfig, feature_config, features_of, frames_of
+from speech.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model_dir, model_device
+from speech.model import S2TModel
 from speech.overlay import weight_files
 from speech.runtime import DECODING_RUNTIMES, check_runtime, onnx_precision, open_model
 from speech.tokenizer import TOKENIZER_FILE, Tokenizer, tokenizer_file
@@ -72,7 +74,7 @@ FORMATS = ("text", "json", "srt")
 DEFAULT_CTC_WEIGHT = 0.5
 
 
-class TranslateError(ValueError):
+class TranslateError(UserError, ValueError):
     """A model directory, a language or an output cannot be used; the message names it."""
 
 
@@ -206,30 +208,6 @@ def resolve_ctc_weight(translator: Translator, requested: float | None) -> float
             raise TranslateError(f"ctc_weight must be in [0, 1], got {requested}")
         return requested
     return DEFAULT_CTC_WEIGHT if translator.has_ctc else 0.0
-
-
-def feature_config(data: object, where: str, n_mels: int) -> FeatureConfig:
-    """config.json's "features": FbankConfig fields, or LogMelConfig's with ``type: log_mel``."""
-    if data is None:
-        cfg: FeatureConfig = FbankConfig(num_mel_bins=n_mels)
-    else:
-        if not isinstance(data, dict):
-            raise TranslateError(f"{where}: 'features' must be a mapping of FbankConfig or LogMelConfig fields")
-        cls = LogMelConfig if data.get("type") == "log_mel" else FbankConfig
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in known:
-                raise TranslateError(f"{where}: unknown key 'features.{key}' (known keys: {', '.join(known)})")
-        try:
-            cfg = cls(**data)
-            cfg.check()
-        except (TypeError, ValueError) as e:
-            raise TranslateError(f"{where}: 'features': {e}") from e
-    if cfg.num_mel_bins != n_mels:
-        raise TranslateError(f"{where}: 'features.num_mel_bins' is {cfg.num_mel_bins} but the model takes {n_mels}")
-    if isinstance(cfg, FbankConfig) and cfg.dither:
-        cfg = dataclasses.replace(cfg, dither=0.0)  # dither is for training
-    return cfg
 
 
 def _read_config(path: Path) -> dict:

@@ -43,18 +43,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy_file
 
+from compress.errors import UserError
 from speech.config import ConfigError
 from speech.ct2 import CT2FormatError, CT2Model, parse_model_bin
 from speech.data.cache import atomic_dir
 from speech.features import LogMelConfig
-from speech.model import ModelConfig, S2TModel, load_model_dir, preset, save_model_dir, sinusoids
+from speech.checkpoint import load_model_dir, save_model_dir
+from speech.model import S2TModel, sinusoids
+from speech.model_config import ModelConfig, preset
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_JSON = "tokenizer.json"
 
 
-class WhisperImportError(ValueError):
+class WhisperImportError(UserError, ValueError):
     """A Whisper source that cannot be imported; the message names the file or package."""
 
 

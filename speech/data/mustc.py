@@ -31,6 +31,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 
+from compress.errors import UserError
 from speech.audio import SAMPLE_RATE, AudioError, check_finite, check_rate, resample
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ ASR = "asr"  # the target of a pair with no translation: en-asr
 END_TOLERANCE_S = 0.010  # a segment may end this far past its talk (MuST-C offsets are rounded)
 
 
-class MustcError(ValueError):
+class MustcError(UserError, ValueError):
     """A MuST-C split is broken; the message names the file and, where it applies, the line."""
 
 

@@ -17,10 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
+from compress.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class PackageError(RuntimeError):
+class PackageError(UserError, RuntimeError):
     """A package could not be fetched or unpacked; the message names it."""
 
 

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from compress.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 ENGINES = {"espeak": "espeak-ng", "flite": "flite", "festival": "text2wave"}
 
 
-class SynthesisError(RuntimeError):
+class SynthesisError(UserError, RuntimeError):
     """A TTS engine or sox failed; the message names the voice and the text."""
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from compress.distill import (KDConfig, SeqKDCorpus, SeqKDError, check_seq_kd_select, closest_to_reference, degenerate,
                               kd_loss, prefix_mask, section_mask, sentence_chrf, targets_from_outputs, teacher_log_probs,
                               truncate_targets)
-from speech.model import label_smoothed_nll_loss
+from speech.losses import label_smoothed_nll_loss
 
 PAD = 0
 

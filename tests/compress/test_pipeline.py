@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.pipeline import CompressConfig, CompressError, load_family, run_pipeline
+from compress.family import CompressError, load_family
+from compress.pipeline import CompressConfig, run_pipeline
 from interpres.cli import main
 from simul.model import load_mt_model
 

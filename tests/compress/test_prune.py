@@ -8,7 +8,10 @@ import torch
 
 from compress.prune import (PruneConfig, count_params, find_attentions, find_ffns, find_glu_convs, fraction_for,
                             magnitude_scores, prune, prune_channels, prune_glu_channels, prune_heads, taylor_scores)
-from speech.model import S2TModel, label_smoothed_nll_loss, layout_of, load_model_dir, preset, save_model_dir
+from speech.checkpoint import load_model_dir, save_model_dir
+from speech.losses import label_smoothed_nll_loss
+from speech.model import S2TModel, layout_of
+from speech.model_config import preset
 
 
 def tiny(seed=0):

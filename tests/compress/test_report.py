@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
 
-from compress.pipeline import CompressConfig, CompressError
+from compress.family import CompressError
+from compress.pipeline import CompressConfig
 from compress.report import bootstrap_intervals, measure_all, sacrebleu_resampler, write_report
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"

@@ -3,7 +3,7 @@
 import json
 
 from simul.bundled import DEFAULT_MODEL, policy_settings, resolve_model
-from simul.agents import Segmentation, run_stream
+from simul.policies import Segmentation, run_stream
 from simul.segmenter import Segmenter
 from simul.translator import Translator
 

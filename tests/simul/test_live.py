@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from simul.agents import ReadAction, Segmentation, StreamSession, WriteAction, run_stream
+from simul.policies import ReadAction, Segmentation, StreamSession, WriteAction, run_stream
 from simul.bundled import policy_settings
 from simul.data import load_split, strip_punctuation
 from simul.live import LineStreams, LiveInputError, read_chars, run_live

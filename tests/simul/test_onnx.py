@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.pipeline import CompressError
+from compress.family import CompressError
 from simul.compressing import SimulFamily
 from simul.data import load_split
 from simul.translator import Translator

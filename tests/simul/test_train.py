@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from speech.config import ConfigError, load_config
 from compress.distill import degenerate
-from speech.model import BOS_ID, EOS_ID, load_model_dir, model_dir_hash
+from speech.checkpoint import load_model_dir, model_dir_hash
+from speech.model_config import BOS_ID, EOS_ID
 from simul.model import MTConfig, MTModel, load_mt_model
 from simul.train import Examples, SimulTrainConfig, segment_pairs, seq_kd_examples, train
 from simul.data import load_split

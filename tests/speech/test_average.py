@@ -8,7 +8,7 @@ import torch
 from interpres.cli import main
 from speech.average import average_into_model_dir, select_checkpoints
 from speech.loop import save_checkpoint
-from speech.model import load_model_dir
+from speech.checkpoint import load_model_dir
 
 from builders import make_model_dir
 

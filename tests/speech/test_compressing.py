@@ -3,7 +3,7 @@ runner of a variant, and decoding settings per variant (compress's ``decodings``
 
 import pytest
 
-from compress.pipeline import CompressError
+from compress.family import CompressError
 from speech.compressing import SpeechFamily
 from speech.dataset import pad_features
 from speech.decode import DecodingOptions, encode, greedy_search, beam_search

@@ -15,7 +15,8 @@ from speech.decode import (
     max_lengths,
     search,
 )
-from speech.model import EOS_ID, S2TModel
+from speech.model import S2TModel
+from speech.model_config import EOS_ID
 
 from s2t import VOCAB, features, tiny_model
 

@@ -13,12 +13,16 @@ import soundfile as sf
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
-from speech import evaluate as ev
+from speech import metrics
+from speech.config import ConfigError
 from speech.data.mustc import MustcError
 from speech.decode import DecodingOptions
-from speech.evaluate import EvalError, EvalOptions, evaluate_mustc, word_error_rate
+from speech.evaluate import EvalError, EvalOptions, evaluate_mustc
+from speech.metrics import word_error_rate
 from speech.features import FbankConfig, num_frames
-from speech.model import S2TModel, preset, save_model_dir
+from speech.checkpoint import save_model_dir
+from speech.model import S2TModel
+from speech.model_config import preset
 from speech.tokenizer import train_st_tokenizer
 from speech.translate import TranslateError, load_translator
 
@@ -233,14 +237,14 @@ def test_errors_name_the_culprit(corpus, model_dir, tmp_path):
     (only_de / "config.json").unlink()
     with pytest.raises(TranslateError, match=rf"{only_de / 'config.json'}: not found"):
         evaluate_mustc(options(corpus, tmp_path / "o", models=[only_de]))
-    with pytest.raises(EvalError, match=r"unknown runtime 'tensorrt' \(known: torch, onnx\)"):
+    with pytest.raises(ConfigError, match=r"--runtime: unknown runtime 'tensorrt' \(known: torch, torch-int8, onnx, onnx-int8\)"):
         evaluate_mustc(options(corpus, tmp_path / "o", runtime="tensorrt"), translator)
     assert not (tmp_path / "o").exists()
 
 
 def test_japanese_falls_back_to_characters_and_says_so(monkeypatch):
-    monkeypatch.setattr(ev, "_mecab_available", lambda: False)
-    scores = ev.score_translation("ja", ["今日は晴れです"], ["今日は晴れです"])
+    monkeypatch.setattr(metrics, "mecab_available", lambda: False)
+    scores = metrics.score_translation("ja", ["今日は晴れです"], ["今日は晴れです"])
     assert "tok:char" in scores["bleu_signature"] and "ja-mecab" in scores["note"]
-    assert ev.bleu_tokenizer("zh") == ("zh", None) and ev.bleu_tokenizer("de") == ("13a", None)
-    assert ev.asr_normalize("Hello, World! It's \"done\".") == "hello world it's done"
+    assert metrics.bleu_tokenizer("zh") == ("zh", None) and metrics.bleu_tokenizer("de") == ("13a", None)
+    assert metrics.asr_normalize("Hello, World! It's \"done\".") == "hello world it's done"

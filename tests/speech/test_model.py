@@ -7,19 +7,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from speech.config import ConfigError
-from speech.model import (
-    PRESETS,
-    CheckpointError,
-    MultiHeadAttention,
-    S2TModel,
-    additive_mask,
-    ctc_loss,
-    label_smoothed_nll_loss,
-    load_model_dir,
-    param_count,
-    preset,
-    save_model_dir,
-)
+from speech.checkpoint import CheckpointError, load_model_dir, save_model_dir
+from speech.losses import ctc_loss, label_smoothed_nll_loss
+from speech.model import MultiHeadAttention, S2TModel, additive_mask, param_count
+from speech.model_config import PRESETS, preset
 
 VOCAB = 40
 

@@ -5,7 +5,7 @@ import json
 import torch
 from safetensors import safe_open
 
-from speech.model import load_model_dir
+from speech.checkpoint import load_model_dir
 from speech.model_card import bundle, model_card
 
 from builders import make_model_dir

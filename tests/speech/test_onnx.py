@@ -278,7 +278,7 @@ def test_eval_mustc_runtime_onnx(model_dir, home, tmp_path, capsys, caplog):
 def test_text_models_export_alike(tmp_path, one_thread):
     """The text family (speech.text_model.MTModel: the simultaneous translator, the ST
     decoder's pretraining): token ids in, the same graphs and search out."""
-    from speech.model import save_model_dir
+    from speech.checkpoint import save_model_dir
     from speech.text_model import MTConfig, MTModel
 
     torch.manual_seed(0)

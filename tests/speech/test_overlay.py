@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compress.lora import LoraConfig, add_lora, lora_state_dict, merge_lora
-from speech.model import CheckpointError, load_model_dir, model_dir_hash, save_model_dir
+from speech.checkpoint import CheckpointError, load_model_dir, model_dir_hash, save_model_dir
 from speech.model_card import bundle
 from speech.overlay import write_overlay
 from speech.translate import TranslateError, load_translator

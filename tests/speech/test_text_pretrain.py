@@ -8,7 +8,8 @@ import torch
 from speech.config import ConfigError
 from speech.decode import DecodingOptions, greedy_search
 from speech.loop import list_checkpoints
-from speech.model import S2TModel, preset
+from speech.model import S2TModel
+from speech.model_config import preset
 from speech.text_model import load_mt_model
 from speech.text_pretrain import (TextPretrainConfig, add_noise, make_batch, read_pairs, to_denoising, to_lang_pairs,
                                   train)

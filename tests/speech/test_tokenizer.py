@@ -1,6 +1,6 @@
 import pytest
 
-from speech import model as model_module
+from speech import model_config as model_module
 from speech.tokenizer import (
     BOS_ID,
     EOS_ID,

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from compress.distill import SeqKDError, degenerate, sentence_chrf
 from speech.config import ConfigError, load_config
 from speech.data.speech_corpus import SpeechCorpusConfig, build_speech_corpus
-from speech.model import load_model_dir
+from speech.checkpoint import load_model_dir
 from speech.loop import (ActiveClock, LoopConfig, average_checkpoints, list_checkpoints, load_checkpoint,
                          resolve_device, save_checkpoint, to_device)
 from speech.features import FbankConfig
@@ -66,7 +66,8 @@ def test_asr_then_st_from_the_asr_encoder(home, tmp_path):
     assert history[-1]["loss"] < history[0]["loss"]  # it learns
 
     st_cfg = cfg_for(home, "st", tmp_path / "st", f"init_encoder={asr_dir}", "max_updates=10")
-    from speech.model import S2TModel, preset
+    from speech.model import S2TModel
+    from speech.model_config import preset
     from speech.tokenizer import Tokenizer
 
     fresh = S2TModel(preset("tiny", vocab_size=300))

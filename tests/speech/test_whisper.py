@@ -17,7 +17,7 @@ import torch
 from speech.ct2 import CT2FormatError, read_model_bin, write_model_bin
 from speech.decode import DecodingOptions, search
 from speech.features import LogMelConfig, log_mel
-from speech.model import load_model_dir
+from speech.checkpoint import load_model_dir
 from speech.translate import load_translator
 from speech.whisper import PACKAGES, Package, WhisperImportError, WhisperTokenizer, import_whisper
 from whisper_fixtures import DE, EN, EOT, NO_TIMESTAMPS, SOT, TRANSCRIBE, tiny_ct2_whisper

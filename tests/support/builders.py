@@ -15,7 +15,9 @@ import soundfile as sf
 import torch
 
 from speech.features import FbankConfig
-from speech.model import S2TModel, preset, save_model_dir
+from speech.checkpoint import save_model_dir
+from speech.model import S2TModel
+from speech.model_config import preset
 from speech.tokenizer import train_st_tokenizer
 
 PAIRS = {
@@ -117,8 +119,9 @@ def make_parrot_model_dir(path: Path, sentence: str = TEXTS["de"][1], steps: int
     translator that has learned its target language and nothing of the audio: it gives the
     streaming policies word-like output to agree on and to cut at word ends."""
     from speech.translate import load_translator  # noqa: PLC0415
-    from speech.model import label_smoothed_nll_loss, load_model_dir  # noqa: PLC0415
-    from speech.model import EOS_ID  # noqa: PLC0415
+    from speech.checkpoint import load_model_dir
+    from speech.losses import label_smoothed_nll_loss  # noqa: PLC0415
+    from speech.model_config import EOS_ID  # noqa: PLC0415
 
     make_model_dir(path, langs=("de",), vocab_size=60)
     tr = load_translator(path)

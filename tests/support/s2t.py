@@ -2,7 +2,8 @@
 
 import torch
 
-from speech.model import S2TModel, preset
+from speech.model import S2TModel
+from speech.model_config import preset
 
 VOCAB = 30
 N_MELS = 16

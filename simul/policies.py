@@ -30,7 +30,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from speech.model import EOS_ID
+from speech.model_config import EOS_ID
 from simul.data import Document
 from simul.translator import Translator
 

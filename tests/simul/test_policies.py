@@ -3,7 +3,7 @@ write, and that their outputs are what their definitions say."""
 
 import pytest
 
-from simul.agents import (FullSentence, LocalAgreement, ReadAction, SaidSentences, Segmentation, StreamSession, WaitK, WriteAction,
+from simul.policies import (FullSentence, LocalAgreement, ReadAction, SaidSentences, Segmentation, StreamSession, WaitK, WriteAction,
                           policies_from_spec, run_stream, sentence_key, split_sentences,
                           translate_segment)
 from simul.data import load_split
