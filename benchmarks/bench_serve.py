@@ -269,7 +269,7 @@ def main() -> None:
         print(f"{mode}: {res['ok']} answered, {res['rps']} req/s, p50 {res['p50_s']} s", file=sys.stderr)
 
     print(f"| mode | startup (s) | answered | 429 | errors | lost | req/s | p50 (s) | p95 (s) | p99 (s) | "
-          f"requests per batch |")
+          "requests per batch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['mode']} | {r['startup_s']:.1f} | {r['ok']} | {r['refused']} | {r['errors']} | {r['lost']} | "

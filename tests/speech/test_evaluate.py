@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
-import torch
 from sacrebleu.metrics import BLEU, CHRF
 
+from speech import evaluate as ev
 from speech import metrics
 from speech.config import ConfigError
 from speech.data.mustc import MustcError
 from speech.decode import DecodingOptions
-from speech.evaluate import EvalError, EvalOptions, evaluate_mustc
+from speech.evaluate import EvalOptions, evaluate_mustc
+from speech.features import num_frames
 from speech.metrics import word_error_rate
-from speech.features import FbankConfig, num_frames
-from speech.checkpoint import save_model_dir
-from speech.model import S2TModel
-from speech.model_config import preset
-from speech.tokenizer import train_st_tokenizer
 from speech.translate import TranslateError, load_translator
 
-from builders import SPLIT, SR, TALKS, TEXTS, UTTS, build_eval_corpus, make_model_dir
+from builders import SPLIT, SR, TEXTS, UTTS, build_eval_corpus, make_model_dir
 
 FAST = DecodingOptions(beam_size=2, max_len_b=10)
 
