@@ -268,7 +268,7 @@ def main() -> None:
                      **res})
         print(f"{mode}: {res['ok']} answered, {res['rps']} req/s, p50 {res['p50_s']} s", file=sys.stderr)
 
-    print(f"| mode | startup (s) | answered | 429 | errors | lost | req/s | p50 (s) | p95 (s) | p99 (s) | "
+    print("| mode | startup (s) | answered | 429 | errors | lost | req/s | p50 (s) | p95 (s) | p99 (s) | "
           "requests per batch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
