@@ -49,14 +49,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from audio_align import prefs, qa
-from audio_align.train import chat_batch, dev_scores, load_scene_set
 from audio_align.lalm import (IGNORE, TOKENIZER_FILE, WEIGHTS_FILE, AudioFrontEnd, AudioLanguageModel, ChatTokenizer,
                               load_lalm_dir, save_lalm_dir)
+from audio_align.train import chat_batch, dev_scores, load_scene_set
+from compress.files import atomic_path
+from speech.checkpoint import model_device
 from speech.config import ConfigError
-from speech.data.cache import atomic_path
 from speech.dataset import batches_by_frames
 from speech.loop import LoopConfig, Progress, barrier, hash_seed, run, start_run, to_device
-from speech.checkpoint import model_device
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from speech.data.cache import atomic_path
+from compress.files import atomic_path
 
 log = logging.getLogger(__name__)
 

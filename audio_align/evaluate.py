@@ -30,7 +30,7 @@ import torch
 from audio_align import qa
 from audio_align.lalm import AudioFrontEnd, AudioLanguageModel, ChatTokenizer, LalmError, load_lalm_dir, pad_audio
 from compress.errors import UserError
-from speech.data.cache import atomic_path, write_json_atomic, write_text_atomic
+from compress.files import atomic_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 

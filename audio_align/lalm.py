@@ -34,8 +34,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from compress.errors import UserError
+from compress.files import atomic_path, write_json_atomic
 from speech.config import ConfigError
-from speech.data.cache import atomic_path, write_json_atomic
 from speech.tokenizer import PAD_ID, Tokenizer, TokenizerError
 
 log = logging.getLogger(__name__)

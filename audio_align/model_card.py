@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from audio_align.lalm import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, read_lalm_config
-from speech.data.cache import atomic_dir
+from compress.files import atomic_dir
 
 KIND_NAMES = {"omission": "event omission", "identity": "false event identity", "temporal": "temporal relation",
               "quantitative": "quantitative temporal", "general": "general audio QA (4 options)"}

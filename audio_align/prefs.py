@@ -198,7 +198,7 @@ def sample_answers(answer_fn: Callable[[list[int], float, int], list[str]], n: i
 
 
 def write_pairs(path: Path, pairs: Iterable[Pair], header: dict) -> None:
-    from speech.data.cache import write_text_atomic
+    from compress.files import write_text_atomic
 
     lines = [json.dumps(header)] + [json.dumps(p.to_json(), ensure_ascii=False) for p in pairs]
     write_text_atomic(path, "\n".join(lines) + "\n")

@@ -461,7 +461,7 @@ def write_questions(root: Path, seed: int = 0) -> dict[str, int]:
     (Training and evaluation rebuild the same questions from the scenes; the files are for
     reading and for other tools.)"""
     from audio_align.scenes import read_manifest, read_scenes
-    from speech.data.cache import write_text_atomic
+    from compress.files import write_text_atomic
 
     manifest = read_manifest(root)
     counts = {}

@@ -70,10 +70,11 @@ import soundfile as sf
 from tqdm import tqdm
 
 from compress.errors import UserError
+from compress.files import atomic_path, write_json_atomic, write_text_atomic
 from speech.audio import SAMPLE_RATE, resample
 from speech.config import config_to_dict
 from speech.data import tts
-from speech.data.cache import atomic_path, interpres_home, write_json_atomic, write_text_atomic
+from speech.data.cache import interpres_home
 from speech.data.packages import fetch_apt
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,7 @@ This package knows nn.Modules, never a model family: speech-specific wrappers li
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -34,6 +31,7 @@ import torch
 from torch import nn
 
 from compress.errors import UserError
+from compress.files import atomic_path
 from compress.runtime import OrtSession, RuntimeSessionError
 
 log = logging.getLogger(__name__)
@@ -43,31 +41,6 @@ EMBED_LIMIT = 1_800_000_000  # bytes of weights above which they go to an extern
 
 class ExportError(UserError, RuntimeError):
     """An export or its check failed; the message names the file."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it onto ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """``obj`` as indented JSON, written to a temporary file and renamed onto ``path``."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.export import write_json
 from compress.family import CompressError, Family, load_family
+from compress.files import write_json_atomic
 from compress.prune import PruneConfig, count_params, prune
 from compress.report import rounds_setting
 
@@ -86,7 +86,7 @@ def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
     for t in teachers:
         if not _done(t):
             raise CompressError(f"teacher: {t} is not a model directory (no config.json)")
-    write_json(out / "recipe.json", asdict(cfg))
+    write_json_atomic(out / "recipe.json", asdict(cfg))
     variants: list[dict[str, Any]] = [{"name": "teacher", "path": str(teachers[0]), "runtime": "torch",
                                        "stage": "teacher"}]
     current = teachers[0]

@@ -22,7 +22,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from compress.export import ExportError, atomic_path
+from compress.export import ExportError
+from compress.files import atomic_path
 
 log = logging.getLogger(__name__)
 

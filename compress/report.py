@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from compress.export import atomic_path, write_json
+from compress.files import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def measure_all(cfg: Any, variants: list[dict[str, Any]], out: Path) -> list[dic
                             result["scores"], done[0]["scores"])
             done.append(result)
             kept = outputs_of.setdefault(v["name"], outputs)  # the first round's
-            write_json(path, {**aggregate(done), "fingerprint": fp, "variant": v, "file_bytes": file_bytes(v),
+            write_json_atomic(path, {**aggregate(done), "fingerprint": fp, "variant": v, "file_bytes": file_bytes(v),
                               **({"outputs": kept} if kept is not None else {})})
     return [json.loads(path.read_text()) for _, path, _, _ in slots]
 
@@ -437,7 +437,7 @@ def write_report(cfg: Any, results: list[dict[str, Any]], out: Path, quality: st
     report = {"quality": quality, "rows": rows, "settings": cfg.report, "teacher": cfg.teacher}
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(md, encoding="utf-8")
-    write_json(out / "report.json", report)
+    write_json_atomic(out / "report.json", report)
     plot(rows, quality, out / "pareto.png")
     log.info("report: %s, %s", out / "report.md", out / "pareto.png")
     return report

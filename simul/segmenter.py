@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from compress.errors import UserError
-from speech.data.cache import atomic_path, write_json_atomic
+from compress.files import atomic_path, write_json_atomic
 from speech.checkpoint import load_weights
 
 logger = logging.getLogger(__name__)

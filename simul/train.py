@@ -38,21 +38,21 @@ import torch
 
 from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, targets_from_outputs,
                              teacher_log_probs, truncate_targets)
+from compress.files import write_json_atomic
+from simul.data import Document, StreamCorpusConfig, build_stream_corpus, load_split
+from simul.model import MTConfig, MTModel, preset
+from simul.policies import SEGMENT_LENPEN
+from simul.translator import SRC_SPM, TGT_SPM, Translator
+from speech.checkpoint import load_model_dir, model_device, model_dir_hash, save_model_dir
 from speech.config import ConfigError, config_to_dict
-from speech.data.cache import write_json_atomic
 from speech.dataset import batches_by_frames
 from speech.decode import encode, search
 from speech.loop import LoopConfig, Progress, barrier, resolve_device, run, start_run, to_device
-from speech.checkpoint import load_model_dir, model_device, model_dir_hash, save_model_dir
 from speech.losses import label_smoothed_nll_loss
 from speech.model import param_count
 from speech.model_config import EOS_ID, PAD_ID
-from speech.tokenizer import Tokenizer, train_tokenizer
-from simul.policies import SEGMENT_LENPEN
-from simul.data import Document, StreamCorpusConfig, build_stream_corpus, load_split
-from simul.model import MTConfig, MTModel, preset
 from speech.text_model import text_batch
-from simul.translator import SRC_SPM, TGT_SPM, Translator
+from speech.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from speech.data.cache import atomic_dir
-from speech.loop import average_checkpoints, list_checkpoints
+from compress.files import atomic_dir
 from speech.checkpoint import CONFIG_FILE, CheckpointError, load_model_dir, save_model_dir
+from speech.loop import average_checkpoints, list_checkpoints
 from speech.tokenizer import tokenizer_file
 
 CHECKPOINT_FILE = "checkpoint.safetensors"

@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from compress.errors import UserError
+from compress.files import atomic_dir, atomic_path
 from speech.config import ConfigError, config_to_dict
-from speech.data.cache import atomic_dir, atomic_path
 from speech.model import S2TModel, layout_of
 from speech.model_config import ModelConfig, OPTIONAL_FIELDS
 

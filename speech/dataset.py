@@ -27,7 +27,8 @@ import torch
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
-from speech.data.cache import atomic_path, interpres_home
+from compress.files import atomic_path
+from speech.data.cache import interpres_home
 from speech.data.mustc import MustcSplit, load_segment
 from speech.features import FbankConfig, FeatureConfig, features_of
 

@@ -74,14 +74,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from compress.errors import UserError
+from compress.files import atomic_path, write_json_atomic, write_text_atomic
 from speech.audio import SAMPLE_RATE
-from speech.data.cache import atomic_path, write_json_atomic, write_text_atomic
+from speech.checkpoint import CONFIG_FILE
 from speech.data.mustc import MustcError, MustcSplit, Segment, load_segment
 from speech.dataset import batches_by_frames
 from speech.decode import DecodingOptions
 from speech.features import frames_of
 from speech.metrics import WER_NORMALIZATION, jiwer_version, score_translation, word_error_rate
-from speech.checkpoint import CONFIG_FILE
 from speech.overlay import weight_files
 from speech.runtime import DECODING_RUNTIMES, check_runtime
 from speech.tokenizer import tokenizer_file

@@ -49,9 +49,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from speech.config import ConfigError, config_to_dict
-from speech.data.cache import atomic_dir, write_json_atomic
+from compress.files import atomic_dir, write_json_atomic
 from speech.checkpoint import model_device
+from speech.config import ConfigError, config_to_dict
 
 log = logging.getLogger(__name__)
 

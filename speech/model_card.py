@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from speech.data.cache import atomic_dir, write_text_atomic
+from compress.files import atomic_dir, write_text_atomic
 from speech.checkpoint import load_model_dir, save_model_dir
 from speech.model import param_count
 

@@ -1,6 +1,8 @@
 """The speech-to-text model's architecture as data: :class:`ModelConfig`, its presets, and
 the per-layer sizes a structurally pruned model keeps (``encoder_layout`` /
-``decoder_layout``).
+``decoder_layout``). The layouts stay here, not in the pruner: a pruned model's
+config.json is the only thing that says what shapes its tensors have, so loading it
+needs them (as Hugging Face configs carry ``pruned_heads``); empty means uniform layers.
 
     cfg = preset("small", vocab_size=2000, n_mels=80)
 """

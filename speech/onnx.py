@@ -64,11 +64,12 @@ from torch import Tensor, nn
 
 from compress.errors import UserError
 from compress.export import export_onnx
+from compress.files import atomic_dir, write_json_atomic
 from compress.quantize import DEFAULT_ONNX_OPS, quantize_onnx_int8
 from compress.runtime import OrtSession
-from speech.config import config_to_dict
-from speech.data.cache import atomic_dir, interpres_home, write_json_atomic
 from speech.checkpoint import CONFIG_FILE, load_model_dir, model_config_from_dict, model_dir_hash
+from speech.config import config_to_dict
+from speech.data.cache import interpres_home
 from speech.model import Conv1dSubsampler, LayerCache, S2TModel, additive_mask, lengths_to_padding_mask
 from speech.model_config import ModelConfig
 from speech.text_model import MTConfig, MTModel

@@ -30,8 +30,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from compress.files import atomic_dir
 from compress.lora import LoraConfig, LoraError, add_lora, merge_lora
-from speech.data.cache import atomic_dir
 from speech.checkpoint import (CONFIG_FILE, WEIGHTS_FILE, CheckpointError, fill_weights, load_model_dir,
                                model_config_from_dict)
 from speech.tokenizer import tokenizer_file

@@ -36,18 +36,19 @@ import torch
 
 from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, check_seq_kd_select, closest_to_reference, degenerate,
                               kd_loss, targets_from_outputs, teacher_log_probs, truncate_targets)
+from compress.files import atomic_path
 from compress.lora import LoraConfig, add_lora, lora_state_dict, merge_lora
 from speech.augment import POLICIES, SpecAugmentConfig, spec_augment
+from speech.checkpoint import load_model_dir, model_device, model_dir_hash, save_model_dir
 from speech.config import ConfigError
-from speech.data.cache import atomic_path, interpres_home
+from speech.data.cache import interpres_home
 from speech.data.mustc import MustcSplit
 from speech.data.text import TARGET_LANGS
 from speech.dataset import SplitFeatures, batches_by_frames, interleave_by_weight, language_weights, pad_features
-from speech.metrics import score_hypotheses  # one scoring rule for training and evaluation
 from speech.features import FbankConfig, FeatureConfig, feature_config
 from speech.loop import LoopConfig, Progress, barrier, resolve_device, run, start_run, to_device
-from speech.checkpoint import load_model_dir, model_device, model_dir_hash, save_model_dir
 from speech.losses import ctc_loss, label_smoothed_nll_loss
+from speech.metrics import score_hypotheses  # one scoring rule for training and evaluation
 from speech.model import S2TModel, param_count
 from speech.model_config import PAD_ID, ModelConfig, preset
 from speech.tokenizer import Tokenizer, train_st_tokenizer

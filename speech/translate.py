@@ -42,13 +42,13 @@ import torch
 from tqdm import tqdm
 
 from compress.errors import UserError
+from compress.files import atomic_path
 from speech.audio import SAMPLE_RATE, AudioError, load_audio
+from speech.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model_dir, model_device
 from speech.config import ConfigError
-from speech.data.cache import atomic_path
 from speech.dataset import batches_by_frames, pad_features
 from speech.decode import DecodingOptions, DecodingResult, encode, search
 from speech.features import FeatureConfig, feature_config, features_of, frames_of
-from speech.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model_dir, model_device
 from speech.model import S2TModel
 from speech.overlay import weight_files
 from speech.runtime import DECODING_RUNTIMES, check_runtime, onnx_precision, open_model

@@ -44,11 +44,11 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy_file
 
 from compress.errors import UserError
+from compress.files import atomic_dir
+from speech.checkpoint import load_model_dir, save_model_dir
 from speech.config import ConfigError
 from speech.ct2 import CT2FormatError, CT2Model, parse_model_bin
-from speech.data.cache import atomic_dir
 from speech.features import LogMelConfig
-from speech.checkpoint import load_model_dir, save_model_dir
 from speech.model import S2TModel, sinusoids
 from speech.model_config import ModelConfig, preset
 

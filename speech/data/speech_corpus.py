@@ -37,9 +37,10 @@ import soundfile as sf
 import yaml
 from tqdm import tqdm
 
+from compress.files import atomic_path, write_json_atomic, write_text_atomic
 from speech.config import ConfigError, config_to_dict
 from speech.data import tts
-from speech.data.cache import atomic_path, interpres_home, write_json_atomic, write_text_atomic
+from speech.data.cache import interpres_home
 from speech.data.text import TARGET_LANGS, TextCorpusConfig, build_text_corpus, read_tsv, split_key
 
 log = logging.getLogger(__name__)

@@ -30,9 +30,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from compress.files import atomic_path, write_json_atomic
 from speech.config import ConfigError, config_to_dict
 from speech.data import catalogs, sentences
-from speech.data.cache import atomic_path, interpres_home, write_json_atomic
+from speech.data.cache import interpres_home
 from speech.data.packages import fetch_apt, fetch_pip
 
 log = logging.getLogger(__name__)

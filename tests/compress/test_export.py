@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from compress.export import ExportError, atomic_path, export_onnx, verify_onnx
+from compress.export import ExportError, export_onnx, verify_onnx
+from compress.files import atomic_path
 from compress.quantize import quantize_onnx_int8, quantize_torch_int8, to_bf16
 from compress.runtime import OrtSession, RuntimeSessionError
 
