@@ -236,6 +236,9 @@ class SceneCorpusConfig:
     heldout_fraction: float = 0.25  # files, sentences and words of a class held out for test
     test_heldout_prob: float = 0.5  # chance that a test event takes held-out material where its class has some
     word_share: float = 0.3  # share of speech events that are single recorded words, not TTS sentences
+    text_sentences: int = 0  # English sentences of 4-8 words from the text corpus ('interpres data text') spoken
+    # besides the 60 built-in ones, a heldout_fraction of them in test only: with hundreds of sentences a model
+    # must read 'what was said' off the options, not recall one of the few it heard
     voices: list[str] = field(default_factory=lambda: list(TRAIN_VOICES))  # TTS voices of every split
     heldout_voice: str = HELDOUT_VOICE  # a TTS voice heard in test only
     seed: int = 1
@@ -278,6 +281,8 @@ class SceneCorpusConfig:
             raise SceneError("voices: name at least one TTS voice")
         if held in voices:
             raise SceneError(f"heldout_voice: '{held}' is also in voices")
+        if self.text_sentences < 0:
+            raise SceneError(f"text_sentences: must be >= 0, got {self.text_sentences}")
         if self.workers < 0:
             raise SceneError(f"workers: must be >= 0, got {self.workers}")
 
@@ -539,6 +544,20 @@ class Content:
     mode: str  # "none", "consistent", "absent", "before"
 
 
+def text_sentences(home: Path, n: int, seed: int) -> list[str]:
+    """``n`` English sentences of 4-8 words (about 1-3 s spoken) from the text corpus's
+    training sentences (``interpres data text``), chosen by ``seed``; none of the built-in ones."""
+    path = home / "text" / "en" / "train.txt"
+    if not path.is_file():
+        raise SceneError(f"text_sentences: {path} not found; build the text corpus first ('interpres data text')")
+    builtin = set(SENTENCES)
+    pool = sorted({s for s in path.read_text(encoding="utf-8").splitlines()
+                   if 4 <= len(s.split()) <= 8 and s not in builtin})
+    if len(pool) < n:
+        raise SceneError(f"text_sentences: {n} asked, but {path} holds only {len(pool)} sentences of 4-8 words")
+    return sorted(pool, key=lambda s: _unit("text-sentences", seed, s))[:n]
+
+
 class Planner:
     """Draws scene contents and layouts; the held-out split of the material lives here."""
 
@@ -556,8 +575,14 @@ class Planner:
         missing = [c for c, p in self.pools.items() if not p["train"] and not self._generated(c)]
         if missing:
             raise SceneError(f"no source files found for classes {missing}; is the package cache complete?")
+        # the built-in sentences are held out as they always were; text-corpus ones on their own key
         self.sentences = {"heldout": self._hold_out(list(SENTENCES), ("sentences", seed))}
         self.sentences["train"] = [s for s in SENTENCES if s not in self.sentences["heldout"]]
+        if cfg.text_sentences:
+            extra = text_sentences(library.home, cfg.text_sentences, seed)
+            held = self._hold_out(extra, ("text-sentences", seed))
+            self.sentences["heldout"] += held
+            self.sentences["train"] += [s for s in extra if s not in held]
         self.voices = {"train": [tts.Voice.parse(v).id for v in cfg.voices],
                        "heldout": [tts.Voice.parse(cfg.heldout_voice).id]}
         self.triggers = {r.trigger for r in RULES}
@@ -892,6 +917,9 @@ def build_scene_corpus(cfg: SceneCorpusConfig, home: Path | None = None) -> dict
             raise SceneError(f"{manifest_path}: not valid JSON ({e})") from e
         old.pop("workers", None)
         new = _content_config(cfg)
+        defaults = _content_config(SceneCorpusConfig())
+        for key in new.keys() - old.keys():  # a key added since: the corpus was built with its default
+            old[key] = defaults[key]
         version = json.loads(manifest_path.read_text(encoding="utf-8")).get("version")
         if version != VERSION:
             raise SceneError(f"{manifest_path}: corpus '{cfg.name}' was made by scenes version {version}, this is "

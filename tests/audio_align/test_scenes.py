@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from audio_align.scenes import (
-    CLASSES, RULES, SceneCorpusBuilder, SceneCorpusConfig, SceneError, build_scene_corpus, level_db,
+    CLASSES, RULES, SENTENCES, SceneCorpusBuilder, SceneCorpusConfig, SceneError, build_scene_corpus, level_db,
     mix_scene, read_scenes, synthesize,
 )
 from speech.config import ConfigError, load_config
@@ -228,6 +228,45 @@ def test_deterministic_and_resumable(corpus):
     # resuming with another config would mix two corpora
     with pytest.raises(SceneError, match=r"manifest.json.*overlap_prob"):
         build_scene_corpus(tiny(overlap_prob=0.5), home_b)
+
+
+def test_text_sentences_widen_what_is_said_and_hold_a_quarter_out(corpus, tmp_path):
+    home_a, _, home_b, summary_b = corpus
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "packages").symlink_to(home_a / "packages")
+    with pytest.raises(SceneError, match=r"text/en/train.txt not found.*interpres data text"):
+        SceneCorpusBuilder(tiny(text_sentences=20), home)
+    words = ["red", "green", "blue", "small", "large", "old", "new", "warm"]
+    lines = [f"The {a} box is near the {b} door." for a in words for b in words]  # 64 of seven words
+    lines += ["Too short here.", "This one is far too long to say in a few short seconds."]
+    (home / "text" / "en").mkdir(parents=True)
+    (home / "text" / "en" / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(SceneError, match="text_sentences: 100 asked.*only 64"):
+        SceneCorpusBuilder(tiny(text_sentences=100), home)
+
+    plain = SceneCorpusBuilder(tiny(), home).planner.sentences
+    builder = SceneCorpusBuilder(tiny(text_sentences=40, train_scenes=300, dev_scenes=20, test_scenes=300), home)
+    sentences = builder.planner.sentences
+    extra = [s for s in sentences["train"] + sentences["heldout"] if s not in SENTENCES]
+    assert len(extra) == 40 and set(extra) <= set(lines[:64])
+    assert len([s for s in sentences["heldout"] if s in extra]) == 10  # heldout_fraction 0.25
+    # the built-in sentences are held out exactly as without text sentences
+    assert [s for s in sentences["heldout"] if s in SENTENCES] == plain["heldout"]
+    said = {split: {e.text for c in items for e in c.events if e.voice is not None}
+            for split, items in builder.contents().items()}
+    assert said["test"] <= set(sentences["heldout"]) and said["train"] <= set(sentences["train"])
+    assert len(said["train"] & set(extra)) > 10 and said["test"] & set(extra)
+
+    # a corpus built before the key existed resumes: the key's default is what it was built with
+    manifest_path = Path(summary_b["root"]) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["config"]["text_sentences"]
+    manifest_path.write_text(json.dumps(manifest))
+    build_scene_corpus(tiny(), home_b)
+    shutil.copytree(home / "text", home_b / "text")
+    with pytest.raises(SceneError, match=r"manifest.json.*text_sentences"):
+        build_scene_corpus(tiny(text_sentences=8), home_b)
 
 
 def test_bad_configs_name_the_field(tmp_path):
