@@ -812,17 +812,8 @@ def _cmd_eval_mustc(args: argparse.Namespace) -> int:
                        batch_frames=args.batch_frames, out=args.out, skip_bad=args.skip_bad,
                        also_asr=args.also_asr, runtime=args.runtime, ctc_weight=args.ctc_weight)
     if args.workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        argv = ["eval", "mustc", "--root", str(args.root), "--pairs", ",".join(pairs), "--split", args.split,
-                "--beam", str(args.beam), "--lenpen", str(args.lenpen), "--batch-frames", str(args.batch_frames),
-                "--no-repeat-ngram-size", str(args.no_repeat_ngram_size),
-                "--max-len-a", str(args.max_len_a), "--max-len-b", str(args.max_len_b),
-                "--runtime", args.runtime, "--out", str(opts.out_dir)]
-        argv += ["--ctc-weight", str(args.ctc_weight)] if args.ctc_weight is not None else []
-        argv += [a for m in args.model or [] for a in ("--model", str(m))]
-        argv += ["--task", args.task] if args.task else []
-        argv += [flag for flag, on in (("--skip-bad", args.skip_bad), ("--also-asr", args.also_asr),
-                                       ("--verbose", args.verbose)) if on]
-        return launch_workers(opts, args.workers, argv)
+        # the workers run this very command: under torchrun (WORLD_SIZE > 1) --workers launches nothing
+        return launch_workers(opts, args.workers, args.argv)
     report = evaluate_mustc(opts)
     if report is not None:  # rank 0
         sys.stdout.write(report_markdown(report))
@@ -970,7 +961,9 @@ def _print_counts(counts: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as given, for a command that runs itself again (eval mustc --workers)
     _setup_logging(args.verbose)
     if getattr(args, "home", None) is not None:
         os.environ["INTERPRES_HOME"] = str(args.home)
