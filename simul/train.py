@@ -11,7 +11,9 @@ examples made from the stream corpus (:mod:`simul.data`):
 - ``pretrain``: general train documents as sentence pairs, plus each whole document and
   one window of consecutive sentences (stream-level pairs, so the model also translates
   several sentences without punctuation, as wait-k and local agreement ask of it);
-- ``domain``: the same, from the target domain's train documents (fine-tuning);
+  ``lexicon`` adds CC-CEDICT entries (headword -> first gloss) to the pairs;
+- ``domain``: the same, from the target domain's train documents (fine-tuning), with
+  ``general_mix`` times as many general pairs mixed in;
 - ``segments``: sentence-length adaptation: the train documents (general and domain) cut
   by the boundary detector, each segment paired with its part of the translation (the
   English words of the sentences it covers; a sentence cut inside gets the share of its
@@ -39,7 +41,7 @@ import torch
 from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, targets_from_outputs,
                              teacher_log_probs, truncate_targets)
 from compress.files import write_json_atomic
-from simul.data import Document, StreamCorpusConfig, build_stream_corpus, load_split
+from simul.data import Document, StreamCorpusConfig, build_stream_corpus, lexicon_pairs, load_split
 from simul.model import MTConfig, MTModel, preset
 from simul.policies import SEGMENT_LENPEN
 from simul.translator import SRC_SPM, TGT_SPM, Translator
@@ -72,6 +74,12 @@ class SimulTrainConfig(LoopConfig):
     src_vocab_size: int = 6000  # Chinese characters (the rarest 0.05% map to <unk>)
     vocab_size: int = 4000  # English unigram pieces
     windows: bool = True  # add stream-level pairs (whole documents, a window of each)
+    # stage pretrain: up to this many CC-CEDICT entries (simul.data.lexicon_pairs, a seeded
+    # draw of those whose characters the source vocabulary knows) join the training pairs
+    lexicon: int = 0
+    # stage domain: general train pairs mixed into the domain's, as a multiple of their
+    # number (a seeded draw), so that adaptation does not forget the general test
+    general_mix: float = 0.0
     waitk: int = 0  # > 0: prefix-to-prefix training, target token i sees k + i source characters
     segmenter: str | None = None  # stage segments: the boundary detector's directory
     seg_threshold: float = 0.5
@@ -100,6 +108,12 @@ class SimulTrainConfig(LoopConfig):
             raise ConfigError(f"stage '{self.stage}' fine-tunes: set 'init' to a model directory")
         if self.stage == "waitk" and self.waitk < 1:
             raise ConfigError("stage 'waitk' needs 'waitk' >= 1")
+        if self.lexicon < 0 or self.general_mix < 0:
+            raise ConfigError("lexicon and general_mix must be >= 0")
+        if self.lexicon and self.stage != "pretrain":
+            raise ConfigError("lexicon adds dictionary pairs to stage pretrain only")
+        if self.general_mix and self.stage != "domain":
+            raise ConfigError("general_mix mixes general pairs into stage domain only")
         if self.seq_kd and not self.teacher:
             raise ConfigError("seq_kd needs teacher: the model directories whose outputs are learned")
 
@@ -267,13 +281,28 @@ def stage_pairs(cfg: SimulTrainConfig, split: str) -> list[tuple[str, str]]:
     if cfg.stage in ("pretrain", "waitk"):
         return document_pairs(load_split(cfg.corpus, "general", split), cfg.windows, cfg.seed)
     if cfg.stage == "domain":
-        return document_pairs(load_split(cfg.corpus, "domain", split), cfg.windows, cfg.seed)
+        pairs = document_pairs(load_split(cfg.corpus, "domain", split), cfg.windows, cfg.seed)
+        if split == "train" and cfg.general_mix > 0:
+            general = document_pairs(load_split(cfg.corpus, "general", split), cfg.windows, cfg.seed)
+            k = min(len(general), round(cfg.general_mix * len(pairs)))
+            pairs += random.Random(cfg.seed).sample(general, k)
+        return pairs
     from simul.segmenter import Segmenter  # noqa: PLC0415
 
     seg = Segmenter.load(cfg.segmenter)
     docs = load_split(cfg.corpus, "general", split) + load_split(cfg.corpus, "domain", split)
     # the true sentences stay in, so whole sentences are not forgotten for fragments
     return segment_pairs(docs, seg, cfg.seg_threshold, cfg.seg_max_len) + document_pairs(docs, False, cfg.seed)
+
+
+def known_lexicon_pairs(src_tok: Tokenizer, n: int, seed: int) -> list[tuple[str, str]]:
+    """Up to ``n`` CC-CEDICT pairs whose headword the source vocabulary spells without <unk>
+    (a seeded draw; the tokenizers are trained on the corpus alone)."""
+    known = [(z, e) for z, e in lexicon_pairs() if src_tok.unk_id not in src_tok.encode(z)]
+    random.Random(seed).shuffle(known)
+    log.info("lexicon: %d of the CC-CEDICT pairs spelled by the source vocabulary, %d used", len(known),
+             min(n, len(known)))
+    return known[:n]
 
 
 def train_segmenter_stage(cfg: SimulTrainConfig) -> Path:
@@ -327,6 +356,8 @@ def train(cfg: SimulTrainConfig) -> Path:
                 train_tokenizer([e for _, e in train_pairs], out / TGT_SPM, cfg.vocab_size)
     barrier(world)
     src_tok, tgt_tok = Tokenizer(out / SRC_SPM), Tokenizer(out / TGT_SPM)
+    if cfg.lexicon:
+        train_pairs += known_lexicon_pairs(src_tok, cfg.lexicon, cfg.seed)
     train_ex, dev_ex = to_examples(train_pairs, src_tok, tgt_tok), to_examples(dev_pairs, src_tok, tgt_tok)
     if not train_ex.src:
         raise ConfigError(f"stage {cfg.stage}: no training pairs")

@@ -51,6 +51,8 @@ def test_writes_simuleval_files_and_scores_them_as_the_references_do(report):
             tsv = dict(zip(header.split("\t"), map(float, values.split("\t"))))
             assert tsv["BLEU"] == pytest.approx(scores["BLEU"], abs=1e-3)
             assert tsv["LAAL"] == pytest.approx(scores["LAAL"], abs=1e-3)
+            lo, hi = scores["BLEU_ci"]
+            assert lo <= hi and (lo <= scores["BLEU"] + 1e-6 or hi == 0)
         # the oracle waits for whole sentences: never earlier than any other policy starts
         assert r["agents"]["full-sentence"]["segments"] >= 4
     assert (out / "bleu_al.png").stat().st_size > 1000
@@ -108,3 +110,16 @@ def test_repeated_sentences_counts_copies_the_reference_does_not_have():
     assert repeated_sentences(demo, "Enter a valid number. Enter a valid number. Enter a valid number.") == 0
     assert repeated_sentences("Really? (y/N) Really? (y/N)", "") == 0  # under three words: not counted
     assert repeated_sentences("Sets the dialog. Sets the layer.", "") == 0
+
+
+def test_paired_bleu_difference_is_zero_on_itself_and_signed():
+    refs = ["Open the file in a new window", "Save the file now and quit", "Close the window of the editor",
+            "The value is not valid here", "Enter a number between one and ten"]
+    good = [{"prediction": r, "reference": r} for r in refs]
+    bad = [{"prediction": "the", "reference": r} for r in refs]
+    same = ev.paired_bleu_difference(good, good)
+    assert same == {"difference": 0.0, "ci": [0.0, 0.0]}
+    worse = ev.paired_bleu_difference(good, bad)
+    assert worse["difference"] < -50 and worse["ci"][1] < 0
+    with pytest.raises(ev.SimulEvalError, match="same streams"):
+        ev.paired_bleu_difference(good, bad[:4])

