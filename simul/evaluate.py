@@ -132,28 +132,29 @@ def bleu_draws(instances: list[dict], samples: int = BOOTSTRAP_SAMPLES, seed: in
     return np.array([score(d) for d in draws])
 
 
+def _interval(values) -> list[float]:
+    """The central 95% of bootstrap values, rounded as the reports print them."""
+    import numpy as np  # noqa: PLC0415
+
+    return [round(float(np.percentile(values, 2.5)), 2), round(float(np.percentile(values, 97.5)), 2)]
+
+
 def paired_bleu_difference(a: list[dict], b: list[dict]) -> dict[str, float | list[float]]:
     """BLEU of ``b`` minus BLEU of ``a`` on the same streams, with the 95% interval of the
     difference under paired bootstrap draws of the streams (Koehn 2004)."""
-    import numpy as np  # noqa: PLC0415
-
     if [d["reference"] for d in a] != [d["reference"] for d in b]:
         raise SimulEvalError("paired BLEU difference: the two runs are not on the same streams")
     full = [sacrebleu.corpus_bleu([d["prediction"] for d in x], [[d["reference"] for d in x]]).score for x in (a, b)]
     diff = bleu_draws(b) - bleu_draws(a)
-    return {"difference": round(full[1] - full[0], 2),
-            "ci": [round(float(np.percentile(diff, 2.5)), 2), round(float(np.percentile(diff, 97.5)), 2)]}
+    return {"difference": round(full[1] - full[0], 2), "ci": _interval(diff)}
 
 
 def score_instances(instances: list[dict]) -> dict[str, float]:
-    import numpy as np  # noqa: PLC0415
-
     hyps = [d["prediction"] for d in instances]
     refs = [d["reference"] for d in instances]
     scores = {"BLEU": sacrebleu.corpus_bleu(hyps, [refs]).score}
     if len(instances) > 1:
-        draws = bleu_draws(instances)
-        scores["BLEU_ci"] = [round(float(np.percentile(draws, 2.5)), 2), round(float(np.percentile(draws, 97.5)), 2)]
+        scores["BLEU_ci"] = _interval(bleu_draws(instances))
     repeats = [repeated_sentences(h, r) for h, r in zip(hyps, refs)]
     scores["repeated_sentences"] = sum(repeats)
     scores["streams_with_repeats"] = sum(1 for r in repeats if r)
