@@ -49,17 +49,22 @@ class CompressConfig:
     # ("student int8 greedy"); the family's open() reads them from the variant's "decode"
     # (speech: {greedy: {beam: 1}}, the decoding a sequence-level KD student is made for)
     decodings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the same for the quantized teacher ("teacher int8 greedy"): what quantization and a cheaper
+    # search alone give, beside what the student adds
+    teacher_decodings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # settings for test_items and timing (threads, batch, rounds: interleaved timing rounds)
     report: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.teacher:
             raise CompressError("teacher: at least one model directory is needed")
-        for name, decode in self.decodings.items():
-            if not isinstance(decode, dict) or not decode:
-                raise CompressError(f"decodings.{name}: give the decoding settings as a mapping, e.g. {{beam: 1}}")
-        if self.decodings and self.quantize is None:
-            raise CompressError("decodings: they apply to the quantized student; the config has no quantize stage")
+        for key in ("decodings", "teacher_decodings"):
+            for name, decode in getattr(self, key).items():
+                if not isinstance(decode, dict) or not decode:
+                    raise CompressError(f"{key}.{name}: give the decoding settings as a mapping, e.g. {{beam: 1}}")
+            if getattr(self, key) and self.quantize is None:
+                raise CompressError(f"{key}: they apply to the quantized {'student' if key == 'decodings' else 'teacher'}; "
+                                    "the config has no quantize stage")
         try:
             rounds_setting(self.report)
         except ValueError as e:
@@ -102,7 +107,8 @@ def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
         if not _done(pruned):
             log.info("stage 2/4: prune %s (%s)", current, cfg.prune)
             model = family.load(current)
-            result = prune(model, pcfg, family.calibration(current, pcfg.calibration_batches), family.loss)
+            batches = family.calibration(current, pcfg.calibration_batches) if pcfg.importance == "taylor" else ()
+            result = prune(model, pcfg, batches, family.loss)
             family.save(model, current, pruned, {"pruned_from": str(current), "prune": cfg.prune,
                                                  "prune_result": result.summary()})
             log.info("pruned: %d -> %d parameters", result.params_before, result.params_after)
@@ -132,9 +138,8 @@ def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
                 folder = out / "4-quantize" / (f"{name}-{runtime}" if several else name)
                 label = f"{name} {runtime}" if several else f"{name} int8"
                 variants.append({"name": label, **family.quantize(source, folder, settings), "stage": "quantize"})
-                if name == "student":
-                    for dname, decode in cfg.decodings.items():
-                        variants.append({**variants[-1], "name": f"{label} {dname}", "decode": dict(decode)})
+                for dname, decode in (cfg.decodings if name == "student" else cfg.teacher_decodings).items():
+                    variants.append({**variants[-1], "name": f"{label} {dname}", "decode": dict(decode)})
 
     for v in variants:
         v["params"] = _params(family, v)

@@ -14,7 +14,10 @@ The model is any nn.Module; the pruner finds what it can prune by shape, not by 
   ``h`` = half its outputs) and input channel ``c`` of conv ``i + 1``;
 - a *layer stack* is an nn.ModuleList of residual blocks named in
   :attr:`PruneConfig.layers` (e.g. ``encoder.layers``); dropping a pre-LayerNorm residual
-  block leaves the identity, so the stack still runs.
+  block leaves the identity, so the stack still runs. A stack's value is how many layers
+  stay (the best-scored ones) or which (a list of indices: ``decoder.layers: [0, 5]``
+  keeps the first and the last, maximally spaced, as Distil-Whisper cuts its decoder;
+  Gandhi et al. 2023).
 
 Pruned linears are replaced by smaller ones (fewer parameters, fewer FLOPs, a smaller
 file) and ``heads`` is updated; the model family then writes a config from the module
@@ -101,7 +104,8 @@ class PruneConfig:
     heads: Fraction = 1.0  # fraction of the heads of each attention kept
     ffn: Fraction = 1.0  # fraction of the channels of each feed-forward block kept
     conv: Fraction = 1.0  # fraction of the GLU channels of each inner conv of a GLU conv stack kept
-    layers: dict[str, int] = field(default_factory=dict)  # ModuleList path -> layers kept
+    # ModuleList path -> how many layers stay (the best-scored) or which (a list of indices)
+    layers: dict[str, int | list[int]] = field(default_factory=dict)
     calibration_batches: int = 8  # taylor: batches the scores are summed over
 
     def __post_init__(self) -> None:
@@ -110,8 +114,14 @@ class PruneConfig:
         for name in ("heads", "ffn", "conv"):
             _check_fraction(name, getattr(self, name))
         for path, n in self.layers.items():
-            if not isinstance(n, int) or n < 1:
-                raise ValueError(f"prune: 'layers.{path}' must be a number of layers kept (at least 1), got {n!r}")
+            if isinstance(n, list):
+                if not n or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in n) \
+                        or len(set(n)) != len(n):
+                    raise ValueError(f"prune: 'layers.{path}' lists the layers kept: distinct indices >= 0, "
+                                     f"at least one, got {n!r}")
+            elif not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"prune: 'layers.{path}' must be a number of layers kept (at least 1) "
+                                 f"or a list of their indices, got {n!r}")
         if self.calibration_batches < 1:
             raise ValueError("prune: 'calibration_batches' must be at least 1")
 
@@ -402,9 +412,14 @@ def prune(model: nn.Module, cfg: PruneConfig, batches: Iterable[Any] = (),
     kept_layers = {}
     for path, n in cfg.layers.items():
         stack = layer_stack(model, path)
-        if n > len(stack):
+        if isinstance(n, list):
+            if max(n) >= len(stack):
+                raise ValueError(f"prune: 'layers.{path}' keeps layer {max(n)} but the stack has {len(stack)}")
+            keep = sorted(n)
+        elif n > len(stack):
             raise ValueError(f"prune: 'layers.{path}' keeps {n} layers but the stack has {len(stack)}")
-        keep = _top(scores.layers[path], n)
+        else:
+            keep = _top(scores.layers[path], n)
         kept_layers[path] = keep
         # the names of the modules below change with the layer indices: remember the survivors
         remove_layers(stack, keep)

@@ -219,7 +219,8 @@ def save_resized_model_dir(model: nn.Module, like: str | Path, out: str | Path, 
     like = Path(like)
     config = json.loads((like / CONFIG_FILE).read_text(encoding="utf-8"))
     cfg = dataclasses.replace(model.cfg, **layout_of(model))
-    extra = {k: v for k, v in config.items() if k != "model"} | {"compress": note}
+    # the weights are written whole and merged: an overlay's base and adapters do not carry over
+    extra = {k: v for k, v in config.items() if k not in ("model", "base", "lora")} | {"compress": note}
     with atomic_dir(out) as tmp:
         save_model_dir(model, cfg, tmp, extra=extra)
         for name in files:

@@ -25,6 +25,7 @@ What compress asks of a family, for S2T models:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +40,13 @@ from speech.runtime import RUNTIMES, check_runtime, export, open_model
 from speech.data.mustc import MustcSplit
 from speech.dataset import SplitFeatures, pad_features
 from speech.decode import DecodingOptions, encode, search
+from speech.features import FeatureConfig, feature_config
 from speech.metrics import score_translation, word_error_rate
 from speech.checkpoint import load_model_dir, save_resized_model_dir
 from speech.losses import label_smoothed_nll_loss
 from speech.model_config import PAD_ID
 from speech.train import TrainConfig, corpus_root, make_batch, train
+from speech.tokenizer import tokenizer_file
 from speech.translate import Translator, load_translator
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,13 @@ def _is_int_at_least(value: Any, low: int) -> bool:
 
 def _is_non_negative_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def _model_features(model_dir: Path) -> FeatureConfig:
+    """The features a model directory was trained on (its config.json's "features")."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    return feature_config(config.get("features"), str(model_dir / "config.json"),
+                          int(config["model"].get("n_mels", 80)))
 
 
 @dataclass
@@ -72,9 +82,13 @@ class SpeechFamily:
     def __init__(self, corpus: str = "small", split: str = "tst-COMMON", per_lang: int = 20,
                  langs: Sequence[str] = ("de", "es", "fr", "it", "nl", "pt", "ro", "ru", "ja", "zh"),
                  asr: bool = True, beam: int = 5, no_repeat_ngram_size: int = 0, max_len_a: float = 0.0,
-                 max_len_b: int = 200, train_config: str = str(preset("speech", "st_small.yaml"))):
+                 max_len_b: int = 200, train_config: str = str(preset("speech", "st_small.yaml")),
+                 features_from: str | None = None):
         self.corpus, self.split, self.per_lang, self.langs = corpus, split, per_lang, list(langs)
         self.asr, self.beam, self.train_config = asr, beam, train_config
+        # the test items' features: those of this model directory (the teacher's: Whisper's
+        # log-mel, say), or else the training recipe's filterbank
+        self.features_from = features_from
         self.no_repeat_ngram_size, self.max_len_a, self.max_len_b = no_repeat_ngram_size, max_len_a, max_len_b
 
     # ------------------------------------------------------------------ models
@@ -84,7 +98,8 @@ class SpeechFamily:
         return model
 
     def save(self, model: nn.Module, like: Path, out: Path, note: dict[str, Any]) -> None:
-        save_resized_model_dir(model, like, out, note, ["spm.model"])
+        config = json.loads((Path(like) / "config.json").read_text(encoding="utf-8"))
+        save_resized_model_dir(model, like, out, note, [tokenizer_file(config)])
 
     # ------------------------------------------------------------------ training
 
@@ -102,23 +117,25 @@ class SpeechFamily:
     def calibration(self, model_dir: Path, n: int) -> list[dict[str, Tensor]]:
         from speech.dataset import batches_by_frames  # noqa: PLC0415
         from speech.train import build_lang_data, read_texts  # noqa: PLC0415
-        from speech.tokenizer import Tokenizer  # noqa: PLC0415
+        from speech.translate import load_tokenizer  # noqa: PLC0415
 
         cfg = load_config(TrainConfig, self.train_config, [f"corpus={self.corpus}"])
-        tok = Tokenizer(Path(model_dir) / "spm.model")
-        data = build_lang_data(read_texts(cfg, "train"), tok, cfg.features)
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        tok = load_tokenizer(Path(model_dir), config, config["model"]["vocab_size"])
+        data = build_lang_data(read_texts(cfg, "train"), tok, _model_features(Path(model_dir)))
         batches = []
         langs = sorted(data)
         for i in range(n):  # one batch per language in turn, the same ones every time
             d = data[langs[i % len(langs)]]
             idx = batches_by_frames(d.lengths, cfg.max_frames, cfg.max_items, seed=cfg.seed, epoch=0)[i // len(langs)]
-            batches.append(make_batch(d, idx, None, None))
+            batches.append(make_batch(d, idx, None, None, config["model"].get("pad_id", PAD_ID)))
         return batches
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         out = model(batch["features"], batch["feat_lens"], batch["prev"])
-        ls, _ = label_smoothed_nll_loss(out["logits"], batch["target"], 0.1, PAD_ID)
-        return ls / max(1, int((batch["target"] != PAD_ID).sum()))
+        pad = model.cfg.pad_id
+        ls, _ = label_smoothed_nll_loss(out["logits"], batch["target"], 0.1, pad)
+        return ls / max(1, int((batch["target"] != pad).sum()))
 
     def distill(self, student: Path, teachers: Sequence[Path], settings: dict[str, Any], out: Path) -> Path:
         overrides = {k: v for k, v in settings.items()}
@@ -138,7 +155,8 @@ class SpeechFamily:
         root = corpus_root(self.corpus)
         pairs = [f"en-{lang}" for lang in self.langs] + (["en-asr"] if self.asr else [])
         items = []
-        features = load_config(TrainConfig, self.train_config).features  # the recipe's filterbank
+        features = (_model_features(Path(self.features_from)) if self.features_from
+                    else load_config(TrainConfig, self.train_config).features)  # the recipe's filterbank
         for pair in pairs:
             split = MustcSplit(root, pair, self.split)
             feats = SplitFeatures.load_or_compute(split, features)

@@ -21,7 +21,9 @@ A recipe says what its data and its loss are; this loop owns everything else, on
   to within their rounding.
 - ``precision: bf16`` runs each update's forward and backward, and validation, under
   bfloat16 autocast (the weights, their gradients and Adam's moments stay float32): on a GPU, and on CPUs
-  with AVX512-BF16 or AMX, where it halves an update of Whisper base (BENCHMARKS.md).
+  with AVX512-BF16 or AMX, where it halves an update of Whisper base (BENCHMARKS.md); on
+  one without (AVX2 only) autocast emulates bfloat16 and an update takes 10-100x longer:
+  the loop warns.
   ``fp32`` (the default) keeps runs bitwise repeatable on the CPU.
 
 Nothing is pickled: weights and optimizer moments are safetensors, the rest JSON.
@@ -325,6 +327,11 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (oneDNN's test: AVX512 with BF16, or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world: int = 1) -> Path:
     """Train ``model`` (or resume its run) under ``cfg``; return ``cfg.out/model``."""
     out = Path(cfg.out)
@@ -334,6 +341,10 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
     if device.type == "cuda":  # TF32 matrix products: fp32 training at tensor-core speed
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         log.info("training on %s (%s)", device, torch.cuda.get_device_name(device))
+    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        log.warning("precision=bf16 on a CPU without bfloat16 instructions (%s): autocast emulates them, "
+                    "about 10x slower than fp32 for Whisper base here (BENCHMARKS.md); set precision=fp32",
+                    torch.backends.cpu.get_cpu_capability())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
     state = {"update": 0, "epoch": 0, "pos": 0, "best_dev_loss": None, "bad_validations": 0,
              "seconds": 0.0, "history": [], "done": False}

@@ -290,9 +290,10 @@ def _whisper_card(model: Any, conf: dict[str, Any], model_dir: Path, scores: lis
 
 
 def bundle(src: Path, dst: Path, score_files: list[Path], over: str | None = None,
-           real_speech: Path | None = None) -> Path:
+           real_speech: Path | None = None, base_layers: dict[str, list[int]] | None = None) -> Path:
     """Copy the model at ``src`` to ``dst`` as fp16, with its tokenizer and a model card; with
-    ``over`` (a base such as whisper-base) as an overlay holding only what fine-tuning changed."""
+    ``over`` (a base such as whisper-base) as an overlay holding only what fine-tuning changed
+    (``base_layers``: the base's layers a student cut from it kept, :func:`speech.overlay.write_overlay`)."""
     model, conf = load_model_dir(src)
     extra = {k: v for k, v in conf.items() if k != "model"}
     scores = [json.loads(p.read_text(encoding="utf-8")) for p in score_files]
@@ -300,7 +301,7 @@ def bundle(src: Path, dst: Path, score_files: list[Path], over: str | None = Non
     if over is not None:
         from speech.overlay import write_overlay  # noqa: PLC0415
 
-        return write_overlay(src, over, dst, card=model_card(src, scores, rows))
+        return write_overlay(src, over, dst, card=model_card(src, scores, rows), layers=base_layers)
     with atomic_dir(dst) as tmp:
         save_model_dir(model, model.cfg, tmp, extra=extra, dtype=torch.float16)
         shutil.copyfile(src / "spm.model", tmp / "spm.model")
@@ -318,13 +319,25 @@ def main() -> None:
     b.add_argument("--scores", type=Path, action="append", default=[], help="scores.json of interpres eval mustc")
     b.add_argument("--over", default=None, metavar="BASE",
                    help="write an overlay over BASE (whisper-base): only what fine-tuning changed")
+    b.add_argument("--base-layers", action="append", default=[], metavar="STACK=I,J",
+                   help="with --over, for a model that kept some of the base's layers: which, e.g. "
+                        "decoder.layers=0,5 (repeatable)")
     b.add_argument("--real-speech", type=Path, default=None, metavar="JSON",
                    help="benchmarks/bench_whisper.py --json of this model: its LibriVox WER goes in the card")
     card = sub.add_parser("card", help="print the model card of a model directory")
     card.add_argument("model_dir", type=Path)
     args = ap.parse_args()
     if args.cmd == "bundle":
-        out = bundle(args.src, args.dst, args.scores, args.over, args.real_speech)
+        layers = {}
+        for spec in args.base_layers:
+            stack, _, idx = spec.partition("=")
+            try:
+                layers[stack] = [int(i) for i in idx.split(",")]
+            except ValueError:
+                ap.error(f"--base-layers {spec}: expected STACK=I,J,... (e.g. decoder.layers=0,5)")
+            if not stack or not idx:
+                ap.error(f"--base-layers {spec}: expected STACK=I,J,... (e.g. decoder.layers=0,5)")
+        out = bundle(args.src, args.dst, args.scores, args.over, args.real_speech, layers or None)
         print(f"bundled {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
     else:
         print(model_card(args.model_dir))

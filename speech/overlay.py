@@ -12,7 +12,9 @@ model config, as any model directory), its tokenizer and model card, and:
 
 ``config.json`` names the base under ``"base"``: ``{"model": "whisper-base", "sha256":
 <the pinned sha256 of its model.bin>, "files": [...], "adapters": "lora.safetensors" or
-null}``. :func:`speech.checkpoint.load_model_dir` reads such a directory as any other: it
+null}``, and, for a model cut from the base by dropping layers (a Distil-Whisper student),
+``"layers": {"decoder.layers": [0, 5]}``: which of the base's layers each of the model's
+stands on (its layer ``i`` is the base's ``layers[i]``; the base's other layers are not read). :func:`speech.checkpoint.load_model_dir` reads such a directory as any other: it
 imports the base from its pinned package once (:func:`speech.whisper.imported_model`),
 checks it is the model the overlay was made over, and lays the overlay on it.
 """
@@ -77,11 +79,36 @@ def weight_files(path: Path, config: dict[str, Any]) -> list[Path]:
     return [path / f for f in base.get("files", [])] + ([path / base["adapters"]] if base.get("adapters") else [])
 
 
+def kept_layers(tensors: dict[str, torch.Tensor], layers: Any, where: str) -> dict[str, torch.Tensor]:
+    """The base's tensors as a model that kept only some of its layers names them: for each
+    stack path -> [base indices], base layer ``layers[path][i]`` becomes layer ``i``."""
+    if not layers:
+        return tensors
+    if not isinstance(layers, dict) or not all(
+            isinstance(v, list) and v and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+            for v in layers.values()):
+        raise CheckpointError(f"{where}: '{BASE_KEY}.layers' must map layer stacks to lists of the base's "
+                              f"layer indices, got {layers!r}")
+    out = {}
+    for name, t in tensors.items():
+        for path, keep in layers.items():
+            prefix = f"{path}."
+            if name.startswith(prefix):
+                idx, _, rest = name[len(prefix):].partition(".")
+                if idx.isdigit():
+                    if int(idx) in keep:
+                        out[f"{prefix}{keep.index(int(idx))}.{rest}"] = t
+                    break
+        else:
+            out[name] = t
+    return out
+
+
 def load_overlay(model: nn.Module, path: Path, config: dict[str, Any]) -> None:
     """Fill ``model`` from the base an overlay names, then its changed tensors and adapters."""
     where = str(path / CONFIG_FILE)
-    tensors = _read(base_dir(config, where) / WEIGHTS_FILE)
     base = config[BASE_KEY]
+    tensors = kept_layers(_read(base_dir(config, where) / WEIGHTS_FILE), base.get("layers"), where)
     parts: dict[str, dict[int, torch.Tensor]] = {}
     for name in base.get("files", []):
         for key, t in _read(path / name).items():
@@ -116,10 +143,11 @@ def load_overlay(model: nn.Module, path: Path, config: dict[str, Any]) -> None:
 
 
 def write_overlay(model_dir: str | Path, base_name: str, out: str | Path, max_file_mb: float = 25.0,
-                  card: str | None = None) -> Path:
+                  card: str | None = None, layers: dict[str, list[int]] | None = None) -> Path:
     """Write ``model_dir`` (a model fine-tuned from the imported ``base_name``) as an overlay
     directory ``out``: whole or not at all, checked to load back to the model's weights
-    (to float16 rounding)."""
+    (to float16 rounding). ``layers``: for a model that kept some of the base's layers, which
+    (stack path -> the base's indices, in the model's order)."""
     from speech.whisper import PACKAGES, MODEL_NAMES  # noqa: PLC0415
 
     model_dir, out = Path(model_dir), Path(out)
@@ -127,10 +155,13 @@ def write_overlay(model_dir: str | Path, base_name: str, out: str | Path, max_fi
     if base_name not in MODEL_NAMES:
         raise CheckpointError(f"base {base_name!r}: expected one of {', '.join(MODEL_NAMES)}")
     pin = {"model": base_name, "sha256": PACKAGES[MODEL_NAMES[base_name]].sha256}
-    base = _read(base_dir({BASE_KEY: pin}, f"base {base_name}") / WEIGHTS_FILE)
+    base = kept_layers(_read(base_dir({BASE_KEY: pin}, f"base {base_name}") / WEIGHTS_FILE), layers,
+                       f"layers {layers}")
     tuned = _read(model_dir / WEIGHTS_FILE)
-    if set(tuned) != set(base):
-        raise CheckpointError(f"{model_dir / WEIGHTS_FILE}: its tensors are not those of {base_name}")
+    if set(tuned) != set(base) or any(tuned[k].shape != base[k].shape for k in tuned):
+        raise CheckpointError(f"{model_dir / WEIGHTS_FILE}: its tensors are not those of {base_name}"
+                              + (f" with the layers {layers}" if layers else "")
+                              + ("" if layers else " (a model that dropped layers names those it kept)"))
     adapters = _read(model_dir / ADAPTERS_FILE) if (model_dir / ADAPTERS_FILE).is_file() and "lora" in config else {}
     by_adapters = {k.rsplit(".lora_", 1)[0] + ".weight" for k in adapters}
     changed = {k: t.to(torch.float16) if t.is_floating_point() else t for k, t in tuned.items()
@@ -151,7 +182,8 @@ def write_overlay(model_dir: str | Path, base_name: str, out: str | Path, max_fi
             files.append({})
         files[-1][name] = t
     names = [f"overlay-{i + 1:05d}.safetensors" for i in range(len(files))]
-    config[BASE_KEY] = {**pin, "files": names, "adapters": ADAPTERS_FILE if adapters else None}
+    config[BASE_KEY] = {**pin, "files": names, "adapters": ADAPTERS_FILE if adapters else None} | (
+        {"layers": layers} if layers else {})
     with atomic_dir(out) as tmp:
         for name, tensors in zip(names, files):
             save_file(tensors, str(tmp / name), metadata={"format": "pt"})

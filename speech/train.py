@@ -347,7 +347,8 @@ class SpeechRecipe:
 
     def __init__(self, cfg: TrainConfig, tok: Tokenizer | WhisperTokenizer, data: dict[str, LangData],
                  dev: dict[str, LangData], mcfg: ModelConfig, fbank_cfg: FeatureConfig, recipe: dict, world: int,
-                 teachers: list[S2TModel] | None = None, carried: dict[str, Any] | None = None):
+                 teachers: list[S2TModel] | None = None, carried: dict[str, Any] | None = None,
+                 shared_encoder: bool = False):
         self.cfg, self.tok, self.data, self.dev, self.mcfg = cfg, tok, data, dev, mcfg
         self.fbank_cfg, self.recipe, self.world = fbank_cfg, recipe, world
         self.pad = mcfg.pad_id
@@ -356,6 +357,8 @@ class SpeechRecipe:
         self.augment = POLICIES[cfg.specaugment] if cfg.specaugment != "none" else None
         # word-level KD only when it weighs something; seq-KD teachers have done their work already
         self.teachers = teachers if teachers and cfg.kd.alpha > 0 else []
+        # the student's frozen encoder is the teachers' (shares_encoder): encode once for both
+        self.shared_encoder = shared_encoder and bool(self.teachers)
 
     def epoch_batches(self, epoch: int) -> list[tuple[str, list[int]]]:
         return epoch_batches(self.data, self.cfg, epoch)
@@ -374,8 +377,15 @@ class SpeechRecipe:
         n_ctc = sum(int(b["ctc_lens"].sum()) for b in batches)
         loss_sum, nll_sum, ctc_sum, kd_sum = 0.0, 0.0, 0.0, 0.0
         for b, (prev, target) in zip(batches, cut):
-            out = module(b["features"], b["feat_lens"], prev)
-            teacher = teacher_log_probs(self.teachers, lambda t: t(b["features"], b["feat_lens"], prev)["logits"])
+            if self.shared_encoder:
+                with torch.no_grad():
+                    enc_out, _, enc_mask = module.encode(b["features"], b["feat_lens"])
+                out = {"logits": module.decoder(prev, enc_out, enc_mask), "ctc_logits": None}
+                teacher = teacher_log_probs(self.teachers, lambda t: t.decoder(prev, enc_out, enc_mask))
+            else:
+                out = module(b["features"], b["feat_lens"], prev)
+                teacher = teacher_log_probs(self.teachers,
+                                            lambda t: t(b["features"], b["feat_lens"], prev)["logits"])
             ls, parts = kd_loss(out["logits"], teacher, target, kd, pad, batch_kd_mask(target, pad, kd))
             loss = (1 - cfg.ctc_weight) * ls / max(1, n_tok)
             if cfg.ctc_weight > 0 and out["ctc_logits"] is not None:
@@ -543,10 +553,28 @@ def _train(cfg: TrainConfig, rank: int, world: int, recipe: dict, train_texts: d
         log.info("LoRA rank %d on %d layers; %.2fM parameters train", cfg.lora.rank, len(wrapped),
                  sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
     log.info("model %s: %.2fM parameters", cfg.init or cfg.model, param_count(model) / 1e6)
+    shared = world == 1 and cfg.kd.alpha > 0 and bool(teachers) and shares_encoder(model, teachers)
+    if shared:
+        log.info("word KD: the student's frozen encoder is its teachers' own: it runs once for both")
 
     # 4. and 5.: the shared loop, checkpoints and averaging
-    return run(SpeechRecipe(cfg, tok, data, dev, mcfg, fbank_cfg, recipe, world, teachers, carried), model, cfg,
-               rank, world)
+    recipe_ = SpeechRecipe(cfg, tok, data, dev, mcfg, fbank_cfg, recipe, world, teachers, carried, shared)
+    return run(recipe_, model, cfg, rank, world)
+
+
+def shares_encoder(model: S2TModel, teachers: list[S2TModel]) -> bool:
+    """Whether the student's encoder is frozen and equal, tensor for tensor, to every
+    teacher's (a student cut from its teacher's decoder, as Distil-Whisper's): then one
+    encoder forward serves the student and the teachers' word-level KD."""
+    mine = model.encoder.state_dict()
+    if any(p.requires_grad for p in model.encoder.parameters()) or model.ctc_head is not None:
+        return False
+    for t in teachers:
+        theirs = t.encoder.state_dict()
+        if set(theirs) != set(mine) or not all(
+                theirs[k].shape == v.shape and torch.equal(theirs[k].to(v.device, v.dtype), v) for k, v in mine.items()):
+            return False
+    return True
 
 
 def _seq_kd_decoding(cfg: TrainConfig, tok: Tokenizer, nbest: int) -> tuple[dict[str, Any], Any]:

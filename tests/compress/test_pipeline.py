@@ -95,6 +95,10 @@ def test_config_errors_are_named(tmp_path, capsys):
         CompressConfig(teacher=["x"], quantize={"runtime": "onnx-int8"}, decodings={"greedy": 1})
     with pytest.raises(CompressError, match="no quantize stage"):
         CompressConfig(teacher=["x"], decodings={"greedy": {"beam": 1}})
+    with pytest.raises(CompressError, match="quantized teacher; the config has no quantize stage"):
+        CompressConfig(teacher=["x"], teacher_decodings={"greedy": {"beam": 1}})
+    with pytest.raises(CompressError, match="teacher_decodings.greedy"):
+        CompressConfig(teacher=["x"], quantize={"runtime": "onnx-int8"}, teacher_decodings={"greedy": None})
     with pytest.raises(CompressError, match="package.module:Class"):
         load_family("speech", {})
     with pytest.raises(CompressError, match="cannot load"):

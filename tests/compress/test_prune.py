@@ -160,6 +160,20 @@ def test_fractions_per_module_path(tmp_path):
     assert fraction_for({"encoder.layers.1": 0.5}, "encoder.layers.10.ffn") == 1.0  # dotted prefixes only
 
 
+def test_named_layers_stay_whatever_their_scores(tmp_path):
+    """layers: a list keeps those layers (Distil-Whisper's first-and-last cut), by index, in order."""
+    m = tiny()
+    layer1 = {k: v.clone() for k, v in m.decoder.layers[1].state_dict().items()}
+    result = prune(m, PruneConfig(importance="magnitude", layers={"decoder.layers": [1]}))
+    assert result.kept_layers == {"decoder.layers": [1]} and len(m.decoder.layers) == 1
+    for k, v in m.decoder.layers[0].state_dict().items():
+        assert torch.equal(v, layer1[k]), k
+    save_model_dir(m, dataclasses.replace(m.cfg, **layout_of(m)), tmp_path / "cut")
+    back, _ = load_model_dir(tmp_path / "cut")
+    b = batch()
+    torch.testing.assert_close(logits(back, b), logits(m, b))
+
+
 def test_keeping_everything_changes_nothing():
     m, b = tiny(), batch()
     before = logits(m, b)
@@ -185,7 +199,12 @@ def test_bad_settings_are_named():
         PruneConfig(importance="random")
     with pytest.raises(ValueError, match="layers.encoder.layers"):
         PruneConfig(layers={"encoder.layers": 0})
+    for bad in ([], [0, 0], [-1], [True], [0.5]):
+        with pytest.raises(ValueError, match="'layers.decoder.layers' lists the layers kept"):
+            PruneConfig(layers={"decoder.layers": bad})
     m = tiny()
+    with pytest.raises(ValueError, match="keeps layer 5 but the stack has 2"):
+        prune(m, PruneConfig(importance="magnitude", layers={"decoder.layers": [0, 5]}))
     with pytest.raises(ValueError, match="keeps 5 layers but the stack has 2"):
         prune(m, PruneConfig(importance="magnitude", layers={"encoder.layers": 5}))
     with pytest.raises(ValueError, match="not an nn.ModuleList"):

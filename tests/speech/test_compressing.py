@@ -92,3 +92,28 @@ def test_decoding_settings_it_cannot_follow_are_named(family_and_model, decode):
     family, model = family_and_model
     with pytest.raises(CompressError, match="student greedy"):
         family.open({"name": "student greedy", "path": str(model), "runtime": "torch", "decode": decode}, threads=1)
+
+
+def test_test_items_take_the_features_of_the_model_named(family_and_model, tmp_path):
+    """features_from: the items carry that model's features (a Whisper teacher's log-mel),
+    not the training recipe's filterbank."""
+    pytest.importorskip("ctranslate2")
+    import torch
+
+    from speech.compressing import _model_features
+    from speech.data.mustc import MustcSplit, load_segment
+    from speech.features import LogMelConfig, features_of
+    from speech.whisper import import_whisper
+    from whisper_fixtures import tiny_ct2_whisper
+
+    family, _ = family_and_model
+    whisper = import_whisper(str(tiny_ct2_whisper(tmp_path / "ct2")), tmp_path / "whisper", pad_to_s=0.0)
+    cfg = _model_features(whisper)
+    assert isinstance(cfg, LogMelConfig)
+    mel = SpeechFamily(corpus=family.corpus, split=family.split, per_lang=3, langs=["de", "fr"],
+                       features_from=str(whisper))
+    items, fbank = mel.test_items({}), family.test_items({})
+    first = next(iter(MustcSplit(family.corpus, "en-de", family.split)))
+    want = features_of(torch.from_numpy(load_segment(first)), cfg)
+    torch.testing.assert_close(items[0]["feats"].float(), want, atol=2e-3, rtol=1e-3)  # cached as float16
+    assert items[0]["feats"].shape != fbank[0]["feats"].shape or not torch.equal(items[0]["feats"], fbank[0]["feats"])

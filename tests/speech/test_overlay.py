@@ -118,6 +118,35 @@ def test_overlay_of_a_lora_run_ships_the_adapters(home, tmp_path):
         assert torch.allclose(back.state_dict()[name], t, atol=1e-6), name
 
 
+def test_overlay_of_a_student_that_kept_some_layers(home, tmp_path):
+    """A student cut from the base (decoder layer 1 of 2 kept) and fine-tuned there: the
+    overlay names the layer it stands on and holds only what changed."""
+    from compress.prune import PruneConfig, prune
+    from speech.compressing import SpeechFamily
+
+    family = SpeechFamily()
+    cut = family.load(home)
+    prune(cut, PruneConfig(importance="magnitude", layers={"decoder.layers": [1]}))
+    family.save(cut, home, tmp_path / "cut", {})
+    tuned = tuned_copy(tmp_path / "cut", tmp_path / "tuned", ("decoder.layers.0.ffn",))
+    with pytest.raises(CheckpointError, match="names those it kept"):
+        write_overlay(tmp_path / "tuned", BASE, tmp_path / "no-layers")
+    assert not (tmp_path / "no-layers").exists()
+    out = write_overlay(tmp_path / "tuned", BASE, tmp_path / "overlay", layers={"decoder.layers": [1]})
+    config = json.loads((out / "config.json").read_text())
+    assert config["base"]["layers"] == {"decoder.layers": [1]} and config["model"]["decoder_layers"] == 1
+    stored = {k for f in config["base"]["files"] for k in load_file(str(out / f))}
+    assert stored == {"decoder.layers.0.ffn.fc1.weight", "decoder.layers.0.ffn.fc1.bias",
+                      "decoder.layers.0.ffn.fc2.weight", "decoder.layers.0.ffn.fc2.bias"}
+    model, _ = load_model_dir(out)
+    for name, t in model.state_dict().items():
+        assert torch.equal(t, tuned[name].half().float() if name in stored else tuned[name]), name
+    config["base"]["layers"] = {"decoder.layers": "1"}
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="'base.layers' must map layer stacks"):
+        load_model_dir(out)
+
+
 def test_an_overlay_over_another_base_is_refused(home, tmp_path):
     tuned_copy(home, tmp_path / "tuned", ("decoder.layers.0",))
     out = write_overlay(tmp_path / "tuned", BASE, tmp_path / "overlay")

@@ -431,6 +431,64 @@ def test_st_fine_tunes_an_imported_whisper_with_the_encoder_frozen(home, tmp_pat
         train(cfg_for(home, "st", tmp_path / "bad", f"init={base}", "freeze=[encoder.nope]", "max_updates=1"))
 
 
+def test_a_student_cut_from_its_teacher_shares_the_frozen_encoder(home, tmp_path, caplog):
+    """A Distil-Whisper student (the teacher's decoder cut to some of its layers, the encoder
+    frozen): one encoder forward serves both, with the same loss and gradients as two."""
+    pytest.importorskip("ctranslate2")
+    from compress.prune import PruneConfig, prune
+    from speech.compressing import SpeechFamily
+    from speech.train import SpeechRecipe, shares_encoder
+    from speech.whisper import import_whisper
+    from whisper_fixtures import tiny_ct2_whisper
+
+    teacher_dir = import_whisper(str(tiny_ct2_whisper(tmp_path / "ct2")), tmp_path / "teacher", pad_to_s=0.0)
+    family = SpeechFamily(corpus="t")
+    cut = family.load(teacher_dir)
+    prune(cut, PruneConfig(importance="magnitude", layers={"decoder.layers": [1]}))
+    family.save(cut, teacher_dir, tmp_path / "cut", {"prune": "decoder.layers: [1]"})
+    assert (tmp_path / "cut/tokenizer.json").exists()  # Whisper's tokenizer goes with it
+
+    frozen = ["encoder", "decoder.embed_tokens", "decoder.embed_positions"]
+    cfg = cfg_for(home, "st", tmp_path / "student", f"init={tmp_path / 'cut'}", f"teacher=[{teacher_dir}]",
+                  "kd.alpha=0.5", f"freeze=[{','.join(frozen)}]", "ctc_weight=0", "specaugment=none",
+                  "max_updates=4", "lr=0.002")
+    with caplog.at_level(logging.INFO, logger="speech.train"):
+        out = train(cfg)
+    assert any("runs once for both" in r.getMessage() for r in caplog.records)
+    student, _ = load_model_dir(out)
+    teacher, _ = load_model_dir(teacher_dir)
+    assert len(student.decoder.layers) == 1
+    assert all(torch.equal(t, teacher.encoder.state_dict()[k]) for k, t in student.encoder.state_dict().items())
+    assert not torch.equal(student.decoder.layers[0].ffn.fc1.weight, teacher.decoder.layers[1].ffn.fc1.weight)
+
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in student.decoder.layers.parameters():
+        p.requires_grad_(True)
+    assert shares_encoder(student, [teacher])
+    other, _ = load_model_dir(teacher_dir)
+    with torch.no_grad():
+        other.encoder.layers[0].ffn.fc1.weight.add_(0.01)
+    assert not shares_encoder(student, [other])
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.tensor([[student.cfg.bos_id, 260]] * 3)
+    text = torch.randint(0, 200, (3, 5), generator=g)
+    batch = {"features": torch.randn(3, 120, 80, generator=g), "feat_lens": torch.tensor([120, 97, 64]),
+             "prev": torch.cat([prompt, text], 1),
+             "target": torch.cat([prompt[:, 1:], text, torch.full((3, 1), student.cfg.eos_id)], 1),
+             "ctc": torch.zeros(3, 1, dtype=torch.long), "ctc_lens": torch.ones(3, dtype=torch.long)}
+    runs = []
+    for shared in (False, True):
+        student.zero_grad()
+        recipe = SpeechRecipe(cfg, None, {}, {}, student.cfg, None, {}, 1, [teacher], None, shared)
+        stats = recipe.backward(student, [batch])
+        runs.append((stats, [p.grad.clone() for p in student.decoder.layers.parameters()]))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert runs[0][0]["kd"] > 0
+
+
 def test_st_trains_low_rank_adapters_and_writes_them_merged(home, tmp_path):
     pytest.importorskip("ctranslate2")
     from speech.whisper import import_whisper
@@ -450,13 +508,21 @@ def test_st_trains_low_rank_adapters_and_writes_them_merged(home, tmp_path):
                            for n in changed)
 
 
-def test_bf16_autocast_trains_with_float32_weights(home, tmp_path):
+def test_bf16_autocast_trains_with_float32_weights(home, tmp_path, monkeypatch, caplog):
     """precision=bf16: forward and backward under bfloat16 autocast; the run learns, what it
-    stores stays float32, and it is a different computation from fp32's (the same seed)."""
+    stores stays float32, and it is a different computation from fp32's (the same seed). On a
+    CPU without bfloat16 instructions (emulated: 10-100x slower) the loop says so."""
+    import speech.loop
+
+    monkeypatch.setattr(speech.loop, "cpu_has_bf16", lambda: False)
     runs = {}
     for precision in ("fp32", "bf16"):
-        out = train(cfg_for(home, "st", tmp_path / precision, f"precision={precision}", "max_updates=20",
-                            "validate_interval_updates=10", "specaugment=none"))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="speech.loop"):
+            out = train(cfg_for(home, "st", tmp_path / precision, f"precision={precision}", "max_updates=20",
+                                "validate_interval_updates=10", "specaugment=none"))
+        warned = any("without bfloat16 instructions" in r.getMessage() for r in caplog.records)
+        assert warned == (precision == "bf16")
         ckpt = list_checkpoints(tmp_path / precision / "checkpoints")[-1]
         history = json.loads((ckpt / "state.json").read_text())["history"]
         dev = [h["dev_nll"] for h in history if "dev_nll" in h]
