@@ -126,7 +126,8 @@ def main() -> None:
                 print(f"{set_name} round {r + 1}: {name}: {sum(times):.2f} s", file=sys.stderr)
         refs = [ref for _, ref in rows]
         ref_total = statistics.median(sum(t) for t in per["teacher, torch, beam 5"])
-        print(f"\n{set_name}: {len(rows)} utterances, {audio_s:.1f} s of audio, batch 1, medians of {args.rounds} rounds\n")
+        print(f"\n{set_name}: {len(rows)} utterances, {audio_s:.1f} s of audio, batch 1, "
+              f"medians of {args.rounds} rounds\n")
         print("| system | WER % | RTF | p50 latency (ms) | teacher torch time / this |")
         print("|---|---:|---:|---:|---:|")
         for name in systems:

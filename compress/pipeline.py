@@ -63,8 +63,8 @@ class CompressConfig:
                 if not isinstance(decode, dict) or not decode:
                     raise CompressError(f"{key}.{name}: give the decoding settings as a mapping, e.g. {{beam: 1}}")
             if getattr(self, key) and self.quantize is None:
-                raise CompressError(f"{key}: they apply to the quantized {'student' if key == 'decodings' else 'teacher'}; "
-                                    "the config has no quantize stage")
+                which = "student" if key == "decodings" else "teacher"
+                raise CompressError(f"{key}: they apply to the quantized {which}; the config has no quantize stage")
         try:
             rounds_setting(self.report)
         except ValueError as e:

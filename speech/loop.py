@@ -22,8 +22,8 @@ A recipe says what its data and its loss are; this loop owns everything else, on
 - ``precision: bf16`` runs each update's forward and backward, and validation, under
   bfloat16 autocast (the weights, their gradients and Adam's moments stay float32): on a GPU, and on CPUs
   with AVX512-BF16 or AMX, where it halves an update of Whisper base (BENCHMARKS.md); on
-  one without (AVX2 only) autocast emulates bfloat16 and an update takes 10-100x longer:
-  the loop warns.
+  one without (AVX2 only) autocast emulates bfloat16 and an update takes about 27x longer
+  (BENCHMARKS.md): the loop warns.
   ``fp32`` (the default) keeps runs bitwise repeatable on the CPU.
 
 Nothing is pickled: weights and optimizer moments are safetensors, the rest JSON.
@@ -342,8 +342,9 @@ def run(recipe: Recipe, model: nn.Module, cfg: LoopConfig, rank: int = 0, world:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         log.info("training on %s (%s)", device, torch.cuda.get_device_name(device))
     if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        log.warning("precision=bf16 on a CPU without bfloat16 instructions (%s): autocast emulates them, "
-                    "about 10x slower than fp32 for Whisper base here (BENCHMARKS.md); set precision=fp32",
+        log.warning("precision=bf16 on a CPU without bfloat16 instructions (%s): autocast emulates them, and "
+                    "an update of a Whisper-base student took 27x longer than in fp32 (BENCHMARKS.md); "
+                    "set precision=fp32",
                     torch.backends.cpu.get_cpu_capability())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
     state = {"update": 0, "epoch": 0, "pos": 0, "best_dev_loss": None, "bad_validations": 0,

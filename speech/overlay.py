@@ -14,7 +14,8 @@ model config, as any model directory), its tokenizer and model card, and:
 <the pinned sha256 of its model.bin>, "files": [...], "adapters": "lora.safetensors" or
 null}``, and, for a model cut from the base by dropping layers (a Distil-Whisper student),
 ``"layers": {"decoder.layers": [0, 5]}``: which of the base's layers each of the model's
-stands on (its layer ``i`` is the base's ``layers[i]``; the base's other layers are not read). :func:`speech.checkpoint.load_model_dir` reads such a directory as any other: it
+stands on (its layer ``i`` is the base's ``layers[i]``; the base's other layers are not read).
+:func:`speech.checkpoint.load_model_dir` reads such a directory as any other: it
 imports the base from its pinned package once (:func:`speech.whisper.imported_model`),
 checks it is the model the overlay was made over, and lays the overlay on it.
 """
