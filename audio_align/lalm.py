@@ -21,6 +21,7 @@ package on first use), ``spm.model`` (the specials are user-defined pieces) and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -193,7 +194,7 @@ class AudioLanguageModel(nn.Module):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             positions = positions[:, -1:] + 1
             out = self.lm(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
-                          use_cache=True, **{_CACHE_ARG: past})
+                          use_cache=True, **{_cache_argument(): past})
             past = _cache_of(out)
             logits = out.logits[:, -1]
         return result
@@ -208,16 +209,17 @@ def answer_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
     return nll, int((target != IGNORE).sum())
 
 
+@functools.cache
 def _cache_argument() -> str:
-    """transformers 5 renamed ``past_key_values`` to ``cache``; take whichever it has."""
+    """transformers 5 renamed ``past_key_values`` to ``cache``; take whichever it has. Asked on
+    first use, not at import: importing transformers takes 3 s, and every ``interpres`` command
+    imports this module to declare its options."""
     import inspect
 
     from transformers import Qwen2ForCausalLM
 
     return "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters else "past_key_values"
 
-
-_CACHE_ARG = _cache_argument()
 
 
 def _cache_of(out: Any) -> Any:

@@ -558,14 +558,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, recipe: dict, train_texts: d
         log.info("word KD: the student's frozen encoder is its teachers' own: it runs once for both")
 
     # 4. and 5.: the shared loop, checkpoints and averaging
-    recipe_ = SpeechRecipe(cfg, tok, data, dev, mcfg, fbank_cfg, recipe, world, teachers, carried, shared)
-    return run(recipe_, model, cfg, rank, world)
+    speech_recipe = SpeechRecipe(cfg, tok, data, dev, mcfg, fbank_cfg, recipe, world, teachers, carried, shared)
+    return run(speech_recipe, model, cfg, rank, world)
 
 
 def shares_encoder(model: S2TModel, teachers: list[S2TModel]) -> bool:
     """Whether the student's encoder is frozen and equal, tensor for tensor, to every
     teacher's (a student cut from its teacher's decoder, as Distil-Whisper's): then one
-    encoder forward serves the student and the teachers' word-level KD."""
+    encoder forward serves the student and the teachers' word-level KD. A student with a
+    CTC head keeps the usual path (its CTC loss reads the encoder's output per student)."""
     mine = model.encoder.state_dict()
     if any(p.requires_grad for p in model.encoder.parameters()) or model.ctc_head is not None:
         return False
