@@ -40,7 +40,7 @@ from speech.runtime import RUNTIMES, check_runtime, export, open_model
 from speech.data.mustc import MustcSplit
 from speech.dataset import SplitFeatures, pad_features
 from speech.decode import DecodingOptions, encode, search
-from speech.features import FeatureConfig, feature_config
+from speech.features import model_features
 from speech.metrics import score_translation, word_error_rate
 from speech.checkpoint import load_model_dir, save_resized_model_dir
 from speech.losses import label_smoothed_nll_loss
@@ -59,13 +59,6 @@ def _is_int_at_least(value: Any, low: int) -> bool:
 
 def _is_non_negative_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-
-
-def _model_features(model_dir: Path) -> FeatureConfig:
-    """The features a model directory was trained on (its config.json's "features")."""
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    return feature_config(config.get("features"), str(model_dir / "config.json"),
-                          int(config["model"].get("n_mels", 80)))
 
 
 @dataclass
@@ -122,7 +115,8 @@ class SpeechFamily:
         cfg = load_config(TrainConfig, self.train_config, [f"corpus={self.corpus}"])
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
         tok = load_tokenizer(Path(model_dir), config, config["model"]["vocab_size"])
-        data = build_lang_data(read_texts(cfg, "train"), tok, _model_features(Path(model_dir)))
+        features = model_features(config, str(Path(model_dir) / "config.json"))
+        data = build_lang_data(read_texts(cfg, "train"), tok, features)
         batches = []
         langs = sorted(data)
         for i in range(n):  # one batch per language in turn, the same ones every time
@@ -155,8 +149,11 @@ class SpeechFamily:
         root = corpus_root(self.corpus)
         pairs = [f"en-{lang}" for lang in self.langs] + (["en-asr"] if self.asr else [])
         items = []
-        features = (_model_features(Path(self.features_from)) if self.features_from
-                    else load_config(TrainConfig, self.train_config).features)  # the recipe's filterbank
+        if self.features_from:
+            where = Path(self.features_from) / "config.json"
+            features = model_features(json.loads(where.read_text(encoding="utf-8")), str(where))
+        else:
+            features = load_config(TrainConfig, self.train_config).features  # the recipe's filterbank
         for pair in pairs:
             split = MustcSplit(root, pair, self.split)
             feats = SplitFeatures.load_or_compute(split, features)

@@ -308,6 +308,12 @@ def frames_of(num_samples: int, cfg: FeatureConfig) -> int:
     return cfg.num_frames(num_samples) if isinstance(cfg, LogMelConfig) else num_frames(num_samples, cfg)
 
 
+def model_features(config: dict, where: str) -> FeatureConfig:
+    """The features a model directory was trained on, from its config.json (``config``, read
+    from ``where``): its "features", for the model's ``n_mels``."""
+    return feature_config(config.get("features"), where, int(config.get("model", {}).get("n_mels", 80)))
+
+
 def feature_config(data: object, where: str, n_mels: int) -> FeatureConfig:
     """config.json's "features": FbankConfig fields, or LogMelConfig's with ``type: log_mel``."""
     if data is None:

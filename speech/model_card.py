@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -331,12 +332,9 @@ def main() -> None:
         layers = {}
         for spec in args.base_layers:
             stack, _, idx = spec.partition("=")
-            try:
-                layers[stack] = [int(i) for i in idx.split(",")]
-            except ValueError:
+            if not stack or not re.fullmatch(r"\d+(,\d+)*", idx):
                 ap.error(f"--base-layers {spec}: expected STACK=I,J,... (e.g. decoder.layers=0,5)")
-            if not stack or not idx:
-                ap.error(f"--base-layers {spec}: expected STACK=I,J,... (e.g. decoder.layers=0,5)")
+            layers[stack] = [int(i) for i in idx.split(",")]
         out = bundle(args.src, args.dst, args.scores, args.over, args.real_speech, layers or None)
         print(f"bundled {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)")
     else:

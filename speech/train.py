@@ -45,7 +45,7 @@ from speech.data.cache import interpres_home
 from speech.data.mustc import MustcSplit
 from speech.data.text import TARGET_LANGS
 from speech.dataset import SplitFeatures, batches_by_frames, interleave_by_weight, language_weights, pad_features
-from speech.features import FbankConfig, FeatureConfig, feature_config
+from speech.features import FbankConfig, FeatureConfig, model_features
 from speech.loop import LoopConfig, Progress, barrier, resolve_device, run, start_run, to_device
 from speech.losses import ctc_loss, label_smoothed_nll_loss
 from speech.metrics import score_hypotheses  # one scoring rule for training and evaluation
@@ -432,8 +432,7 @@ def train(cfg: TrainConfig) -> Path:
     init_config = _init_config(cfg.init) if cfg.init else {}
     fbank_cfg: FeatureConfig = cfg.features
     if cfg.init:  # a model keeps the features it was trained on (Whisper's log-mel, say)
-        fbank_cfg = feature_config(init_config.get("features"), f"{cfg.init}/config.json",
-                                   int(init_config.get("model", {}).get("n_mels", 80)))
+        fbank_cfg = model_features(init_config, f"{cfg.init}/config.json")
     # config.json keys that describe the init model's tokenizer, carried into this run's model
     carried = {k: init_config[k] for k in ("tokenizer", "whisper") if k in init_config}
 

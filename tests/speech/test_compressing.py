@@ -1,6 +1,8 @@
 """The speech translator as a compression family (speech.compressing): the test items, the
 runner of a variant, and decoding settings per variant (compress's ``decodings``)."""
 
+import json
+
 import pytest
 
 from compress.family import CompressError
@@ -100,15 +102,14 @@ def test_test_items_take_the_features_of_the_model_named(family_and_model, tmp_p
     pytest.importorskip("ctranslate2")
     import torch
 
-    from speech.compressing import _model_features
     from speech.data.mustc import MustcSplit, load_segment
-    from speech.features import LogMelConfig, features_of
+    from speech.features import LogMelConfig, features_of, model_features
     from speech.whisper import import_whisper
     from whisper_fixtures import tiny_ct2_whisper
 
     family, _ = family_and_model
     whisper = import_whisper(str(tiny_ct2_whisper(tmp_path / "ct2")), tmp_path / "whisper", pad_to_s=0.0)
-    cfg = _model_features(whisper)
+    cfg = model_features(json.loads((whisper / "config.json").read_text()), str(whisper / "config.json"))
     assert isinstance(cfg, LogMelConfig)
     mel = SpeechFamily(corpus=family.corpus, split=family.split, per_lang=3, langs=["de", "fr"],
                        features_from=str(whisper))
