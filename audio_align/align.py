@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from audio_align import prefs, qa
 from audio_align.lalm import (IGNORE, TOKENIZER_FILE, WEIGHTS_FILE, AudioFrontEnd, AudioLanguageModel, ChatTokenizer,
-                              load_lalm_dir, save_lalm_dir)
+                              load_lalm_dir, save_lalm_dir, sequence_logps)
 from audio_align.train import chat_batch, dev_scores, load_scene_set
 from compress.files import atomic_path
 from speech.checkpoint import model_device
@@ -125,15 +125,6 @@ class AlignConfig(LoopConfig):
 
 
 # ---------------------------------------------------------------- losses
-
-def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Per row: the summed log-probability of the labelled tokens (labels[:, 1:] from
-    positions [:, :-1], IGNORE elsewhere) and their count."""
-    target = labels[:, 1:]
-    mask = target != IGNORE
-    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
-    return (lp * mask).sum(1), mask.sum(1)
-
 
 def preference_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
                     method: str = "dpo", beta: float = 0.1, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:

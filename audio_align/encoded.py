@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -29,10 +30,16 @@ def cache_key(encoder: str, pool: int) -> str:
     return f"{name}-{digest}-pool{pool}"
 
 
-def encode_scenes(root: Path, split: str, scenes: Sequence[dict], frontend, batch: int = 4) -> dict[str, torch.Tensor]:
-    """Scene id -> pooled encoder states (T, D) float16 for ``scenes`` of ``split``."""
+def encode_scenes(root: Path, split: str, scenes: Sequence[dict], frontend, batch: int = 4,
+                  load: Callable[[dict], np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+    """Scene id -> pooled encoder states (T, D) float16 for ``scenes`` of ``split``.
+    ``load(scene)`` gives a scene's waveform (default: the file ``<root>/<split>/<scene["wav"]>``;
+    the utterances of a speech corpus pass their own reader)."""
     from speech.audio import load_audio
     from speech.loop import Progress
+
+    if load is None:
+        load = lambda s: load_audio(root / split / s["wav"])  # noqa: E731
 
     folder = root / "encoded" / cache_key(frontend.name, frontend.pool) / split
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +60,7 @@ def encode_scenes(root: Path, split: str, scenes: Sequence[dict], frontend, batc
         states: dict[str, torch.Tensor] = {}
         for j in range(0, len(shard), batch):
             part = shard[j:j + batch]
-            waves = [load_audio(root / split / s["wav"]) for s in part]
+            waves = [load(s) for s in part]
             for s, st in zip(part, frontend(waves)):
                 states[s["id"]] = st.to(torch.float16).contiguous()
             done += len(part)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -74,6 +75,39 @@ def answer(model: AudioLanguageModel, tok: ChatTokenizer, states: Sequence[torch
         for i, g in zip(idx, ids):
             out[i] = tok.decode(g)
     return out
+
+
+@torch.no_grad()
+def choose(model: AudioLanguageModel, tok: ChatTokenizer, states: Sequence[torch.Tensor], questions: Sequence[str],
+           options: Sequence[Sequence[str]], batch: int = 32) -> list[str]:
+    """Guided choice (vLLM's ``guided_choice``; multiple choice as lm-eval-harness scores it):
+    per question, the option the model is likeliest to answer in full, i.e. the highest summed
+    log-probability of the option's pieces and the closing ``<|im_end|>`` given the audio and
+    the question. The first option wins a tie."""
+    from audio_align.lalm import sequence_logps
+    from audio_align.train import chat_batch
+    from speech.loop import to_device
+
+    if len(options) != len(questions):
+        raise LalmError(f"{len(questions)} questions but {len(options)} option lists")
+    for q, opts in zip(questions, options):
+        if not opts or not all(isinstance(o, str) and o.strip() for o in opts):
+            raise LalmError(f"guided choice needs non-empty options; got {list(opts)!r} for {q!r}")
+    device = next(model.parameters()).device
+    model.eval()
+    rows = sorted(((i, o) for i in range(len(questions)) for o in range(len(options[i]))),
+                  key=lambda r: len(states[r[0]]))
+    best: list[tuple[float, str]] = [(-math.inf, "")] * len(questions)
+    for k in range(0, len(rows), batch):
+        part = rows[k:k + batch]
+        convs = [tok.conversation([(questions[i], options[i][o])], model.cfg.audio_tokens(len(states[i])))
+                 for i, o in part]
+        b = to_device(chat_batch(convs, [states[i].float() for i, _ in part]), device)
+        lp, _ = sequence_logps(model(b["input_ids"], b["attention_mask"], b["audio"], b["audio_lens"]), b["labels"])
+        for (i, o), v in zip(part, lp.tolist()):
+            if v > best[i][0]:
+                best[i] = (v, options[i][o])
+    return [text for _, text in best]
 
 
 def bootstrap_interval(correct: Sequence[bool], n: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -166,8 +200,9 @@ def compare(questions: Sequence[qa.Question], correct: Sequence[bool], base_corr
     return out
 
 
-def _read_baseline(base: Path, questions: Sequence[qa.Question], key_tail: str) -> list[bool]:
-    """The per-question correctness of another evaluation of the same questions."""
+def _read_baseline(base: Path, questions: Sequence[qa.Question], asked: str) -> list[bool]:
+    """The per-question correctness of another evaluation of the same questions (``asked``:
+    the part of a predictions key that names the questions; decoding options may differ)."""
     path = base / "predictions.jsonl"
     if not path.is_file():
         raise AhaEvalError(f"{base}: no predictions.jsonl (the --baseline is an 'eval aha' output directory)")
@@ -177,8 +212,9 @@ def _read_baseline(base: Path, questions: Sequence[qa.Question], key_tail: str) 
         rows = {r["i"]: r for r in (json.loads(x) for x in lines[1:] if x.strip())}
     except (json.JSONDecodeError, KeyError, AttributeError) as e:
         raise AhaEvalError(f"{path}: not an eval aha predictions file ({e})") from None
-    if not key.endswith(key_tail):
-        raise AhaEvalError(f"{path}: evaluated {key.split('|', 1)[-1]!r}, not {key_tail!r}: not the same questions")
+    theirs = key.split("|", 1)[-1]
+    if theirs != asked and not theirs.startswith(asked + "|"):
+        raise AhaEvalError(f"{path}: evaluated {theirs!r}, not {asked!r}: not the same questions")
     missing = [i for i in range(len(questions)) if i not in rows]
     if missing:
         raise AhaEvalError(f"{path}: {len(missing)} of {len(questions)} questions unanswered (finish that evaluation first)")
@@ -214,14 +250,16 @@ def _markdown(table: dict, captions: dict | None, name: str) -> str:
 def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, split: str = "test",
                  max_scenes: int = 0, batch: int = 32, seed: int = 0, no_audio: bool = False,
                  train_templates: bool = False, baseline: str | Path | None = None,
-                 coda: tuple[float, int] | None = None) -> dict:
+                 coda: tuple[float, int] | None = None, guided_choice: bool = False) -> dict:
     """Answer every question of ``split``; write predictions.jsonl, scores.json/md/png under ``out``.
     ``no_audio``: the encoder states are zeroed, so the answers are what the LM's priors say
     without hearing anything (a diagnostic baseline; not for Qwen2-Audio directories).
     ``train_templates``: ask in the training templates instead of the split's own (for the test
     split: its held-out sounds without its held-out wording, to tell the two apart).
     ``baseline``: another evaluation's output directory of the same questions (e.g. the
-    model before alignment): differences per row with paired bootstrap intervals."""
+    model before alignment): differences per row with paired bootstrap intervals.
+    ``guided_choice``: questions with options (the general set) are answered by :func:`choose`,
+    the option the model is likeliest to answer, instead of free generation parsed for one."""
     from audio_align.encoded import encode_scenes
     from audio_align.hf_audio import HFAudioLM, is_hf_audio_dir
     from audio_align.scenes import corpus_root, read_manifest, read_scenes
@@ -245,8 +283,8 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
 
         def predict(idx: list[int]) -> list[str]:
             return hf.answer([load_audio(wav[questions[i].scene]) for i in idx], [questions[i].question for i in idx])
-        if coda:
-            raise AhaEvalError(f"{path}: --coda is for LALM directories, not Qwen2-Audio ones")
+        if coda or guided_choice:
+            raise AhaEvalError(f"{path}: --coda and --guided-choice are for LALM directories, not Qwen2-Audio ones")
     else:
         import contextlib
 
@@ -269,17 +307,27 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
             listen = lambda: amplified(model, heads, coda[0])  # noqa: E731 - a fresh block per batch
 
         def predict(idx: list[int]) -> list[str]:
+            picked = [i for i in idx if guided_choice and questions[i].options]
+            free = [i for i in idx if not (guided_choice and questions[i].options)]
+            out: dict[int, str] = {}
             with listen():
-                return answer(model, tok, [states[questions[i].scene] for i in idx], [questions[i].question for i in idx],
-                              batch=batch)
+                if free:
+                    out.update(zip(free, answer(model, tok, [states[questions[i].scene] for i in free],
+                                                [questions[i].question for i in free], batch=batch)))
+                if picked:
+                    out.update(zip(picked, choose(model, tok, [states[questions[i].scene] for i in picked],
+                                                  [questions[i].question for i in picked],
+                                                  [questions[i].options for i in picked], batch=batch)))
+            return [out[i] for i in idx]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pred_path = out / "predictions.jsonl"
-    key = (f"{path.resolve()}|{scenes}|{split}|{max_scenes}|{seed}|{'no-audio' if no_audio else 'audio'}|"
-           f"{'train' if train_templates else split}-templates" + (f"|coda:{coda[0]}:{coda[1]}" if coda else ""))
+    asked = (f"{scenes}|{split}|{max_scenes}|{seed}|{'no-audio' if no_audio else 'audio'}|"
+             f"{'train' if train_templates else split}-templates")  # which questions, about what
+    key = (f"{path.resolve()}|{asked}" + (f"|coda:{coda[0]}:{coda[1]}" if coda else "")
+           + ("|guided-choice" if guided_choice else ""))
     # a baseline of other questions is refused before any answering
-    base_ok = (_read_baseline(Path(baseline), questions, key.split("|", 1)[1].split("|coda:")[0])
-               if baseline is not None else None)
+    base_ok = _read_baseline(Path(baseline), questions, asked) if baseline is not None else None
     done: dict[int, str] = {}
     kept: list[str] = []  # the whole lines of a run that stopped: kept, the rest redone
     if pred_path.is_file():
@@ -317,7 +365,7 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
     captions = caption_scores([q.answer for q, _ in caps], [p for _, p in caps], manifest["classes"]) if caps else None
     scores = {**{k: v["accuracy"] for k, v in table.items()}, "table": table, "captions": captions,
               "model": str(path), "scenes": scenes, "split": split, "questions": len(questions), "no_audio": no_audio,
-              "templates": "train" if train_templates else split,
+              "templates": "train" if train_templates else split, "guided_choice": guided_choice,
               "scenes_evaluated": len(scene_list), "coda": coda_info,
               # the answering time of this run (a resumed one: of what it answered)
               "answered_here": len(todo), "answer_seconds": round(time.perf_counter() - started, 2)}
@@ -328,7 +376,7 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
         md_tail = _comparison_markdown(cmp, Path(baseline))
     write_json_atomic(out / "scores.json", scores)
     what = (f"{path} ({split} split, {scores['templates']} question templates"
-            f"{', encoder states zeroed' if no_audio else ''})")
+            f"{', encoder states zeroed' if no_audio else ''}{', guided choice among options' if guided_choice else ''})")
     write_text_atomic(out / "scores.md", _markdown(table, captions, what) + md_tail)
     _plot(table, out / "scores.png", f"AHA-Eval ({split}, {len(scene_list)} scenes): {path.name}")
     return scores
@@ -350,21 +398,30 @@ class LoadedLalm:
         else:
             self.max_seconds = 30.0  # Whisper's window, which Qwen2-Audio's processor pads to
 
-    def ask(self, audio: np.ndarray, question: str, max_new_tokens: int = 64) -> tuple[str, int, int, bool]:
-        """(answer, prompt tokens, answer tokens, whether it ended before ``max_new_tokens``)."""
+    def ask(self, audio: np.ndarray, question: str, max_new_tokens: int = 64,
+            choices: Sequence[str] | None = None) -> tuple[str, int, int, bool]:
+        """(answer, prompt tokens, answer tokens, whether it ended before ``max_new_tokens``).
+        ``choices``: the answer is one of them, the one the model is likeliest to give (:func:`choose`)."""
         if not question.strip():
             raise LalmError("the question is empty")
+        if choices is not None and self.hf is not None:
+            raise LalmError(f"{self.path}: guided choice is for LALM directories, not Qwen2-Audio ones")
         if self.hf is not None:
             text = self.hf.answer([audio], [question], max_new_tokens=max_new_tokens)[0]
             n = len(self.hf.processor.tokenizer(text)["input_ids"])
             return text, len(self.hf.processor.tokenizer(self.hf.prompt(question))["input_ids"]), n, n < max_new_tokens
         states = self.frontend([audio])
         prompt = self.tok.prompt(question, self.model.cfg.audio_tokens(len(states[0])))
+        if choices is not None:
+            text = choose(self.model, self.tok, states, [question], [list(choices)])[0]
+            return text, len(prompt), len(self.tok.tok.encode(text)) + 1, True
         ids = self.model.generate([prompt], states[0][None].float(), torch.tensor([len(states[0])]),
                                   self.tok.im_end, max_new_tokens)[0]
         return self.tok.decode(ids), len(prompt), len(ids), len(ids) < max_new_tokens
 
 
-def ask(model_dir: str | Path | None, audio: np.ndarray, question: str, max_new_tokens: int = 64) -> str:
-    """One answer about ``audio`` (16 kHz) from a LALM directory or a Qwen2-Audio directory."""
-    return LoadedLalm(model_dir).ask(audio, question, max_new_tokens)[0]
+def ask(model_dir: str | Path | None, audio: np.ndarray, question: str, max_new_tokens: int = 64,
+        choices: Sequence[str] | None = None) -> str:
+    """One answer about ``audio`` (16 kHz) from a LALM directory or a Qwen2-Audio directory
+    (``choices``: one of them, see :meth:`LoadedLalm.ask`)."""
+    return LoadedLalm(model_dir).ask(audio, question, max_new_tokens, choices)[0]

@@ -209,6 +209,15 @@ def answer_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
     return nll, int((target != IGNORE).sum())
 
 
+def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row: the summed log-probability of the labelled tokens (labels[:, 1:] from
+    positions [:, :-1], IGNORE elsewhere) and their count."""
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    return (lp * mask).sum(1), mask.sum(1)
+
+
 @functools.cache
 def _cache_argument() -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache``; take whichever it has. Asked on

@@ -28,7 +28,8 @@ KIND_NAMES = {"omission": "event omission", "identity": "false event identity", 
 
 def _label(scores: dict[str, Any]) -> str:
     templates = "held-out templates" if scores.get("templates", "test") == "test" else "training templates"
-    return templates + (", no audio" if scores.get("no_audio") else "")
+    return (templates + (", no audio" if scores.get("no_audio") else "")
+            + (", guided choice" if scores.get("guided_choice") else ""))
 
 
 def _alignment(config: dict[str, Any]) -> list[str]:
@@ -57,6 +58,7 @@ def _alignment(config: dict[str, Any]) -> list[str]:
 def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int, name: str = "default") -> str:
     m = config["lalm"]
     aligned = config.get("stage") == "align"
+    asr = (config.get("recipe") or {}).get("asr_corpus") or ""
     lines = [
         f"# interpres audio-language model ({name})", "",
         "Answers questions about a sound scene (4-20 s): which sounds are there, what made the sound at a time, "
@@ -78,7 +80,10 @@ def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int, name
         "`interpres train lalm audio_align/configs/lalm_sft.yaml` (instruction tuning on the questions of the four "
         "AHA kinds, the general set and captions). Scenes mix recorded sounds of sound-theme-freedesktop, "
         "oxygen-sounds, sonic-pi-samples and ktuberling-data, sounds made in code and TTS sentences, with exact "
-        "ground truth; the training scenes follow co-occurrence priors that some test scenes break.",
+        "ground truth; the training scenes follow co-occurrence priors that some test scenes break."
+        + (f" Both stages also transcribe the English utterances (en-asr train, TTS voices) of the speech corpus "
+           f"`{asr}` (`interpres data speech`; `asr_corpus`), as Qwen2-Audio trains on speech recognition."
+           if asr else ""),
         *(_alignment(config) if aligned else []),
         f"Final stage: {config.get('updates', '?')} updates in {config.get('train_seconds', '?')} s "
         f"({config.get('threads', '?')} threads); dev accuracy {config.get('dev_scores', {}).get('overall', 'n/a')}.", "",
@@ -89,7 +94,9 @@ def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int, name
                   "`interpres eval aha`, accuracy (%) with 95% bootstrap intervals over questions. The issue's protocol "
                   "asks in held-out question templates; `--train-templates` asks the same test scenes in the training "
                   "templates (unseen sounds, seen wording); `--no-audio` zeroes the encoder states (the LM's priors "
-                  "alone).", "",
+                  "alone). With guided choice, a question with options is answered by the option the model is "
+                  "likeliest to give in full (`--guided-choice`; vLLM's `guided_choice`); otherwise the free answer "
+                  "is parsed for one.", "",
                   "| set | " + " | ".join(_label(x) for x in scores) + " |",
                   "|---|" + "---:|" * len(scores)]
         for key in ("overall", "omission", "identity", "temporal", "quantitative", "general",
@@ -110,9 +117,12 @@ def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int, name
               "Trained on synthetic scenes only, from a few hundred distinct sound files: it knows the 24 classes "
               "of its corpus and nothing else. Its LM was trained from nothing on a dozen or so phrasings of each question: "
               "asked in words it never saw (the held-out templates), it often answers in the wrong form (a caption "
-              "or a list where yes or no was asked), which is most of the gap between the first two columns. It "
-              "does not transcribe: what a speaker said is near chance for sentences it never heard in training. "
-              "Not a general audio model.", ""]
+              "or a list where yes or no was asked), which is most of the gap between the first two columns. "
+              + ("Its transcripts are rough (a 4-layer LM trained from nothing on a few hours of TTS speech): "
+                 "it picks what was said among options far better than it writes it out. " if asr else
+                 "It does not transcribe: what a speaker said is near chance for sentences it never heard in "
+                 "training. ")
+              + "Not a general audio model.", ""]
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """Questions, answers and captions from a scene's exact ground truth (audio_align.scenes).
 
 Every question belongs to one of AHA's four hallucination kinds, or to ``general`` (a
-multiple-choice audio QA set standing in for MMAU/MMAR), or is a ``caption`` request:
+multiple-choice audio QA set standing in for MMAU/MMAR), or is a ``caption`` request, or
+asks for a transcript (``asr``):
 
 - ``omission``: is there a X? (the absent classes are chosen among those the training
   priors make likely), list every sound;
@@ -12,6 +13,8 @@ multiple-choice audio QA set standing in for MMAU/MMAR), or is a ``caption`` req
   what the speaker said, about how long the recording is. The canonical answer is the
   option's text (a small LM learns to name what it heard more easily than to point at a
   letter); a prediction is right if it names the option or its letter.
+- ``asr`` (training only, never about a scene): what an utterance of the speech corpus
+  says (``LalmTrainConfig.asr_corpus``), the speech recognition Qwen2-Audio trains on.
 
 Each question type has a dozen or so training paraphrases (sometimes framed: "Question: ...")
 and two held-out ones (``HELDOUT``) that only the test split uses, so the test set asks in
@@ -34,6 +37,7 @@ import numpy as np
 KINDS = ("omission", "identity", "temporal", "quantitative")
 GENERAL = "general"
 CAPTION = "caption"
+ASR = "asr"  # transcribing an utterance of the speech corpus (training only)
 LETTERS = "ABCD"
 
 # type -> the paraphrases training and dev questions use; {x} {a} {b} {t} are filled from the
@@ -140,6 +144,13 @@ TRAIN_TEMPLATES: dict[str, list[str]] = {
         "About how many seconds long is the clip? {opts}", "How long is the recording? {opts}",
         "Roughly how long is this clip? {opts}", "What is the total length of the audio? {opts}",
         "Choose the length of the recording. {opts}", "How many seconds does the clip run? {opts}"],
+    # not asked about scenes: the speech corpus's utterances (LalmTrainConfig.asr_corpus), as
+    # Qwen2-Audio trains on speech recognition besides captions
+    "transcribe": [
+        "Transcribe the speech.", "Write out what the speaker says.", "What does the speaker say in this audio?",
+        "Transcribe this recording.", "Write down what is said.", "What words are spoken in this clip?",
+        "Give the transcript of this audio.", "Repeat exactly what you hear said.",
+        "Transcribe what the voice says.", "What is being said?"],
     "caption": [
         "Describe the recording.", "Write a caption for this audio.", "What happens in this clip?",
         "Give a short description of the audio.", "Describe what you hear.", "Describe this audio.",
@@ -178,6 +189,8 @@ HELDOUT: dict[str, list[str]] = {
         "Pick what the voice says. {opts}", "Identify the spoken words. {opts}"],
     "length": [
         "Estimate the total duration of the clip. {opts}", "The recording runs for about how long? {opts}"],
+    "transcribe": [
+        "Put the speech into writing.", "Quote the utterance word for word."],
     "caption": [
         "Summarize what can be heard.", "Caption this sound scene."],
 }
@@ -195,7 +208,7 @@ TYPES: dict[str, tuple[str, str]] = {
     "last": ("temporal", "class"),
     "count": ("quantitative", "count"), "start": ("quantitative", "seconds"), "duration": ("quantitative", "seconds"),
     "loudest": (GENERAL, "choice"), "longest": (GENERAL, "choice"), "said": (GENERAL, "choice"),
-    "length": (GENERAL, "choice"), "caption": (CAPTION, "caption"),
+    "length": (GENERAL, "choice"), "transcribe": (ASR, "caption"), "caption": (CAPTION, "caption"),
 }
 _MASS_NOUNS = {"speech", "music", "applause", "laughter", "noise", "static", "clicks"}
 _NUMBER_WORDS = {"zero": 0, "none": 0, "no": 0, "once": 1, "one": 1, "twice": 2, "two": 2, "three": 3,
@@ -398,6 +411,13 @@ class _Builder:
 
     def caption(self) -> None:
         self.add(CAPTION, caption_of(self.scene))
+
+
+def transcription_question(utterance: str, text: str, seed: int = 0) -> Question:
+    """A training question about one utterance of a speech corpus: what it says."""
+    rng = _rng(seed, "transcribe", utterance)
+    t = int(rng.choice(template_indices("transcribe", "train")))
+    return Question(utterance, "transcribe", ASR, "caption", TEMPLATES["transcribe"][t], text, t)
 
 
 def caption_of(scene: dict) -> str:

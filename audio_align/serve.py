@@ -370,6 +370,15 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel] | None = None) -
         limit = body.get("max_completion_tokens", body.get("max_tokens", 128))
         if not isinstance(limit, int) or not 1 <= limit <= 512:
             raise ApiError(400, f"max_tokens must be an integer in [1, 512], got {limit!r}", param="max_tokens")
+        choices = body.get("guided_choice")  # vLLM's extra parameter: the answer is one of these
+        if choices is not None:
+            if (not isinstance(choices, list) or not 1 <= len(choices) <= 64
+                    or not all(isinstance(c, str) and c.strip() and len(c) <= 1000 for c in choices)):
+                raise ApiError(400, "guided_choice must be a list of 1 to 64 non-empty strings (at most 1000 "
+                               "characters each)", param="guided_choice")
+            if lalm.hf is not None:
+                raise ApiError(400, "guided_choice is served for LALM directories, not Qwen2-Audio ones",
+                               param="guided_choice")
         try:
             data = base64.b64decode(audio_b64, validate=True)
         except (binascii.Error, ValueError):
@@ -384,7 +393,7 @@ def create_app(cfg: ServeConfig, models: dict[str, ServedModel] | None = None) -
                 raise ApiError(413, f"input_audio: {seconds:.1f} s of audio; the model hears at most "
                                f"{lalm.max_seconds:g} s", param="messages", code="too_long")
             with lalm_lock:  # one answer at a time: the model is not shared with the batcher
-                return lalm.ask(wave, question, limit)
+                return lalm.ask(wave, question, limit, choices)
 
         try:
             text, n_prompt, n_answer, stopped = await asyncio.wait_for(run_in_threadpool(work), cfg.timeout_s)

@@ -1,7 +1,8 @@
 """``interpres train lalm``: the audio-language model's two stages, in the shared loop.
 
 - ``stage: align`` (projector alignment): every training scene once per epoch with its
-  reference caption; projector and LM learn to say what the encoder heard.
+  reference caption (and, with ``asr_corpus``, every utterance of a speech corpus with its
+  transcript); projector and LM learn to say what the encoder heard.
 - ``stage: sft`` (instruction tuning): conversations of ``turns`` questions about one
   scene (all four AHA kinds, the general multiple-choice set, captions), the audio in the
   first user turn; the loss is on the answers only. ``init`` starts it from the align
@@ -54,6 +55,11 @@ class LalmTrainConfig(LoopConfig):
     max_tokens: int = 8000  # padded tokens per batch
     max_items: int = 32
     encoder_batch: int = 1  # scenes per encoder pass when the states are cached
+    # speech recognition besides the scenes (Qwen2-Audio's first stage trains on it): utterances of
+    # the en-asr train split of a speech corpus ('interpres data speech'; a name or folder), each
+    # a one-turn "transcribe" conversation in both stages; "": none
+    asr_corpus: str = ""
+    asr_utterances: int = 0  # how many of them (the first in the split's order); 0: all
     dev_eval_scenes: int = 60  # dev scenes whose questions the final model answers (config.json dev_scores)
     lr: float = 1e-3
     warmup_updates: int = 200
@@ -72,6 +78,8 @@ class LalmTrainConfig(LoopConfig):
             raise ConfigError("train_params=projector needs init: a trained LM to keep frozen")
         if self.turns < 1:
             raise ConfigError(f"turns must be at least 1, got {self.turns}")
+        if self.asr_utterances < 0:
+            raise ConfigError(f"asr_utterances must be >= 0, got {self.asr_utterances}")
 
 
 @dataclass
@@ -94,6 +102,28 @@ def load_scene_set(root: Path, split: str, frontend: AudioFrontEnd, manifest: di
         by_scene[q.scene].append(q)
     states = encode_scenes(root, split, scenes, frontend, encoder_batch)
     return SceneSet(scenes, [by_scene[s["id"]] for s in scenes], [states[s["id"]] for s in scenes])
+
+
+def load_asr_set(corpus: str, frontend: AudioFrontEnd, limit: int = 0, seed: int = 0) -> SceneSet:
+    """The utterances of a speech corpus's en-asr train split as one-question 'scenes': what
+    each says (``qa.transcription_question``), with their cached encoder states."""
+    from speech.data.mustc import MustcError, MustcSplit, load_segment
+    from speech.train import corpus_root as speech_corpus_root
+
+    root = speech_corpus_root(corpus)
+    try:
+        split = MustcSplit(root, "en-asr", "train")
+    except MustcError as e:
+        raise ConfigError(f"asr_corpus: {e}") from None
+    segments = [s for s in split.segments if s.src.strip() and s.duration <= frontend.max_seconds]
+    segments = segments[:limit] if limit else segments
+    if not segments:
+        raise ConfigError(f"asr_corpus: {root}/en-asr/data/train has no utterance of at most {frontend.max_seconds:g} s")
+    by_id = {s.id: s for s in segments}
+    utterances = [{"id": s.id} for s in segments]
+    states = encode_scenes(root / "en-asr", "train", utterances, frontend, load=lambda u: load_segment(by_id[u["id"]]))
+    return SceneSet(utterances, [[qa.transcription_question(s.id, s.src.strip(), seed)] for s in segments],
+                    [states[s.id] for s in segments])
 
 
 def chat_batch(rows: list[tuple[list[int], list[int]]], states: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -123,7 +153,8 @@ class LalmRecipe:
         rng = random.Random(seed)
         convs = []
         for si, qs in enumerate(data.questions):
-            idx = [i for i, q in enumerate(qs) if q.kind == qa.CAPTION] if self.cfg.stage == "align" else list(range(len(qs)))
+            idx = ([i for i, q in enumerate(qs) if q.kind in (qa.CAPTION, qa.ASR)] if self.cfg.stage == "align"
+                   else list(range(len(qs))))
             rng.shuffle(idx)
             convs += [(si, tuple(idx[j:j + self.cfg.turns])) for j in range(0, len(idx), self.cfg.turns)]
         return convs
@@ -210,6 +241,11 @@ def train(cfg: LalmTrainConfig) -> Path:
         barrier(world)
     sets = {split: load_scene_set(root, split, frontend, manifest, cfg.seed, encoder_batch=cfg.encoder_batch)
             for split in ("train", "dev")}
+    if cfg.asr_corpus:
+        asr = load_asr_set(cfg.asr_corpus, frontend, cfg.asr_utterances, cfg.seed)
+        sets["train"] = SceneSet(sets["train"].scenes + asr.scenes, sets["train"].questions + asr.questions,
+                                 sets["train"].states + asr.states)
+        log.info("speech recognition: %d utterances of %s", len(asr.scenes), cfg.asr_corpus)
     if rank == 0:
         if not cfg.init and not (out / TOKENIZER_FILE).is_file():
             texts = [t for qs in sets["train"].questions for q in qs for t in (q.question, q.answer)]

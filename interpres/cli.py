@@ -459,6 +459,10 @@ def _declare_eval(sub) -> None:
     aha.add_argument("--coda", type=_coda_spec, default=None, metavar="SCALE[:K]",
                      help="decode with CoDA: the value states of the audio positions multiplied by SCALE in the K "
                           "(default 2) KV heads that attend most to the audio on 40 dev scenes (e.g. 1.5:2)")
+    aha.add_argument("--guided-choice", action="store_true",
+                     help="answer the questions with options (general QA) by guided choice: the option the model "
+                          "is likeliest to answer in full, as vLLM's guided_choice and lm-eval-harness's multiple "
+                          "choice do (default: free generation, parsed for an option)")
     aha.add_argument("--out", type=Path, default=Path("runs/eval_aha"))
     _add_recipe_args(aha)
 
@@ -495,6 +499,9 @@ def _declare_audio_align(sub) -> None:
                           "printed as 'Q: ...' and 'A: ...' lines)")
     ask.add_argument("--model", default=None, help="LALM directory (default: the bundled one)")
     ask.add_argument("--max-new-tokens", type=_int_at_least(1), default=64)
+    ask.add_argument("--choice", action="append", default=None, metavar="TEXT",
+                     help="an allowed answer (repeat it): the answer is the choice the model is likeliest to give "
+                          "(guided choice, as vLLM's guided_choice)")
     _add_recipe_args(ask)
 
     srv = _command(
@@ -596,7 +603,7 @@ def _cmd_eval_aha(args: argparse.Namespace) -> int:
 
     scores = evaluate_aha(args.model, args.scenes, args.out, split=args.split, max_scenes=args.max_scenes,
                           batch=args.batch, no_audio=args.no_audio, train_templates=args.train_templates,
-                          baseline=args.baseline, coda=args.coda)
+                          baseline=args.baseline, coda=args.coda, guided_choice=args.guided_choice)
     sys.stdout.write((args.out / "scores.md").read_text())
     print(f"wrote {args.out / 'scores.json'}, scores.md, scores.png and predictions.jsonl "
           f"({scores['questions']} questions)", file=sys.stderr)
@@ -631,7 +638,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     audio = load_audio(args.audio)
     lalm = LoadedLalm(args.model)
     for q in args.questions:
-        answer = lalm.ask(audio, q, max_new_tokens=args.max_new_tokens)[0]
+        answer = lalm.ask(audio, q, max_new_tokens=args.max_new_tokens, choices=args.choice)[0]
         print(answer if len(args.questions) == 1 else f"Q: {q}\nA: {answer}")
     return 0
 

@@ -10,9 +10,10 @@ import torch
 
 from audio_align import prefs, qa
 from audio_align.align import (AlignConfig, AlignRecipe, PairSet, _keep_pairs, _prefix_model, preference_loss,
-                               reference_logps, sequence_logps)
+                               reference_logps)
 from audio_align.evaluate import answer, compare
-from audio_align.lalm import IGNORE, AudioLanguageModel, LalmConfig, load_lalm_dir, save_lalm_dir, train_chat_tokenizer
+from audio_align.lalm import (IGNORE, AudioLanguageModel, LalmConfig, load_lalm_dir, save_lalm_dir, sequence_logps,
+                              train_chat_tokenizer)
 from audio_align.train import SceneSet
 from speech.config import ConfigError
 from speech.loop import run

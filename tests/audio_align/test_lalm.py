@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from audio_align import qa
-from audio_align.evaluate import accuracy_table, answer
+from audio_align.evaluate import accuracy_table, answer, choose
 from audio_align.lalm import (IGNORE, AudioLanguageModel, LalmConfig, LalmError, load_lalm_dir, pad_audio,
-                              save_lalm_dir, train_chat_tokenizer)
+                              save_lalm_dir, sequence_logps, train_chat_tokenizer)
+from audio_align.train import chat_batch
 from audio_align.train import LalmRecipe, LalmTrainConfig, SceneSet
 from speech.loop import run
 
@@ -47,6 +48,29 @@ def test_batched_generation_matches_one_by_one(tok):
     batched = answer(model, tok, states, questions, batch=3, max_new_tokens=6)
     single = [answer(model, tok, [s], [q], max_new_tokens=6)[0] for s, q in zip(states, questions)]
     assert batched == single
+
+
+def test_guided_choice_picks_the_likeliest_whole_option(tok):
+    """Batched and padded, guided choice picks the option with the highest log-probability of
+    its pieces and <|im_end|>, as scoring each option alone does; bad options are refused."""
+    model = _model(tok, seed=2).eval()
+    states = [torch.randn(7, 8), torch.randn(3, 8), torch.randn(12, 8)]
+    questions = ["Is there a bell in the recording?", "How many times did the drum sound?", "What do you hear?"]
+    options = [["yes", "no"], ["1", "2", "3", "A bell."], ["Only background noise.", "A bell.", "no"]]
+    picked = choose(model, tok, states, questions, options, batch=4)
+    for s, q, opts, p in zip(states, questions, options, picked):
+        alone = []
+        for o in opts:
+            b = chat_batch([tok.conversation([(q, o)], model.cfg.audio_tokens(len(s)))], [s])
+            with torch.no_grad():
+                lp, n = sequence_logps(model(b["input_ids"], b["attention_mask"], b["audio"], b["audio_lens"]),
+                                       b["labels"])
+            assert int(n) == len(tok.tok.encode(o)) + 1
+            alone.append(float(lp))
+        assert p == opts[max(range(len(opts)), key=alone.__getitem__)]
+    assert choose(model, tok, states, questions, options, batch=1) == picked
+    with pytest.raises(LalmError, match="non-empty options"):
+        choose(model, tok, states[:1], questions[:1], [["yes", ""]])
 
 
 def test_placeholder_count_must_match_the_audio(tok):
@@ -111,4 +135,43 @@ def test_a_tiny_lalm_learns_to_answer_from_the_audio(tok, tmp_path):
     table = accuracy_table([q for _, q in items], preds)
     assert table["omission"]["accuracy"] == 1.0, preds
     assert table["quantitative"]["accuracy"] >= 0.75, preds
+    # guided choice among the possible answers hears the audio as well
+    picked = choose(loaded, tok2, [s for s, _ in items], [q.question for _, q in items],
+                    [["no", "yes"] if q.type == "present" else ["3", "2", "1"] for _, q in items])
+    guided = accuracy_table([q for _, q in items], picked)
+    assert guided["omission"]["accuracy"] == 1.0, picked
+    assert guided["quantitative"]["accuracy"] >= 0.75, picked
     assert config["dev_scores"]["overall"] == pytest.approx(table["overall"]["accuracy"], abs=1e-4)
+
+
+def test_speech_recognition_turns_from_a_speech_corpus(tok, tmp_path):
+    """asr_corpus: the en-asr train utterances of a speech corpus become one-turn 'transcribe'
+    conversations with their cached encoder states, in the align stage as in sft."""
+    from audio_align.lalm import AudioFrontEnd
+    from audio_align.train import load_asr_set
+    from builders import TEXTS as SPEECH, UTTS, build_eval_corpus, make_model_dir
+    from speech.config import ConfigError
+
+    root = build_eval_corpus(tmp_path / "corpus", pairs=("en-asr",), split="train")
+    frontend = AudioFrontEnd(str(make_model_dir(tmp_path / "asr", task="asr")), pool=2)
+    asr = load_asr_set(str(root), frontend, limit=3)
+    assert [qs[0].answer for qs in asr.questions] == SPEECH["en"][:3]
+    assert all(len(qs) == 1 and qs[0].kind == qa.ASR and qs[0].question in qa.TRAIN_TEMPLATES["transcribe"]
+               for qs in asr.questions)
+    # each utterance is heard alone: its states follow its own duration (0.8, 1.0, 1.2 s)
+    assert [s.shape[0] for s in asr.states] == sorted(s.shape[0] for s in asr.states)
+    assert len({s.shape[0] for s in asr.states}) == 3 and asr.states[0].shape[1] == frontend.dim
+    assert list((root / "en-asr" / "encoded").rglob("*.safetensors"))  # cached for the next run
+    again = load_asr_set(str(root), frontend)
+    assert len(again.scenes) == len(UTTS) and all(torch.equal(a, b) for a, b in zip(asr.states, again.states))
+    model = _model(tok, dim=frontend.dim)
+    cfg = LalmTrainConfig(out=str(tmp_path / "run"), stage="align", turns=2)
+    scenes = _scene_set(2, 0)
+    scenes.questions[0].append(qa.Question("s0", "caption", qa.CAPTION, "caption", "Describe it.", "A bell.", 0))
+    mixed = SceneSet(scenes.scenes + asr.scenes, scenes.questions + asr.questions, scenes.states + asr.states)
+    convs = LalmRecipe(cfg, model, tok, mixed, mixed, tmp_path / "run", {}, 1)._conversations(mixed, 0)
+    assert sorted(convs) == [(0, (2,)), (2, (0,)), (3, (0,)), (4, (0,))]  # captions and transcripts only
+    with pytest.raises(ConfigError, match="neither a folder nor a corpus"):
+        load_asr_set(str(tmp_path / "nothing"), frontend)
+    with pytest.raises(ConfigError, match="asr_corpus: .*en-asr"):
+        load_asr_set(str(build_eval_corpus(tmp_path / "st", pairs=("en-de",), split="train")), frontend)

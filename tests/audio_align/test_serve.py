@@ -226,12 +226,21 @@ def test_chat_completions_answer_with_the_lalm(models_dir, wav, tmp_path):
             {"type": "text", "text": "What do you hear?"}]}])
         assert r.choices[0].message.content == want and r.choices[0].message.role == "assistant"
         assert r.usage.prompt_tokens == n_prompt and r.usage.completion_tokens == n_answer
+        options = ["no", "A bell, then speech.", "yes"]  # vLLM's guided_choice: the answer is one of them
+        picked = LoadedLalm(lalm_dir).ask(load_audio(wav), "What do you hear?", 8, choices=options)[0]
+        r = client.chat.completions.create(model="lalm", max_tokens=8, extra_body={"guided_choice": options},
+                                           messages=[{"role": "user", "content": [
+                                               {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+                                               {"type": "text", "text": "What do you hear?"}]}])
+        assert r.choices[0].message.content == picked and picked in options
         bad = [({"model": "st"}, 404, "model_not_found"),
                ({"messages": [{"role": "user", "content": "What do you hear?"}]}, 400, None),
                ({"messages": [{"role": "user", "content": [
                    {"type": "input_audio", "input_audio": {"data": "###", "format": "wav"}},
                    {"type": "text", "text": "Hi?"}]}]}, 400, "bad_audio"),
                ({"temperature": 0.7}, 400, None),
+               ({"guided_choice": []}, 400, None), ({"guided_choice": "yes"}, 400, None),
+               ({"guided_choice": ["yes", " "]}, 400, None),
                ({"messages": [{"role": "user", "content": [
                    {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"RIFF0000").decode(),
                                                            "format": "wav"}},

@@ -93,6 +93,15 @@ def test_scenes_train_eval_and_ask(tmp_path, capsys, monkeypatch):
     assert main([*args[:-4], "--out", str(coda), "--coda", "1.5:1", "--baseline", str(report), "--home", str(home)]) == 0
     got = json.loads((coda / "scores.json").read_text())
     assert got["coda"]["scale"] == 1.5 and len(got["coda"]["heads"]) == 1 and got["answer_seconds"] > 0
+    # guided choice: every general question's answer is one of its options; the free answers of the
+    # other questions are those of the plain run
+    guided = tmp_path / "aha-guided"
+    assert main([*args[:-4], "--out", str(guided), "--guided-choice", "--baseline", str(report), "--home", str(home)]) == 0
+    rows = [json.loads(x) for x in (guided / "predictions.jsonl").read_text().splitlines()[1:]]
+    plain = {r["i"]: r for r in (json.loads(x) for x in (report / "predictions.jsonl").read_text().splitlines()[1:])}
+    assert any(r["options"] for r in rows) and json.loads((guided / "scores.json").read_text())["guided_choice"]
+    assert all(r["prediction"] in r["options"] if r["options"] else r["prediction"] == plain[r["i"]]["prediction"]
+               for r in rows)
     with pytest.raises(SystemExit) as bad:
         main([*args[:-4], "--out", str(coda), "--coda", "0:1", "--home", str(home)])
     assert bad.value.code == 2 and "SCALE must be a positive number" in capsys.readouterr().err
@@ -119,6 +128,10 @@ def test_scenes_train_eval_and_ask(tmp_path, capsys, monkeypatch):
     assert main(["ask", str(wav), "Is there a bell?", "What was the first sound?", "--model", str(run / "model")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line[:3] for line in lines] == ["Q: ", "A: ", "Q: ", "A: "] and lines[2] == "Q: What was the first sound?"
+    assert main(["ask", str(wav), "Is there a bell?", "--choice", "yes", "--choice", "no", "--model", str(run / "model")]) == 0
+    assert capsys.readouterr().out in ("yes\n", "no\n")
+    assert main(["ask", str(wav), "Is there a bell?", "--choice", " ", "--model", str(run / "model")]) == 2
+    assert "non-empty options" in capsys.readouterr().err
     assert main(["ask", str(wav), "  ", "--model", str(run / "model")]) == 2
     assert "the question is empty" in capsys.readouterr().err
     assert main(["eval", "aha", "--model", str(tmp_path / "nothing"), "--scenes", "tiny", "--home", str(home)]) == 2
