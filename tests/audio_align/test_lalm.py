@@ -12,8 +12,7 @@ from audio_align import qa
 from audio_align.evaluate import accuracy_table, answer, choose
 from audio_align.lalm import (IGNORE, AudioLanguageModel, LalmConfig, LalmError, load_lalm_dir, pad_audio,
                               save_lalm_dir, sequence_logps, train_chat_tokenizer)
-from audio_align.train import chat_batch
-from audio_align.train import LalmRecipe, LalmTrainConfig, SceneSet
+from audio_align.train import LalmRecipe, LalmTrainConfig, SceneSet, chat_batch
 from speech.loop import run
 
 TEXTS = ["Is there a bell in the recording?", "Can you hear a bell?", "yes", "no",
