@@ -9,7 +9,12 @@ training scenes:
 1. **Preference pairs** (:mod:`audio_align.prefs`): counterfactual hard negatives made by
    rules from the ground truth, and the model's own wrong answers (greedy and sampled) on
    ``model_scenes`` training scenes, each pair with its provenance -> ``out/pairs.jsonl``
-   (and ``out/pairs_dev.jsonl`` from the dev scenes, rules only).
+   (and ``out/pairs_dev.jsonl`` from the dev scenes, rules only). ``paraphrases: N`` asks
+   the training scenes N times (other questions, other training wording);
+   ``counterfactual: N`` adds N training scenes of each edit of
+   :mod:`audio_align.counterfactual` (the prior's sounds swapped, its consequent cut out:
+   the same questions, answers flipped by the audio; their encoder states cached under
+   ``out/counterfactual``).
 2. **Reference log-probabilities** of every chosen and rejected answer under ``init``,
    computed once -> ``out/reference.safetensors`` (keyed by the model's weights and the
    pairs: a rerun reuses them, a change recomputes them).
@@ -51,7 +56,7 @@ from torch import Tensor, nn
 from audio_align import prefs, qa
 from audio_align.lalm import (IGNORE, TOKENIZER_FILE, WEIGHTS_FILE, AudioFrontEnd, AudioLanguageModel, ChatTokenizer,
                               load_lalm_dir, save_lalm_dir, sequence_logps)
-from audio_align.train import chat_batch, dev_scores, load_scene_set
+from audio_align.train import SceneSet, chat_batch, dev_scores, load_scene_set
 from compress.files import atomic_path
 from speech.checkpoint import model_device
 from speech.config import ConfigError
@@ -85,6 +90,8 @@ class AlignConfig(LoopConfig):
     # preference data
     sources: list = field(default_factory=lambda: ["rule", "model"])
     captions: bool = True  # rule pairs on captions too
+    paraphrases: int = 1  # rule pairs of the training scenes asked in this many draws of the training wording
+    counterfactual: int = 0  # prior-keeping training scenes edited per kind (audio_align.counterfactual); 0: none
     model_scenes: int = 400  # training scenes whose questions the model answers for its own negatives
     samples: int = 2  # sampled answers per question besides the greedy one
     temperature: float = 1.0
@@ -122,6 +129,10 @@ class AlignConfig(LoopConfig):
             raise ConfigError("train_params=prefix needs prefix_tokens >= 1")
         if not self.init:
             raise ConfigError("init: the instruction-tuned model directory to align is required")
+        if self.counterfactual < 0:
+            raise ConfigError(f"counterfactual must be >= 0, got {self.counterfactual}")
+        if self.paraphrases < 1:
+            raise ConfigError(f"paraphrases must be >= 1, got {self.paraphrases}")
 
 
 # ---------------------------------------------------------------- losses
@@ -289,7 +300,23 @@ def _pairs_for(cfg: AlignConfig, model: AudioLanguageModel, tok: ChatTokenizer, 
                classes: list[str], rules: list[tuple[str, str]]) -> list[prefs.Pair]:
     pairs: list[prefs.Pair] = []
     if "rule" in cfg.sources or split == "dev":
-        pairs += prefs.build_pairs(scenes.scenes, scenes.questions, classes, rules, cfg.seed, cfg.captions)
+        asked = [scenes.questions]
+        if split == "train":  # the same scenes asked again: other questions, other training paraphrases
+            asked += [_asked_again(scenes, classes, rules, cfg.seed + k) for k in range(1, cfg.paraphrases)]
+        # the counterfactual pairs: the questions about the prior's two sounds, on an edited scene
+        # (answers flipped by the edit) and on its original (the same questions, the prior kept),
+        # so that the pairs teach the audio's answer, not a new prior
+        edited = {s["id"]: s["counterfactual"]["edit"] for s in scenes.scenes if "counterfactual" in s}
+        edited.update({s["counterfactual"]["of"]: "original" for s in scenes.scenes if "counterfactual" in s})
+        seen: set[tuple[str, str, str, str]] = set()
+        for questions in asked:
+            flipped = {(q.scene, q.question) for qs in questions for q in qs if q.probes_prior and q.scene in edited}
+            for p in prefs.build_pairs(scenes.scenes, questions, classes, rules, cfg.seed, cfg.captions):
+                if (p.scene, p.question, p.chosen, p.rejected) not in seen:
+                    seen.add((p.scene, p.question, p.chosen, p.rejected))
+                    if (p.scene, p.question) in flipped:  # e.g. counterfactual:swap_order/reverse_order
+                        p.source = f"counterfactual:{edited[p.scene]}/{p.source.split(':', 1)[-1]}"
+                    pairs.append(p)
     if "model" in cfg.sources and split == "train" and cfg.model_scenes:
         items = [(si, q) for si in range(min(cfg.model_scenes, len(scenes.scenes))) for q in scenes.questions[si]
                  if q.kind != qa.CAPTION]
@@ -303,9 +330,11 @@ def _pairs_for(cfg: AlignConfig, model: AudioLanguageModel, tok: ChatTokenizer, 
         got = prefs.sample_answers(answer_fn, len(items), cfg.samples, cfg.temperature)
         pairs += prefs.model_pairs([q for _, q in items], got)
     if split == "train" and cfg.max_pairs and len(pairs) > cfg.max_pairs:
-        # the model's own hallucinations first, then a seeded sample of the rule-made ones
-        own = [i for i, p in enumerate(pairs) if p.source == "model"][: cfg.max_pairs]
-        rest = [i for i, p in enumerate(pairs) if p.source != "model"]
+        # the model's own hallucinations first, then the counterfactual scenes', then a seeded
+        # sample of the rule-made ones
+        first = lambda p: p.source == "model" or p.source.startswith("counterfactual:")  # noqa: E731
+        own = [i for i, p in enumerate(pairs) if first(p)][: cfg.max_pairs]
+        rest = [i for i, p in enumerate(pairs) if not first(p)]
         keep = sorted(own + random.Random(cfg.seed).sample(rest, cfg.max_pairs - len(own)))
         pairs = [pairs[i] for i in keep]
     if split == "dev" and cfg.max_dev_pairs and len(pairs) > cfg.max_dev_pairs:
@@ -314,9 +343,43 @@ def _pairs_for(cfg: AlignConfig, model: AudioLanguageModel, tok: ChatTokenizer, 
     return pairs
 
 
+def _asked_again(scenes: Any, classes: list[str], rules: list[tuple[str, str]], seed: int) -> list[list[qa.Question]]:
+    """The questions of every training scene drawn with another seed (``scenes.questions``' shape)."""
+    by_scene: dict[str, list[qa.Question]] = {s["id"]: [] for s in scenes.scenes}
+    for q in qa.build_questions(scenes.scenes, "train", classes, rules, seed):
+        by_scene[q.scene].append(q)
+    return [by_scene[s["id"]] for s in scenes.scenes]
+
+
+def _with_counterfactuals(cfg: AlignConfig, root: Path, manifest: dict, train: SceneSet, frontend: AudioFrontEnd,
+                          out: Path) -> SceneSet:
+    """The training scenes and, after them, ``cfg.counterfactual`` edited scenes of each kind
+    with their questions and encoder states (cached under ``out/counterfactual``)."""
+    from audio_align.counterfactual import edit_scenes, edited_wave, rules_from_manifest
+    from audio_align.encoded import encode_scenes
+    from speech.audio import load_audio
+
+    edits = edit_scenes(train.scenes, rules_from_manifest(manifest), cfg.counterfactual)
+    original = {s["id"]: s for s in train.scenes}
+    how = {s["id"]: e for s, e in edits}
+    edited = [s for s, _ in edits]
+    log.info("counterfactual scenes: %d (%s)", len(edited),
+             ", ".join(f"{k}: {sum(e.kind == k for e in how.values())}" for k in dict.fromkeys(e.kind for e in how.values())))
+
+    def load(s: dict) -> Any:
+        e = how[s["id"]]
+        return edited_wave(e, load_audio(root / "train" / original[e.original]["wav"]))
+
+    states = encode_scenes(out / "counterfactual", "train", edited, frontend, load=load)
+    sentences = sorted({e["text"] for s in train.scenes for e in s["events"] if e.get("text") and " " in e["text"]})
+    questions = [qa.questions_for(s, "train", manifest["classes"], qa.rules_of(manifest), sentences, cfg.seed)
+                 for s in edited]
+    return SceneSet(train.scenes + edited, train.questions + questions, train.states + [states[s["id"]] for s in edited])
+
+
 def _data_key(cfg: AlignConfig, split: str, init_digest: str) -> dict:
-    keys = ("scenes", "init", "sources", "captions", "model_scenes", "samples", "temperature", "max_pairs",
-            "max_dev_pairs", "seed")
+    keys = ("scenes", "init", "sources", "captions", "paraphrases", "counterfactual", "model_scenes", "samples", "temperature",
+            "max_pairs", "max_dev_pairs", "seed")
     return {"split": split, "init_weights": init_digest, **{k: getattr(cfg, k) for k in keys}}
 
 
@@ -409,6 +472,8 @@ def align(cfg: AlignConfig) -> Path:
     if rank != 0:  # rank 0 fills the encoder cache, the pairs and the reference log-probs; the others read them
         barrier(world)
     scenes = {split: load_scene_set(root, split, frontend, manifest, cfg.seed) for split in ("train", "dev")}
+    if cfg.counterfactual:
+        scenes["train"] = _with_counterfactuals(cfg, root, manifest, scenes["train"], frontend, out)
     del frontend
     pairs = prepare(cfg, base, model, tok, scenes, classes, rules, out, _file_digest(init / WEIGHTS_FILE))
     if rank == 0:

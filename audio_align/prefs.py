@@ -24,6 +24,12 @@ audio. Two sources, each pair keeping its provenance in ``source``:
   temperature) that :func:`audio_align.qa.is_correct` refutes: the hallucinations it
   actually makes.
 
+- ``counterfactual:<edit>/<perturbation>``: on a training scene edited in its audio
+  (:mod:`audio_align.counterfactual`: the prior's two sounds in the other order, or its
+  consequent cut out), the questions about those two sounds, whose answers the edit flipped,
+  with the rule-made negative: the answer the original audio and the prior give; and
+  ``counterfactual:original/<perturbation>``, the same kind of questions on the unedited scene.
+
 Every rejected answer is checked against the ground truth: a perturbation that happens to
 be right is dropped, never paired.
 """
@@ -52,7 +58,7 @@ class Pair:
     question: str
     chosen: str
     rejected: str
-    source: str  # rule:<perturbation> | model
+    source: str  # rule:<perturbation> | model | counterfactual:<edit or original>/<perturbation>
     prior: str = "none"
 
     def to_json(self) -> dict:

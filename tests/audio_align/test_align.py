@@ -139,6 +139,86 @@ def test_model_pairs_keep_only_refuted_distinct_answers():
     assert [(p.rejected, p.source) for p in pairs] == [("three", "model"), ("3", "model")]
 
 
+def test_paraphrases_ask_the_training_scenes_again_in_other_wording():
+    from audio_align.align import _pairs_for
+
+    scenes = [dict(_scene(), id=f"s-{i}") for i in range(4)]
+    questions = qa.build_questions(scenes, "train", CLASSES, RULES, seed=1)
+    ss = SceneSet(scenes, [[q for q in questions if q.scene == s["id"]] for s in scenes], [torch.zeros(4, 8)] * 4)
+    once = _pairs_for(AlignConfig(sources=["rule"], seed=1), None, None, ss, "train", CLASSES, RULES)
+    thrice = _pairs_for(AlignConfig(sources=["rule"], seed=1, paraphrases=3), None, None, ss, "train", CLASSES, RULES)
+    key = lambda p: (p.scene, p.question, p.chosen, p.rejected)  # noqa: E731
+    assert [key(p) for p in thrice[:len(once)]] == [key(p) for p in once]  # the first draw is the plain run's
+    assert len({key(p) for p in thrice}) == len(thrice) > 2 * len(once)
+    assert len({p.question for p in thrice}) > 2 * len({p.question for p in once})
+    # the dev split is never asked again
+    dev = _pairs_for(AlignConfig(sources=["rule"], seed=1, paraphrases=3), None, None, ss, "dev", CLASSES, RULES)
+    assert len(dev) == len(once)
+    with pytest.raises(ConfigError, match="paraphrases"):
+        AlignConfig(paraphrases=0)
+
+
+def test_counterfactual_scenes_break_the_prior_in_the_audio():
+    import numpy as np
+
+    from audio_align.counterfactual import edit_scene, edit_scenes, edited_wave
+    from audio_align.scenes import Rule
+
+    rules = [Rule(a, b) for a, b in RULES]
+    scene = _scene()  # phone ringing 0.5-2.0, speech 2.5-4.5 (the rule kept), drums, a bell
+    sr = 100
+    wave = np.zeros(1200)
+    for k, e in enumerate(scene["events"], 1):  # each event's span holds its own value
+        wave[int(e["onset"] * sr):int(e["offset"] * sr)] = k
+    swapped, how = edit_scene(scene, "swap_order", rules)
+    new = edited_wave(how, wave, sr)
+    assert len(new) == len(wave) and swapped["prior"] == "breaking" and swapped["duration"] == 12.0
+    at = {e["class"]: (e["onset"], e["offset"]) for e in swapped["events"]}
+    assert at["speech"] == (0.5, 2.5) and at["phone ringing"] == (3.0, 4.5) and at["bell"] == (9.0, 9.8)
+    assert set(new[50:250]) == {2.0} and set(new[300:450]) == {1.0} and set(new[250:300]) == {0.0}
+    assert np.array_equal(new[450:], wave[450:])
+    cut, how = edit_scene(scene, "remove_event", rules)
+    new = edited_wave(how, wave, sr)
+    assert len(new) == len(wave) - 200 and cut["duration"] == 10.0 and cut["prior"] == "breaking"
+    assert "speech" not in {e["class"] for e in cut["events"]} and 2.0 not in set(new)
+    assert [(e["class"], e["onset"]) for e in cut["events"]][1:] == [("drum", 3.0), ("drum", 5.0), ("bell", 7.0)]
+    assert new[300] == 3.0 and new[700] == 5.0  # what followed moved 2 s earlier
+    # asked of the edited scene, the prior-probing questions have the answers the prior would not give,
+    # and their rule-made negatives are the original scene's answers
+    for edited, want in ((swapped, {"before", "present"}), (cut, {"present"})):
+        qs = qa.questions_for(edited, "train", CLASSES, RULES, ["It is cold today."], seed=0)
+        probes = [q for q in qs if q.probes_prior]
+        assert {q.type for q in probes} == want and all(q.prior == "breaking" for q in probes)
+        for q in probes:
+            if q.type == "present":
+                assert q.answer == ("no" if edited is cut else "yes") and "speech" in q.question
+            else:
+                speech_first = q.question.index("speech") < q.question.index("phone")
+                assert q.answer == ("yes" if speech_first else "no")
+        made = prefs.build_pairs([edited], [probes], CLASSES, RULES)
+        assert made and all(p.rejected != p.chosen for p in made)
+    # no edit where another event overlaps what would move, nor on a scene without the prior
+    crowded = dict(scene, events=scene["events"] + [_event("crow", 2.1, 2.4)])
+    assert edit_scene(crowded, "swap_order", rules) is None and edit_scene(crowded, "remove_event", rules) is not None
+    assert edit_scene(dict(scene, prior="none", prior_rule=None), "swap_order", rules) is None
+    assert [e.kind for _, e in edit_scenes([scene, crowded], rules, 1)] == ["swap_order", "remove_event"]
+    with pytest.raises(ValueError, match="edit"):
+        edit_scene(scene, "reverse", rules)
+    # the alignment's pairs: the prior's questions on the edited scenes and on their original
+    from audio_align.align import _pairs_for
+
+    both = [scene, swapped, cut]
+    ss = SceneSet(both, [qa.questions_for(x, "train", CLASSES, RULES, ["It is cold today."], 0) for x in both],
+                  [torch.zeros(4, 8)] * 3)
+    made = _pairs_for(AlignConfig(sources=["rule"]), None, None, ss, "train", CLASSES, RULES)
+    by_source = {p.source: p for p in made if p.source.startswith("counterfactual:")}
+    assert {"counterfactual:swap_order/reverse_order", "counterfactual:remove_event/flip_presence",
+            "counterfactual:original/reverse_order"} <= set(by_source)
+    flip = by_source["counterfactual:remove_event/flip_presence"]
+    assert (flip.chosen, flip.rejected, flip.scene) == ("no", "yes", "s-1~cut")
+    assert all(p.source.startswith("rule:") for p in made if p.scene == "s-1" and "speech" not in p.question)
+
+
 def test_pairs_file_round_trip(tmp_path):
     pairs = [prefs.Pair("s", "present", "omission", "Is there a bell?", "no", "yes", "rule:flip_presence", "breaking")]
     prefs.write_pairs(tmp_path / "p.jsonl", pairs, {"key": {"a": 1}})

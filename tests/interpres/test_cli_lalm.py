@@ -67,6 +67,12 @@ def test_scenes_train_eval_and_ask(tmp_path, capsys, monkeypatch):
     header, pairs = prefs.read_pairs(aligned / "pairs.jsonl")
     assert pairs and len(pairs) <= 200 and header["provenance"] == prefs.provenance(pairs)
     assert any(p.source.startswith("rule:") for p in pairs)
+    # the counterfactual scenes (two of each edit) and their pairs, the prior's answers rejected
+    edited = [p for p in pairs if p.source.startswith("counterfactual:")]
+    assert {p.scene.rsplit("~", 1)[1] for p in edited if "~" in p.scene} == {"swap", "cut"}
+    assert {p.source.split("/")[0] for p in edited if "~" not in p.scene} == {"counterfactual:original"}
+    assert any(p.source == "counterfactual:swap_order/reverse_order" for p in edited)
+    assert len(list((aligned / "counterfactual" / "encoded").rglob("*.safetensors"))) == 1
     assert all(p.chosen != p.rejected for p in pairs)
     assert (aligned / "reference.safetensors").is_file() and (aligned / "pairs_dev.jsonl").is_file()
     weights = (aligned / "model" / "model.safetensors").read_bytes()
