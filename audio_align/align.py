@@ -95,7 +95,8 @@ class AlignConfig(LoopConfig):
     model_scenes: int = 400  # training scenes whose questions the model answers for its own negatives
     samples: int = 2  # sampled answers per question besides the greedy one
     temperature: float = 1.0
-    max_pairs: int = 0  # at most this many training pairs (the model's own first, then rule-made ones); 0: all
+    max_pairs: int = 0  # at most this many training pairs (the model's own and the counterfactual ones first,
+    # then a sample of the rule-made ones); 0: all
     max_dev_pairs: int = 600  # a seeded subset of the dev pairs (the dev loss is computed on them)
     pairs_from: str = ""  # another align run whose pairs to reuse when they were made with these settings
     max_tokens: int = 8000  # padded tokens per batch (chosen and rejected rows together)
@@ -378,8 +379,8 @@ def _with_counterfactuals(cfg: AlignConfig, root: Path, manifest: dict, train: S
 
 
 def _data_key(cfg: AlignConfig, split: str, init_digest: str) -> dict:
-    keys = ("scenes", "init", "sources", "captions", "paraphrases", "counterfactual", "model_scenes", "samples", "temperature",
-            "max_pairs", "max_dev_pairs", "seed")
+    keys = ("scenes", "init", "sources", "captions", "paraphrases", "counterfactual", "model_scenes", "samples",
+            "temperature", "max_pairs", "max_dev_pairs", "seed")
     return {"split": split, "init_weights": init_digest, **{k: getattr(cfg, k) for k in keys}}
 
 
