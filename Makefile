@@ -137,6 +137,8 @@ lalm-model: install
 align-model: install
 	$(VENV)/bin/interpres align audio_align/configs/align_dpo.yaml
 	$(VENV)/bin/interpres eval aha --model runs/align_dpo/model --out runs/align_dpo/eval-aha --baseline runs/lalm_sft/eval-aha
+	$(VENV)/bin/interpres eval aha --model runs/align_dpo/model --train-templates --out runs/align_dpo/eval-aha-train-templates \
+	  --baseline runs/lalm_sft/eval-aha-train-templates
 	$(VENV)/bin/interpres align audio_align/configs/align_sta.yaml
 	$(VENV)/bin/interpres eval aha --model runs/align_sta/model --out runs/align_sta/eval-aha --baseline runs/lalm_sft/eval-aha
 	$(VENV)/bin/interpres eval aha --model runs/lalm_sft/model --coda 1.5:2 --out runs/lalm_sft/eval-aha-coda --baseline runs/lalm_sft/eval-aha
