@@ -303,7 +303,8 @@ def _pairs_for(cfg: AlignConfig, model: AudioLanguageModel, tok: ChatTokenizer, 
     if "rule" in cfg.sources or split == "dev":
         asked = [scenes.questions]
         if split == "train":  # the same scenes asked again: other questions, other training paraphrases
-            asked += [_asked_again(scenes, classes, rules, cfg.seed + k) for k in range(1, cfg.paraphrases)]
+            asked += [qa.questions_by_scene(scenes.scenes, "train", classes, rules, cfg.seed + k)
+                      for k in range(1, cfg.paraphrases)]
         # the counterfactual pairs: the questions about the prior's two sounds, on an edited scene
         # (answers flipped by the edit) and on its original (the same questions, the prior kept),
         # so that the pairs teach the audio's answer, not a new prior
@@ -344,23 +345,16 @@ def _pairs_for(cfg: AlignConfig, model: AudioLanguageModel, tok: ChatTokenizer, 
     return pairs
 
 
-def _asked_again(scenes: Any, classes: list[str], rules: list[tuple[str, str]], seed: int) -> list[list[qa.Question]]:
-    """The questions of every training scene drawn with another seed (``scenes.questions``' shape)."""
-    by_scene: dict[str, list[qa.Question]] = {s["id"]: [] for s in scenes.scenes}
-    for q in qa.build_questions(scenes.scenes, "train", classes, rules, seed):
-        by_scene[q.scene].append(q)
-    return [by_scene[s["id"]] for s in scenes.scenes]
-
-
 def _with_counterfactuals(cfg: AlignConfig, root: Path, manifest: dict, train: SceneSet, frontend: AudioFrontEnd,
                           out: Path) -> SceneSet:
     """The training scenes and, after them, ``cfg.counterfactual`` edited scenes of each kind
     with their questions and encoder states (cached under ``out/counterfactual``)."""
-    from audio_align.counterfactual import edit_scenes, edited_wave, rules_from_manifest
+    from audio_align.counterfactual import edit_scenes, edited_wave
+    from audio_align.scenes import manifest_rules
     from audio_align.encoded import encode_scenes
     from speech.audio import load_audio
 
-    edits = edit_scenes(train.scenes, rules_from_manifest(manifest), cfg.counterfactual)
+    edits = edit_scenes(train.scenes, manifest_rules(manifest), cfg.counterfactual)
     original = {s["id"]: s for s in train.scenes}
     how = {s["id"]: e for s, e in edits}
     edited = [s for s, _ in edits]
@@ -372,7 +366,7 @@ def _with_counterfactuals(cfg: AlignConfig, root: Path, manifest: dict, train: S
         return edited_wave(e, load_audio(root / "train" / original[e.original]["wav"]))
 
     states = encode_scenes(out / "counterfactual", "train", edited, frontend, load=load)
-    sentences = sorted({e["text"] for s in train.scenes for e in s["events"] if e.get("text") and " " in e["text"]})
+    sentences = qa.spoken_sentences(train.scenes)  # the originals' options of "what was said"
     questions = [qa.questions_for(s, "train", manifest["classes"], qa.rules_of(manifest), sentences, cfg.seed)
                  for s in edited]
     return SceneSet(train.scenes + edited, train.questions + questions, train.states + [states[s["id"]] for s in edited])

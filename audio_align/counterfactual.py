@@ -122,8 +122,3 @@ def edited_wave(edit: Edit, original: np.ndarray, sr: int = SAMPLE_RATE) -> np.n
     event boundaries (where the events are faded to silence), so only the background is cut."""
     bounds = [(int(round(a * sr)), int(round(b * sr))) for a, b in edit.pieces]
     return np.concatenate([original[a:b] for a, b in bounds]) if bounds else original[:0]
-
-
-def rules_from_manifest(manifest: dict) -> list[Rule]:
-    """The corpus's co-occurrence rules as :class:`Rule` objects (with their ``within``)."""
-    return [Rule(r["trigger"], r["consequent"], float(r.get("within", 2.0))) for r in manifest.get("rules", [])]

@@ -452,16 +452,23 @@ def questions_for(scene: dict, split: str, classes: Sequence[str], rules: Sequen
     return b.out
 
 
+def spoken_sentences(scenes: Iterable[dict]) -> list[str]:
+    """The sentences (two words or more) spoken in ``scenes``: the options of "what was said"."""
+    return sorted({e["text"] for s in scenes for e in s["events"] if e.get("text") and " " in e["text"]})
+
+
+def questions_by_scene(scenes: Sequence[dict], split: str, classes: Sequence[str],
+                       rules: Sequence[tuple[str, str]], seed: int = 0) -> list[list[Question]]:
+    """The questions of each scene (``[i]`` are ``scenes[i]``'s), as :func:`build_questions` asks them."""
+    sentences = spoken_sentences(scenes)
+    return [questions_for(s, split, classes, rules, sentences, seed) for s in scenes]
+
+
 def build_questions(scenes: Iterable[dict], split: str, classes: Sequence[str],
                     rules: Sequence[tuple[str, str]], seed: int = 0) -> list[Question]:
     """The questions of every scene, in the templates ``split`` may use (the test split: the
     held-out ones; pass split="train" to ask test scenes in the training templates)."""
-    scenes = list(scenes)
-    sentences = sorted({e["text"] for s in scenes for e in s["events"] if e.get("text") and " " in e["text"]})
-    out: list[Question] = []
-    for s in scenes:
-        out.extend(questions_for(s, split, classes, rules, sentences, seed))
-    return out
+    return [q for qs in questions_by_scene(list(scenes), split, classes, rules, seed) for q in qs]
 
 
 def rules_of(manifest: dict) -> list[tuple[str, str]]:

@@ -977,6 +977,11 @@ def corpus_root(name: str | Path, home: Path | None = None) -> Path:
     return root
 
 
+def manifest_rules(manifest: dict) -> list[Rule]:
+    """The co-occurrence rules a manifest records (its ``rules``), as :class:`Rule` objects."""
+    return [Rule(r["trigger"], r["consequent"], float(r.get("within", 2.0))) for r in manifest.get("rules", [])]
+
+
 def read_manifest(root: str | Path) -> dict:
     """A corpus's manifest.json (config, classes, rules, held-out material)."""
     path = Path(root) / "manifest.json"

@@ -96,12 +96,9 @@ def load_scene_set(root: Path, split: str, frontend: AudioFrontEnd, manifest: di
     from audio_align.scenes import read_scenes
 
     scenes = read_scenes(root, split)
-    questions = qa.build_questions(scenes, split, manifest["classes"], qa.rules_of(manifest), seed)
-    by_scene: dict[str, list[qa.Question]] = {s["id"]: [] for s in scenes}
-    for q in questions:
-        by_scene[q.scene].append(q)
+    questions = qa.questions_by_scene(scenes, split, manifest["classes"], qa.rules_of(manifest), seed)
     states = encode_scenes(root, split, scenes, frontend, encoder_batch)
-    return SceneSet(scenes, [by_scene[s["id"]] for s in scenes], [states[s["id"]] for s in scenes])
+    return SceneSet(scenes, questions, [states[s["id"]] for s in scenes])
 
 
 def load_asr_set(corpus: str, frontend: AudioFrontEnd, limit: int = 0, seed: int = 0) -> SceneSet:
