@@ -18,8 +18,10 @@ Output, under ``<home>/simul/<name>/``::
     general/{train,dev,test}.jsonl   one document a line: {"id", "catalog", "zh": [...], "en": [...]}
     domain/{train,dev,test}.jsonl
     summary.json                     counts, the config
+    general/catalogs.tsv             optional: zh, en, catalog pairs from many more packages'
+    catalogs.json                    zh_CN catalogs (:func:`build_catalog_pairs`), for pretraining
 
-Read them back with :func:`read_documents`.
+Read them back with :func:`read_documents` and :func:`read_catalog_pairs`.
 """
 
 from __future__ import annotations
@@ -36,13 +38,17 @@ from pathlib import Path
 from compress.errors import UserError
 from compress.files import atomic_path, write_json_atomic
 from speech.config import ConfigError, config_to_dict
+from speech.data import catalogs as catalog_files
 from speech.data.cache import interpres_home
-from speech.data.text import SPLITS, read_tsv
+from speech.data.packages import fetch_apt
+from speech.data.text import SPLITS, choose_translations, read_tsv, split_key
 
 log = logging.getLogger(__name__)
 
 DOMAIN_FAMILIES = ["gcc-12-locales", "binutils-common", "bison", "make"]
 PARTS = ("general", "domain")
+CATALOG_LIST = Path(__file__).parent / "configs" / "zh_catalogs.txt"
+CATALOG_MEMBERS = ["*/zh_CN/LC_MESSAGES/*.mo"]
 
 
 class StreamDataError(UserError, ValueError):
@@ -210,6 +216,97 @@ def build_stream_corpus(cfg: StreamCorpusConfig, home: Path | None = None) -> di
     return summary
 
 
+def read_package_list(path: str | Path) -> list[str]:
+    """Package names, one a line; ``#`` starts a comment."""
+    path = Path(path)
+    if not path.exists():
+        raise StreamDataError(f"{path}: not found (a list of Debian package names, one a line)")
+    names = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    bad = [n for n in names if n and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", n)]
+    if bad:
+        raise StreamDataError(f"{path}: not a Debian package name: {bad[0]!r}")
+    return [n for n in names if n]
+
+
+def corpus_root(name_or_dir: str, home: Path | None = None) -> Path:
+    """A corpus folder given as a path, or by its name under ``<home>/simul``."""
+    root = Path(name_or_dir)
+    return root if root.is_dir() else corpus_dir(name_or_dir, home)
+
+
+def catalog_pairs_path(name_or_dir: str, home: Path | None = None) -> Path:
+    return corpus_root(name_or_dir, home) / "general" / "catalogs.tsv"
+
+
+def build_catalog_pairs(name: str = "default", packages: str | Path = CATALOG_LIST,
+                        home: Path | None = None, workers: int = 2) -> dict:
+    """zh->en pairs from the zh_CN catalogs of many more packages (``packages``: a list
+    file, by default ``simul/configs/zh_catalogs.txt``), for pretraining beside the
+    stream corpus ``name``; written to ``general/catalogs.tsv`` (zh without punctuation,
+    as in the streams; en; catalog). Returns the summary (``catalogs.json``).
+
+    Only new pairs are kept: none whose Chinese or whose English (compared as the text
+    builder's split key) is a sentence of any stream of the corpus, train, dev or test,
+    general or domain; so no test sentence reaches training through another package, and
+    the target domain stays out. Packages whose catalogs the streams come from are skipped.
+    One translation per English string, as in the text builder."""
+    home = home or interpres_home()
+    out = corpus_dir(name, home)
+    stream_summary = out / "summary.json"
+    if not stream_summary.exists():
+        raise StreamDataError(f"{out}: no stream corpus (build it with 'interpres data simul')")
+    names = read_package_list(packages)
+    stamp = {"packages": names, "members": CATALOG_MEMBERS,
+             "streams": json.loads(stream_summary.read_text(encoding="utf-8"))}
+    summary_path = out / "catalogs.json"
+    if summary_path.exists() and catalog_pairs_path(name, home).exists():
+        old = json.loads(summary_path.read_text(encoding="utf-8"))
+        if old.get("stamp") == stamp:
+            log.info("catalog pairs already built at %s", catalog_pairs_path(name, home))
+            return old
+    docs = [d for part in PARTS for split in SPLITS for d in load_split(str(out), part, split)]
+    seen_zh = {z for d in docs for z in d.zh}
+    seen_en = {split_key(e) for d in docs for e in d.en}
+    stream_packages = {d.catalog.split("/", 1)[0] for d in docs}
+    wanted = [n for n in names if n not in stream_packages]
+    log.info("catalog pairs: fetching the zh_CN catalogs of %d packages", len(wanted))
+    roots = fetch_apt(wanted, home, workers=workers, members=CATALOG_MEMBERS)
+    pairs = [p for pkg, loc, path in catalog_files.find_catalogs(roots)
+             for p in catalog_files.pairs_from_catalog(pkg, loc, path, "zh")]
+    rows = []
+    for p in choose_translations(pairs, "zh"):
+        zh = strip_punctuation(p.tgt)
+        if zh and zh not in seen_zh and split_key(p.en) not in seen_en:
+            rows.append((zh, p.en, p.catalog))
+    path = catalog_pairs_path(name, home)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write("zh\ten\tcatalog\n")
+        for row in rows:
+            f.write("\t".join(row) + "\n")
+    summary = {"stamp": stamp, "packages_found": len(roots), "catalog_files": len({p.catalog for p in pairs}),
+               "pairs_read": len(pairs), "pairs": len(rows), "source_chars": sum(len(r[0]) for r in rows)}
+    write_json_atomic(summary_path, summary)
+    log.info("catalog pairs: %d new pairs from %d packages at %s", len(rows), len(roots), path)
+    return summary
+
+
+def read_catalog_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """(zh, en) pairs of a ``catalogs.tsv``; errors name the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise StreamDataError(f"{path}: not found (build it with 'interpres data simul --catalogs')")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if lineno == 1:
+                continue
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) != 3 or not cols[0] or not cols[1]:
+                raise StreamDataError(f"{path}:{lineno}: expected zh, en, catalog separated by tabs")
+            out.append((cols[0], cols[1]))
+    return out
+
+
 def write_documents(path: Path, docs: list[Document]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for d in docs:
@@ -296,7 +393,4 @@ def load_split(name_or_dir: str, part: str, split: str, home: Path | None = None
     """``part`` (general|domain) ``split`` of a corpus name under ``<home>/simul`` or a folder."""
     if part not in PARTS or split not in SPLITS:
         raise ConfigError(f"unknown corpus part/split '{part}/{split}' (parts: {PARTS}, splits: {SPLITS})")
-    root = Path(name_or_dir)
-    if not root.is_dir():
-        root = corpus_dir(name_or_dir, home)
-    return read_documents(root / part / f"{split}.jsonl")
+    return read_documents(corpus_root(name_or_dir, home) / part / f"{split}.jsonl")

@@ -11,7 +11,8 @@ examples made from the stream corpus (:mod:`simul.data`):
 - ``pretrain``: general train documents as sentence pairs, plus each whole document and
   one window of consecutive sentences (stream-level pairs, so the model also translates
   several sentences without punctuation, as wait-k and local agreement ask of it);
-  ``lexicon`` adds CC-CEDICT entries (headword -> first gloss) to the pairs;
+  ``lexicon`` adds CC-CEDICT entries (headword -> first gloss) to the pairs, ``catalogs``
+  the new pairs of many more packages' zh_CN catalogs (``interpres data simul --catalogs``);
 - ``domain``: the same, from the target domain's train documents (fine-tuning), with
   ``general_mix`` times as many general pairs mixed in;
 - ``segments``: sentence-length adaptation: the train documents (general and domain) cut
@@ -41,7 +42,8 @@ import torch
 from compress.distill import (KDConfig, SeqKDCorpus, batch_kd_mask, kd_loss, targets_from_outputs,
                              teacher_log_probs, truncate_targets)
 from compress.files import write_json_atomic
-from simul.data import Document, StreamCorpusConfig, build_stream_corpus, lexicon_pairs, load_split
+from simul.data import (Document, StreamCorpusConfig, build_catalog_pairs, build_stream_corpus, catalog_pairs_path,
+                        lexicon_pairs, load_split, read_catalog_pairs)
 from simul.model import MTConfig, MTModel, preset
 from simul.policies import SEGMENT_LENPEN
 from simul.translator import SRC_SPM, TGT_SPM, Translator
@@ -77,6 +79,9 @@ class SimulTrainConfig(LoopConfig):
     # stage pretrain: up to this many CC-CEDICT entries (simul.data.lexicon_pairs, a seeded
     # draw of those whose characters the source vocabulary knows) join the training pairs
     lexicon: int = 0
+    # stage pretrain: add the corpus's general/catalogs.tsv (simul.data.build_catalog_pairs: about
+    # 196k new pairs from 1,269 more packages' zh_CN catalogs; built when missing)
+    catalogs: bool = False
     # stage domain: general train pairs mixed into the domain's, as a multiple of their
     # number (a seeded draw), so that adaptation does not forget the general test
     general_mix: float = 0.0
@@ -112,6 +117,8 @@ class SimulTrainConfig(LoopConfig):
             raise ConfigError("lexicon and general_mix must be >= 0")
         if self.lexicon and self.stage != "pretrain":
             raise ConfigError("lexicon adds dictionary pairs to stage pretrain only")
+        if self.catalogs and self.stage != "pretrain":
+            raise ConfigError("catalogs adds catalog pairs to stage pretrain only")
         if self.general_mix and self.stage != "domain":
             raise ConfigError("general_mix mixes general pairs into stage domain only")
         if self.seq_kd and not self.teacher:
@@ -279,7 +286,12 @@ class MTRecipe:
 
 def stage_pairs(cfg: SimulTrainConfig, split: str) -> list[tuple[str, str]]:
     if cfg.stage in ("pretrain", "waitk"):
-        return document_pairs(load_split(cfg.corpus, "general", split), cfg.windows, cfg.seed)
+        pairs = document_pairs(load_split(cfg.corpus, "general", split), cfg.windows, cfg.seed)
+        if split == "train" and cfg.catalogs:
+            extra = read_catalog_pairs(catalog_pairs_path(cfg.corpus))
+            log.info("catalogs: %d pairs beside the %d of the streams", len(extra), len(pairs))
+            pairs += extra
+        return pairs
     if cfg.stage == "domain":
         pairs = document_pairs(load_split(cfg.corpus, "domain", split), cfg.windows, cfg.seed)
         if split == "train" and cfg.general_mix > 0:
@@ -339,6 +351,8 @@ def train(cfg: SimulTrainConfig) -> Path:
     out = Path(cfg.out)
     if rank == 0 and not Path(cfg.corpus).is_dir():
         build_stream_corpus(StreamCorpusConfig(name=cfg.corpus))
+        if cfg.catalogs:
+            build_catalog_pairs(cfg.corpus)
     barrier(world)
 
     train_pairs = stage_pairs(cfg, "train")

@@ -2,16 +2,25 @@
 
 import json
 import random
+import shutil
+import subprocess
 from collections import Counter, defaultdict
 
 import pytest
 
+from builders import write_mo
 from speech.config import ConfigError
+from speech.data.text import split_key
 from simul.data import (
+    CATALOG_LIST,
     Document,
     StreamCorpusConfig,
     StreamDataError,
+    build_catalog_pairs,
     build_stream_corpus,
+    catalog_pairs_path,
+    read_catalog_pairs,
+    read_package_list,
     family,
     load_split,
     make_documents,
@@ -274,6 +283,87 @@ def test_build_names_a_malformed_tsv_line(tmp_path):
     path.write_text("".join(lines), encoding="utf-8")
     with pytest.raises(StreamDataError, match=f"{path}:3:"):
         build_stream_corpus(corpus_cfg(), home=home)
+
+
+# ----------------------------------------------------------------------------- build_catalog_pairs
+
+
+def write_deb(debs, name, files):
+    """A real .deb (dpkg-deb --build) named as apt-get download names it, holding ``files``."""
+    tree = debs.parent / "trees" / name
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n")
+    for rel, entries in files.items():
+        write_mo(tree / rel, entries)
+    debs.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(tree), str(debs / f"{name}_1.0_all.deb")],
+                   check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian)")
+def test_catalog_pairs_are_new_pairs_of_the_listed_packages(tmp_path):
+    home = tmp_path / "home"
+    write_zh_en(home)
+    build_stream_corpus(corpus_cfg(), home=home)
+    docs = [d for part in ("general", "domain") for split in ("train", "dev", "test")
+            for d in load_split("t", part, split, home=home)]
+    test_doc = load_split("t", "general", "test", home=home)[0]
+    debs = home / "packages" / "debs"
+    write_deb(debs, "tool-a", {
+        "usr/share/locale/zh_CN/LC_MESSAGES/tool.mo": [
+            ("Open the archive", "打开归档。"),  # new
+            ("Unrelated words here", test_doc.zh[0]),  # a test stream's Chinese: dropped
+            (test_doc.en[0].upper() + "!", "全新的中文句子"),  # a test stream's English (split key): dropped
+            ("%s files", "%s 个文件"),  # a placeholder: the text builder's cleaning drops it
+        ],
+        "usr/share/locale/de/LC_MESSAGES/tool.mo": [("Open the archive", "Archiv öffnen")],
+    })
+    # a package the streams come from is skipped, even if listed
+    write_deb(debs, "coreutils", {"usr/share/locale/zh_CN/LC_MESSAGES/coreutils.mo": [("Copy it now", "现在复制")]})
+    listing = tmp_path / "list.txt"
+    listing.write_text("# a comment\ntool-a\n\ncoreutils  # trailing comment\n")
+    assert read_package_list(listing) == ["tool-a", "coreutils"]
+
+    summary = build_catalog_pairs("t", listing, home=home)
+    path = catalog_pairs_path("t", home)
+    assert read_catalog_pairs(path) == [("打开归档", "Open the archive")]
+    assert summary["pairs"] == 1 and summary["packages_found"] == 1 and summary["pairs_read"] == 3
+    seen = {z for d in docs for z in d.zh} | {split_key(e) for d in docs for e in d.en}
+    assert not any(z in seen or split_key(e) in seen for z, e in read_catalog_pairs(path))
+    unpacked = [p.relative_to(home / "packages") for p in (home / "packages").glob("root-*/tool-a/**/*.mo")]
+    assert len(unpacked) == 1 and "zh_CN" in str(unpacked[0])  # only the members asked for
+
+    # done is done; another list rebuilds
+    stamp = path.stat().st_mtime_ns
+    assert build_catalog_pairs("t", listing, home=home) == summary and path.stat().st_mtime_ns == stamp
+    listing.write_text("coreutils\n")
+    assert build_catalog_pairs("t", listing, home=home)["pairs"] == 0
+    assert read_catalog_pairs(path) == []
+
+
+def test_catalog_pairs_errors_name_the_file(tmp_path):
+    with pytest.raises(StreamDataError, match="no stream corpus"):
+        build_catalog_pairs("t", CATALOG_LIST, home=tmp_path)
+    bad_list = tmp_path / "list.txt"
+    bad_list.write_text("fine-name\nNot A Name\n")
+    with pytest.raises(StreamDataError, match=f"{bad_list}.*Not A Name"):
+        read_package_list(bad_list)
+    with pytest.raises(StreamDataError, match="interpres data simul --catalogs"):
+        read_catalog_pairs(tmp_path / "catalogs.tsv")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("zh\ten\tcatalog\n打开\tOpen\tc/c\n保存\tSave\n", encoding="utf-8")
+    with pytest.raises(StreamDataError, match=f"{bad}:3:"):
+        read_catalog_pairs(bad)
+
+
+def test_the_bundled_package_list_reads_and_holds_out_the_streams_and_the_domain():
+    from speech.data.text import CATALOG_PACKAGES
+
+    names = read_package_list(CATALOG_LIST)
+    assert len(names) > 1000 and len(set(names)) == len(names)
+    assert not set(names) & set(CATALOG_PACKAGES)
+    assert not set(names) & {"gcc-11-locales", "gcc-12-locales", "binutils-common", "bison", "make", "make-guile"}
 
 
 # ----------------------------------------------------------------------------- read_documents

@@ -4,6 +4,7 @@ stages that keep their tokenizers, and the prefix-to-prefix (wait-k) model."""
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -195,3 +196,17 @@ def test_domain_stage_mixes_general_pairs_in(tiny_simul, tmp_path):
         cfg(tiny_simul.corpus, tmp_path, "general_mix=1.0")
     with pytest.raises(ConfigError, match="lexicon"):
         cfg(tiny_simul.corpus, tmp_path, "stage=domain", "init=x", "lexicon=10")
+
+
+def test_pretraining_adds_the_catalog_pairs(tiny_simul, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_simul.corpus, corpus)
+    plain, with_catalogs = cfg(corpus, tmp_path), cfg(corpus, tmp_path, "catalogs=true")
+    with pytest.raises(StreamDataError, match=str(corpus / "general" / "catalogs.tsv")):
+        stage_pairs(with_catalogs, "train")
+    (corpus / "general" / "catalogs.tsv").write_text("zh\ten\tcatalog\n打开归档\tOpen the archive\tt/t\n",
+                                                     encoding="utf-8")
+    assert stage_pairs(with_catalogs, "train") == stage_pairs(plain, "train") + [("打开归档", "Open the archive")]
+    assert stage_pairs(with_catalogs, "dev") == stage_pairs(plain, "dev")  # validated on the streams alone
+    with pytest.raises(ConfigError, match="catalogs"):
+        cfg(corpus, tmp_path, "stage=domain", "init=x", "catalogs=true")

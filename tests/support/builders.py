@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -159,4 +160,26 @@ def make_lalm_dir(path: Path, encoder_dir: Path, seed: int = 0) -> Path:
     cfg = LalmConfig(audio_encoder=str(encoder_dir), encoder_dim=d_model, hidden_size=32, layers=1, heads=2,
                      kv_heads=1, intermediate_size=64, projector_dim=16, vocab_size=tok.vocab_size)
     save_lalm_dir(AudioLanguageModel(cfg, tok.audio), path / "spm.model", path)
+    return path
+
+
+MO_HEADER = "Content-Type: text/plain; charset=UTF-8\nPlural-Forms: nplurals=2; plural=(n != 1);\n"
+
+
+def write_mo(path: Path, entries: list[tuple[str, str]]) -> Path:
+    """A GNU .mo file (the format msgfmt writes) holding ``entries``."""
+    entries = sorted([("", MO_HEADER)] + entries)
+    ids = [k.encode() for k, _ in entries]
+    strs = [v.encode() for _, v in entries]
+    n = len(entries)
+    orig_off, trans_off = 28, 28 + 8 * n
+    data_off = trans_off + 8 * n
+    table, blob = [], b""
+    for s in ids + strs:
+        table.append((len(s), data_off + len(blob)))
+        blob += s + b"\0"
+    head = struct.pack("<7I", 0x950412DE, 0, n, orig_off, trans_off, 0, 0)
+    body = b"".join(struct.pack("<2I", *t) for t in table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(head + body + blob)
     return path

@@ -1,31 +1,8 @@
 """Catalog reading and cleaning on real .mo files written here."""
 
-import struct
-from pathlib import Path
-
+from builders import write_mo
 from speech.data import catalogs
 from speech.data.text import assign_split, choose_translations, split_key
-
-HEADER = "Content-Type: text/plain; charset=UTF-8\nPlural-Forms: nplurals=2; plural=(n != 1);\n"
-
-
-def write_mo(path: Path, entries: list[tuple[str, str]]) -> Path:
-    """A GNU .mo file (the format msgfmt writes) holding ``entries``."""
-    entries = sorted([("", HEADER)] + entries)
-    ids = [k.encode() for k, _ in entries]
-    strs = [v.encode() for _, v in entries]
-    n = len(entries)
-    orig_off, trans_off = 28, 28 + 8 * n
-    data_off = trans_off + 8 * n
-    table, blob = [], b""
-    for s in ids + strs:
-        table.append((len(s), data_off + len(blob)))
-        blob += s + b"\0"
-    head = struct.pack("<7I", 0x950412DE, 0, n, orig_off, trans_off, 0, 0)
-    body = b"".join(struct.pack("<2I", *t) for t in table)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(head + body + blob)
-    return path
 
 
 def test_read_catalog_handles_context_and_plurals(tmp_path):
