@@ -18,8 +18,8 @@ Output, under ``<home>/simul/<name>/``::
     general/{train,dev,test}.jsonl   one document a line: {"id", "catalog", "zh": [...], "en": [...]}
     domain/{train,dev,test}.jsonl
     summary.json                     counts, the config
-    general/catalogs.tsv             optional: zh, en, catalog pairs from many more packages'
-    catalogs.json                    zh_CN catalogs (:func:`build_catalog_pairs`), for pretraining
+    general/catalogs.tsv             with ``--catalogs``: new zh, en, catalog pairs for pretraining,
+    catalogs.json                    from more packages' zh_CN catalogs (:func:`build_catalog_pairs`)
 
 Read them back with :func:`read_documents` and :func:`read_catalog_pairs`.
 """
