@@ -836,7 +836,7 @@ def _cmd_eval_mustc(args: argparse.Namespace) -> int:
 
 def _cmd_data_simul(args: argparse.Namespace) -> int:
     from speech.config import load_config
-    from simul.data import StreamCorpusConfig, build_catalog_pairs, build_stream_corpus, catalog_pairs_path, corpus_dir
+    from simul.data import CATALOG_PAIRS, StreamCorpusConfig, build_catalog_pairs, build_stream_corpus, corpus_dir
 
     cfg = load_config(StreamCorpusConfig, args.config, args.overrides)
     summary = build_stream_corpus(cfg, home=args.home)
@@ -847,7 +847,7 @@ def _cmd_data_simul(args: argparse.Namespace) -> int:
     if args.catalogs is not None:
         cat = build_catalog_pairs(cfg.name, args.catalogs, home=args.home)
         print(f"catalog pairs: {cat['pairs']} new pairs ({cat['source_chars']} chars) from "
-              f"{cat['packages_found']} packages in {catalog_pairs_path(cfg.name, args.home)}")
+              f"{cat['packages_found']} packages in {corpus_dir(cfg.name, args.home) / CATALOG_PAIRS}")
     return 0
 
 

@@ -49,6 +49,7 @@ DOMAIN_FAMILIES = ["gcc-12-locales", "binutils-common", "bison", "make"]
 PARTS = ("general", "domain")
 CATALOG_LIST = Path(__file__).parent / "configs" / "zh_catalogs.txt"
 CATALOG_MEMBERS = ["*/zh_CN/LC_MESSAGES/*.mo"]
+CATALOG_PAIRS = Path("general") / "catalogs.tsv"  # in a corpus folder
 
 
 class StreamDataError(UserError, ValueError):
@@ -235,7 +236,7 @@ def corpus_root(name_or_dir: str, home: Path | None = None) -> Path:
 
 
 def catalog_pairs_path(name_or_dir: str, home: Path | None = None) -> Path:
-    return corpus_root(name_or_dir, home) / "general" / "catalogs.tsv"
+    return corpus_root(name_or_dir, home) / CATALOG_PAIRS
 
 
 def build_catalog_pairs(name: str = "default", packages: str | Path = CATALOG_LIST,
@@ -258,11 +259,11 @@ def build_catalog_pairs(name: str = "default", packages: str | Path = CATALOG_LI
     names = read_package_list(packages)
     stamp = {"packages": names, "members": CATALOG_MEMBERS,
              "streams": json.loads(stream_summary.read_text(encoding="utf-8"))}
-    summary_path = out / "catalogs.json"
-    if summary_path.exists() and catalog_pairs_path(name, home).exists():
+    summary_path, path = out / "catalogs.json", out / CATALOG_PAIRS
+    if summary_path.exists() and path.exists():
         old = json.loads(summary_path.read_text(encoding="utf-8"))
         if old.get("stamp") == stamp:
-            log.info("catalog pairs already built at %s", catalog_pairs_path(name, home))
+            log.info("catalog pairs already built at %s", path)
             return old
     docs = [d for part in PARTS for split in SPLITS for d in load_split(str(out), part, split)]
     seen_zh = {z for d in docs for z in d.zh}
@@ -278,7 +279,6 @@ def build_catalog_pairs(name: str = "default", packages: str | Path = CATALOG_LI
         zh = strip_punctuation(p.tgt)
         if zh and zh not in seen_zh and split_key(p.en) not in seen_en:
             rows.append((zh, p.en, p.catalog))
-    path = catalog_pairs_path(name, home)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write("zh\ten\tcatalog\n")
         for row in rows:
