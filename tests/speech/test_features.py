@@ -160,3 +160,16 @@ def test_utterance_cmvn():
     assert utterance_cmvn(torch.zeros(0, 80)).shape == (0, 80)
     batch = utterance_cmvn(torch.stack([feats, 2 * feats]))
     assert torch.allclose(batch[0], out, atol=1e-5) and torch.allclose(batch[1], out, atol=1e-5)
+
+
+@pytest.mark.parametrize("sample_rate, n_fft, n_mels", [(16000, 400, 80), (16000, 400, 128), (8000, 256, 40),
+                                                        (22050, 1024, 64)])
+def test_slaney_mel_filters_are_librosas(sample_rate, n_fft, n_mels):
+    """Whisper's mel filters, computed without importing librosa, are librosa's."""
+    librosa = pytest.importorskip("librosa")
+    from speech.features import slaney_mel_filters
+
+    want = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+    got = slaney_mel_filters(sample_rate, n_fft, n_mels)
+    assert got.dtype == torch.float32 and tuple(got.shape) == want.shape
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-7)
