@@ -41,6 +41,9 @@ class CompressConfig:
     distill: dict[str, Any] | None = None  # stage 1: family.distill settings; None skips it
     prune: dict[str, Any] | None = None  # stage 2: PruneConfig fields
     redistill: dict[str, Any] | None = None  # stage 3: family.distill settings
+    # between 3 and 4: family.trim settings (the decoder's vocabulary cut to the pieces the
+    # student's languages use); None skips it
+    trim: dict[str, Any] | None = None
     quantize: dict[str, Any] | None = None  # stage 4: family.quantize settings
     # variants of the re-distillation with other KD settings, measured beside the main line
     # (selective KD: e.g. {"truncate-75": {"kd": {"truncate": 0.75}}})
@@ -87,6 +90,8 @@ def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     family = load_family(cfg.family, cfg.options)
+    if cfg.trim is not None and not hasattr(family, "trim"):
+        raise CompressError(f"trim: the family {cfg.family} cannot trim a vocabulary")
     teachers = [Path(t) for t in cfg.teacher]
     for t in teachers:
         if not _done(t):
@@ -125,6 +130,14 @@ def run_pipeline(cfg: CompressConfig) -> dict[str, Any]:
             log.info("study %s: re-distill with %s", name, settings)
             path = family.distill(current, teachers, merged, out / f"study-{name}")
             variants.append({"name": f"study {name}", "path": str(path), "runtime": "torch", "stage": "study"})
+
+    if cfg.trim is not None:
+        trimmed = out / "3-trim" / "model"
+        if not _done(trimmed):
+            log.info("stage 3/4: trim the vocabulary of %s (%s)", redistilled, cfg.trim)
+            family.trim(redistilled, trimmed, cfg.trim)
+        redistilled = trimmed
+        variants.append({"name": "trimmed", "path": str(redistilled), "runtime": "torch", "stage": "trim"})
 
     if cfg.quantize is not None:
         log.info("stage 4/4: quantize (%s)", cfg.quantize)

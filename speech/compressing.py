@@ -137,6 +137,45 @@ class SpeechFamily:
         cfg = self._train_config(overrides, out)
         return train(cfg)
 
+    # ------------------------------------------------------------------ vocabulary trim
+
+    def trim(self, model_dir: Path, out: Path, settings: dict[str, Any]) -> dict[str, int]:
+        """Trim a Whisper model's decoder vocabulary (:func:`speech.whisper.trim_vocabulary`) to
+        the pieces of the text corpus's training sentences in the model's languages (both
+        sides: the English the model hears, and each target), plus the ``top`` commonest.
+        settings: ``corpus`` (the text corpus: a folder or a name under $INTERPRES_HOME,
+        default ``text``) and ``top`` (default 0)."""
+        from speech.data.text import read_tsv  # noqa: PLC0415
+        from speech.text_pretrain import text_root  # noqa: PLC0415
+        from speech.whisper import WhisperImportError, trim_vocabulary  # noqa: PLC0415
+
+        unknown = set(settings) - {"corpus", "top"}
+        top = settings.get("top", 0)
+        if unknown or not _is_int_at_least(top, 0):
+            raise CompressError(f"trim: {settings} (the speech family takes corpus: a text corpus, "
+                                f"top: an integer >= 0)")
+        root = text_root(str(settings.get("corpus", "text")))
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        texts = []
+        for lang in config.get("languages", []):
+            if lang == "en":
+                continue
+            path = root / f"en-{lang}" / "train.tsv"
+            try:
+                rows = read_tsv(path)
+            except FileNotFoundError:
+                raise CompressError(f"trim: {path} not found (build the text corpus: interpres data text)") from None
+            except ValueError as e:
+                raise CompressError(f"trim: {e}") from None
+            texts += [text for en, tgt, _, _ in rows for text in (en, tgt)]
+        if not texts:
+            raise CompressError(f"trim: no training sentences for the languages of {model_dir} in {root}")
+        try:
+            return trim_vocabulary(model_dir, out, texts, top=top, note={"trimmed_from": str(model_dir),
+                                                                         "trim_settings": dict(settings)})
+        except WhisperImportError as e:
+            raise CompressError(f"trim: {e}") from None
+
     # ------------------------------------------------------------------ quantization
 
     def quantize(self, model_dir: Path, out: Path, settings: dict[str, Any]) -> dict[str, Any]:

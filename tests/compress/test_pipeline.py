@@ -109,3 +109,5 @@ def test_config_errors_are_named(tmp_path, capsys):
     assert "is not a model directory" in capsys.readouterr().err
     assert main(["compress", str(bad), "prune.heads=0"]) == 2
     assert "'heads'" in capsys.readouterr().err
+    assert main(["compress", str(bad), "family=simul.compressing:SimulFamily", "trim.top=0"]) == 2
+    assert "trim: the family simul.compressing:SimulFamily cannot trim a vocabulary" in capsys.readouterr().err

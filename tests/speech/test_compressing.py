@@ -118,3 +118,33 @@ def test_test_items_take_the_features_of_the_model_named(family_and_model, tmp_p
     want = features_of(torch.from_numpy(load_segment(first)), cfg)
     torch.testing.assert_close(items[0]["feats"].float(), want, atol=2e-3, rtol=1e-3)  # cached as float16
     assert items[0]["feats"].shape != fbank[0]["feats"].shape or not torch.equal(items[0]["feats"], fbank[0]["feats"])
+
+
+def test_trim_keeps_the_pieces_of_the_models_languages(tmp_path):
+    """The family's trim stage reads the text corpus's training sentences of the model's languages."""
+    pytest.importorskip("ctranslate2")
+    from speech.config import ConfigError
+    from speech.whisper import import_whisper
+    from builders import write_text_corpus
+    from whisper_fixtures import tiny_ct2_whisper
+
+    whisper = import_whisper(str(tiny_ct2_whisper(tmp_path / "ct2")), tmp_path / "whisper", pad_to_s=0.0)
+    config = json.loads((whisper / "config.json").read_text())
+    (whisper / "config.json").write_text(json.dumps({**config, "languages": ["de", "en"]}))
+    text = write_text_corpus(tmp_path / "home") / "text"
+    family = SpeechFamily(corpus=str(tmp_path), langs=["de"])
+    # the tiny word-level tokenizer reads every word as t0: the 256 byte pieces and the
+    # prompt's tokens (sot, eot, <|de|>, <|en|>, translate, transcribe, startoflm, notimestamps)
+    assert family.trim(whisper, tmp_path / "trim", {"corpus": str(text)}) == {"vocab_before": 300, "vocab_after": 264}
+    note = json.loads((tmp_path / "trim" / "config.json").read_text())["compress"]
+    assert note["trimmed_from"] == str(whisper) and note["trim_settings"] == {"corpus": str(text)}
+    with pytest.raises(CompressError, match="top: an integer"):
+        family.trim(whisper, tmp_path / "no", {"top": -1})
+    with pytest.raises(CompressError, match="top: an integer"):
+        family.trim(whisper, tmp_path / "no", {"vocab": 3})
+    with pytest.raises(ConfigError, match="neither a folder"):
+        family.trim(whisper, tmp_path / "no", {"corpus": str(tmp_path / "missing")})
+    (whisper / "config.json").write_text(json.dumps({**config, "languages": ["de", "es"]}))
+    with pytest.raises(CompressError, match=r"en-es/train.tsv not found"):
+        family.trim(whisper, tmp_path / "no", {"corpus": str(text)})
+    assert not (tmp_path / "no").exists()
