@@ -52,6 +52,10 @@ class Family(Protocol):
     def test_items(self, settings: dict[str, Any]) -> list[Any]:
         """The test items every variant is measured on (the same for all)."""
 
+    # optional: trim(model_dir, out, settings) -> sizes, the config's trim stage: the model's
+    # vocabulary cut to what its languages use, written as a new model directory
+    # (speech: Whisper's decoder vocabulary, speech.whisper.trim_vocabulary)
+
     # optional: resampler(items, outputs) -> (item indices -> the headline quality of those
     # items), for the report's bootstrap intervals (compress.report.sacrebleu_resampler)
 
