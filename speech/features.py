@@ -268,22 +268,22 @@ class LogMelConfig:
         return max(num_samples, round(self.pad_to_s * self.sample_rate)) // self.hop_length
 
 
+# Slaney's mel scale (librosa's default, ``htk=False``): linear below 1 kHz, logarithmic above
+_MEL_HZ_STEP, _MIN_LOG_HZ = 200.0 / 3, 1000.0
+_MIN_LOG_MEL, _LOG_STEP = _MIN_LOG_HZ / _MEL_HZ_STEP, math.log(6.4) / 27.0
+
+
 def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale (librosa's default, ``htk=False``): linear to 1 kHz, then logarithmic."""
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    mel = hz / f_sp
-    high = hz >= min_log_hz
-    mel[high] = min_log_mel + np.log(hz[high] / min_log_hz) / logstep
+    mel = hz / _MEL_HZ_STEP
+    high = hz >= _MIN_LOG_HZ
+    mel[high] = _MIN_LOG_MEL + np.log(hz[high] / _MIN_LOG_HZ) / _LOG_STEP
     return mel
 
 
 def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
-    hz = mel * f_sp
-    high = mel >= min_log_mel
-    hz[high] = min_log_hz * np.exp(logstep * (mel[high] - min_log_mel))
+    hz = mel * _MEL_HZ_STEP
+    high = mel >= _MIN_LOG_MEL
+    hz[high] = _MIN_LOG_HZ * np.exp(_LOG_STEP * (mel[high] - _MIN_LOG_MEL))
     return hz
 
 

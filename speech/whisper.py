@@ -134,7 +134,7 @@ class WhisperTokenizer:
             self._to_model = {old: new for new, old in enumerate(self.keep)}
             special = {name: self._to_model[i] for name, i in special.items()}
             lang_ids = {lang: self._to_model[i] for lang, i in lang_ids.items() if i in self._to_model}
-            suppress = [self._to_model[i] for i in suppress if i in self._to_model]
+            suppress = self.model_ids(suppress)
         self._lang_ids = lang_ids
         self.bos_id, self.eos_id, self.pad_id = special[SOT], special[EOT], special[PAD]
         self.transcribe_id, self.no_timestamps_id = special[TRANSCRIBE], special[NO_TIMESTAMPS]
@@ -156,6 +156,13 @@ class WhisperTokenizer:
         if missing:
             raise WhisperImportError(f"{where} lacks {', '.join(missing[:5])} (the prompt's tokens and the "
                                      f"{BYTE_PIECES} byte pieces are always kept)")
+
+    def model_ids(self, ids: Iterable[int]) -> list[int]:
+        """The model's ids of those ``tokenizer.json`` ids that the model has (all of them
+        unless the vocabulary was trimmed)."""
+        if self.keep is None:
+            return [int(i) for i in ids]
+        return [self._to_model[i] for i in ids if i in self._to_model]
 
     @property
     def vocab_size(self) -> int:
@@ -549,14 +556,10 @@ def trim_vocabulary(model_dir: str | Path, out: str | Path, texts: Iterable[str]
         raise WhisperImportError(f"{model_dir}: not a Whisper model directory (its config has no "
                                  f"'tokenizer: whisper'); only Whisper's vocabulary is trimmed")
     tok = load_tokenizer_for(model_dir, config, cfg.vocab_size)
-
-    def model_ids(ids: Iterable[int]) -> list[int]:  # ids of tokenizer.json -> the model's
-        return [int(i) for i in ids] if tok.keep is None else [tok._to_model[i] for i in ids if i in tok._to_model]
-
-    used = set(model_ids(range(min(top, tok.tok.get_vocab_size()))))
-    for text in texts:
+    used = set(tok.model_ids(range(min(top, tok.tok.get_vocab_size()))))
+    for text in dict.fromkeys(texts):  # each sentence once (the English side repeats across pairs)
         used.update(tok.encode(text))
-    used.update(model_ids(range(BYTE_PIECES)))
+    used.update(tok.model_ids(range(BYTE_PIECES)))
     used.update((tok.bos_id, tok.eos_id, tok.pad_id, tok.transcribe_id, tok.no_timestamps_id,
                  tok.translate_id, *(tok.lang_tag(lang) for lang in config.get("languages", ["en"]))))
     kept = sorted(used)
