@@ -138,6 +138,10 @@ def rule_negatives(q: qa.Question, scene: dict, classes: Sequence[str], rules: S
         x = float(a)
         y = x * 2 + q.tolerance if rng.random() < 0.5 or x < 3 * q.tolerance else x / 2 - q.tolerance
         out.append((f"{max(0.1, y):.1f}", "rule:change_duration"))
+    elif t in ("louder", "longer"):  # the other sound of the pair
+        other = [c for c in present if c != a and re.search(rf"\bthe {re.escape(c)}\b", q.question)]
+        if other:
+            out.append((other[0], "rule:distractor"))
     elif t in ("loudest", "longest", "said", "length"):
         wrong = [o for o in q.options if o != a]
         if t in ("loudest", "longest"):  # a sound that is there beats an absent one

@@ -12,7 +12,9 @@ asks for a transcript (``asr``):
 - ``general``: four lettered options (MMAU's form): the loudest sound, the longest sound,
   what the speaker said, about how long the recording is. The canonical answer is the
   option's text (a small LM learns to name what it heard more easily than to point at a
-  letter); a prediction is right if it names the option or its letter.
+  letter); a prediction is right if it names the option or its letter. Training scenes
+  also ask ``louder``/``longer`` ("which is louder, A or B?") about pairs of their sounds:
+  more to learn level and duration from than one loudest/longest question a scene.
 - ``asr`` (training only, never about a scene): what an utterance of the speech corpus
   says (``LalmTrainConfig.asr_corpus``), the speech recognition Qwen2-Audio trains on.
 
@@ -130,6 +132,20 @@ TRAIN_TEMPLATES: dict[str, list[str]] = {
         "Which sound is heard for the most time? {opts}", "Choose the sound with the longest duration. {opts}",
         "Which one lasts the longest? {opts}", "Which sound takes up the most time? {opts}",
         "Select the longest-lasting sound. {opts}"],
+    # training only (every pair of sounds a scene holds, where the gap is clear): a comparison
+    # of two, so that the loudest/longest of several has more to learn from than one question a scene
+    "louder": [
+        "Which is louder, {the_a} or {the_b}?", "Which sound is louder: {the_a} or {the_b}?",
+        "Between {the_a} and {the_b}, which is louder?", "Which is heard more loudly, {the_a} or {the_b}?",
+        "Of {the_a} and {the_b}, which has more volume?", "Which is stronger, {the_a} or {the_b}?",
+        "Which one is louder, {the_a} or {the_b}?", "Is {the_a} or {the_b} the louder sound?",
+        "Which has the higher volume, {the_a} or {the_b}?"],
+    "longer": [
+        "Which lasts longer, {the_a} or {the_b}?", "Which sound is longer: {the_a} or {the_b}?",
+        "Between {the_a} and {the_b}, which goes on longer?", "Which is heard for more time, {the_a} or {the_b}?",
+        "Of {the_a} and {the_b}, which lasts longer?", "Which one has the longer duration, {the_a} or {the_b}?",
+        "Which continues longer, {the_a} or {the_b}?", "Is {the_a} or {the_b} the longer sound?",
+        "Which takes up more time, {the_a} or {the_b}?"],
     "said": [
         "What did the speaker say? {opts}", "What words are spoken? {opts}", "What is said in the recording? {opts}",
         "Which sentence is spoken? {opts}", "What does the voice say? {opts}", "What was said? {opts}",
@@ -185,6 +201,10 @@ HELDOUT: dict[str, list[str]] = {
         "Pick the sound that is loudest in the clip. {opts}", "Identify the most intense sound. {opts}"],
     "longest": [
         "Pick the sound heard for the longest stretch. {opts}", "Identify the most sustained sound. {opts}"],
+    "louder": [
+        "Compare {the_a} with {the_b}: which is more intense?", "Say which sounds more forceful: {the_a} or {the_b}."],
+    "longer": [
+        "Compare {the_a} with {the_b}: which is more sustained?", "Say which stretches out further, {the_a} or {the_b}."],
     "said": [
         "Pick what the voice says. {opts}", "Identify the spoken words. {opts}"],
     "length": [
@@ -208,8 +228,12 @@ TYPES: dict[str, tuple[str, str]] = {
     "last": ("temporal", "class"),
     "count": ("quantitative", "count"), "start": ("quantitative", "seconds"), "duration": ("quantitative", "seconds"),
     "loudest": (GENERAL, "choice"), "longest": (GENERAL, "choice"), "said": (GENERAL, "choice"),
+    "louder": (GENERAL, "class"), "longer": (GENERAL, "class"),
     "length": (GENERAL, "choice"), "transcribe": (ASR, "caption"), "caption": (CAPTION, "caption"),
 }
+LOUDER_DB = 3.0  # the level gap (dB) that makes one sound clearly the louder one
+LONGER_S = 0.5  # the duration gap (s) that makes one sound clearly the longer one
+PAIRS_PER_SCENE = 3  # "louder"/"longer" training questions a scene gives at most, each
 _MASS_NOUNS = {"speech", "music", "applause", "laughter", "noise", "static", "clicks"}
 _NUMBER_WORDS = {"zero": 0, "none": 0, "no": 0, "once": 1, "one": 1, "twice": 2, "two": 2, "three": 3,
                  "thrice": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
@@ -382,18 +406,24 @@ class _Builder:
         options = [options[i] for i in order]
         self.add(qtype, right, options=options)
 
+    def _level(self) -> dict[str, float]:
+        return {c: max(e["level_db"] for e in self.events if e["class"] == c) for c in self.present}
+
+    def _duration(self) -> dict[str, float]:
+        return {c: sum(e["offset"] - e["onset"] for e in self.events if e["class"] == c) for c in self.present}
+
     def general(self) -> None:
         if len(self.present) >= 2:
-            level = {c: max(e["level_db"] for e in self.events if e["class"] == c) for c in self.present}
+            level = self._level()
             ranked = sorted(self.present, key=lambda c: -level[c])
-            if level[ranked[0]] - level[ranked[1]] >= 3.0:
+            if level[ranked[0]] - level[ranked[1]] >= LOUDER_DB:
                 absent = [c for c in self.classes if c not in self.present]
                 # the other options are quieter sounds that are there, then absent ones
                 pool = ranked[1:] + [absent[i] for i in self.rng.permutation(len(absent))]
                 self._choice("loudest", ranked[0], pool[:3])
-            dur = {c: sum(e["offset"] - e["onset"] for e in self.events if e["class"] == c) for c in self.present}
+            dur = self._duration()
             ranked = sorted(self.present, key=lambda c: -dur[c])
-            if dur[ranked[0]] - dur[ranked[1]] >= 0.5:
+            if dur[ranked[0]] - dur[ranked[1]] >= LONGER_S:
                 absent = [c for c in self.classes if c not in self.present]
                 pool = ranked[1:] + [absent[i] for i in self.rng.permutation(len(absent))]
                 self._choice("longest", ranked[0], pool[:3])
@@ -408,6 +438,21 @@ class _Builder:
         if abs(right - d) <= 1.5:  # only clear cases
             opts = [f"{x} seconds" for x in lengths if x != right]
             self._choice("length", f"{right} seconds", opts)
+        if self.split == "train" and len(self.present) >= 2:  # after the rest: the other splits' draws stay as they were
+            self._pairs("louder", self._level(), LOUDER_DB)
+            self._pairs("longer", self._duration(), LONGER_S)
+
+    def _pairs(self, qtype: str, value: dict[str, float], margin: float) -> None:
+        """Up to PAIRS_PER_SCENE questions "which is more, A or B?" on pairs of the scene's sounds
+        whose values differ by ``margin`` or more; the answer is the greater one."""
+        pairs = [(a, b) for i, a in enumerate(self.present) for b in self.present[i + 1:]
+                 if abs(value[a] - value[b]) >= margin]
+        for k in self.rng.permutation(len(pairs))[:PAIRS_PER_SCENE]:
+            a, b = pairs[int(k)]
+            right = a if value[a] > value[b] else b
+            if self.rng.random() < 0.5:
+                a, b = b, a
+            self.add(qtype, right, the_a=the_np(a), the_b=the_np(b))
 
     def caption(self) -> None:
         self.add(CAPTION, caption_of(self.scene))

@@ -47,6 +47,31 @@ def test_answers_follow_the_ground_truth():
         assert qa.is_correct(q, q.answer), q
 
 
+def test_training_scenes_compare_pairs_of_their_sounds():
+    """"Which is louder/longer, A or B?" on each pair whose gap is clear (3 dB, 0.5 s), in
+    training scenes only: the dev and test questions stay exactly what they were."""
+    scene = _scene([_event("bell", 0.5, 1.5, -10), _event("drum", 2.0, 2.4, -25), _event("drum", 3.0, 3.4, -25),
+                    _event("crow", 5.0, 6.9, -11)])
+    for seed in range(5):
+        qs = qa.questions_for(scene, "train", CLASSES, RULES, SENTENCES, seed=seed)
+        louder = [q for q in qs if q.type == "louder"]
+        longer = [q for q in qs if q.type == "longer"]
+        # levels: bell -10, crow -11, drum -25: bell/crow is within 3 dB, so two pairs
+        assert sorted(q.answer for q in louder) == ["bell", "crow"]
+        assert all("drum" in q.question for q in louder)
+        # durations: bell 1.0, drum 0.8 (two), crow 1.9: bell/drum is within 0.5 s
+        assert sorted(q.answer for q in longer) == ["crow", "crow"]
+        for q in louder + longer:
+            assert q.kind == qa.GENERAL and qa.is_correct(q, q.answer) and not qa.is_correct(q, "drum" if q.answer != "drum" else "bell")
+        for split in ("dev", "test"):
+            assert not [q for q in qa.questions_for(scene, split, CLASSES, RULES, SENTENCES, seed=seed)
+                        if q.type in ("louder", "longer")]
+        # drawn after the rest: a dev scene (training wording) gets the same other questions
+        dev = qa.questions_for(scene, "dev", CLASSES, RULES, SENTENCES, seed=seed)
+        keep = [q.question for q in qs if q.type not in ("louder", "longer", qa.CAPTION)]
+        assert keep == [q.question for q in dev if q.type != qa.CAPTION]
+
+
 def test_prior_breaking_scene_probes_the_missing_consequent():
     scene = _scene([_event("phone ringing", 1.0, 3.0), _event("bell", 5.0, 6.0)], prior="breaking",
                    rule="phone ringing->speech")
