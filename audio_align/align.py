@@ -463,7 +463,7 @@ def align(cfg: AlignConfig) -> Path:
     root = corpus_root(cfg.scenes)
     manifest = read_manifest(root)
     classes, rules = manifest["classes"], qa.rules_of(manifest)
-    frontend = AudioFrontEnd(model.cfg.audio_encoder, model.cfg.pool, device="cpu")
+    frontend = AudioFrontEnd.of(model.cfg)
     if rank != 0:  # rank 0 fills the encoder cache, the pairs and the reference log-probs; the others read them
         barrier(world)
     scenes = {split: load_scene_set(root, split, frontend, manifest, cfg.seed) for split in ("train", "dev")}

@@ -4,6 +4,9 @@ The LALM's encoder is frozen, so what it makes of a scene never changes: trainin
 evaluation read the pooled states (fp16) from ``<corpus>/encoded/<key>/<split>/NNNN.safetensors``
 (``SHARD`` scenes a file, written atomically; a killed run resumes at the first missing
 shard). ``key`` names the encoder and the pooling, so two encoders never share a cache.
+A front end with ``level`` appends each frame's level to the states it reads (from the
+waveform, which costs a read of the wav and no encoder pass): the cache holds the encoder's
+states alone, so models with and without the level column share it.
 """
 
 from __future__ import annotations
@@ -32,15 +35,16 @@ def cache_key(encoder: str, pool: int) -> str:
 
 def encode_scenes(root: Path, split: str, scenes: Sequence[dict], frontend, batch: int = 4,
                   load: Callable[[dict], np.ndarray] | None = None) -> dict[str, torch.Tensor]:
-    """Scene id -> pooled encoder states (T, D) float16 for ``scenes`` of ``split``.
-    ``load(scene)`` gives a scene's waveform (default: the file ``<root>/<split>/<scene["wav"]>``;
-    the utterances of a speech corpus pass their own reader)."""
+    """Scene id -> pooled encoder states (T, D) float16 for ``scenes`` of ``split`` (T, D + 1)
+    float32 with the front end's ``level``). ``load(scene)`` gives a scene's waveform (default:
+    the file ``<root>/<split>/<scene["wav"]>``; the utterances of a speech corpus pass their own reader)."""
     from speech.audio import load_audio
     from speech.loop import Progress
 
     if load is None:
         load = lambda s: load_audio(root / split / s["wav"])  # noqa: E731
 
+    level = frontend.level
     folder = root / "encoded" / cache_key(frontend.name, frontend.pool) / split
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, torch.Tensor] = {}
@@ -53,7 +57,8 @@ def encode_scenes(root: Path, split: str, scenes: Sequence[dict], frontend, batc
         if path.is_file():
             cached = load_file(str(path))
             if all(i in cached for i in ids):
-                out.update({i: cached[i] for i in ids})
+                for s in shard:
+                    out[s["id"]] = frontend.with_level(cached[s["id"]], load(s)) if level else cached[s["id"]]
                 done += len(shard)
                 progress(done, len(scenes))
                 continue
@@ -61,12 +66,12 @@ def encode_scenes(root: Path, split: str, scenes: Sequence[dict], frontend, batc
         for j in range(0, len(shard), batch):
             part = shard[j:j + batch]
             waves = [load(s) for s in part]
-            for s, st in zip(part, frontend(waves)):
+            for s, w, st in zip(part, waves, frontend.encode(waves)):
                 states[s["id"]] = st.to(torch.float16).contiguous()
+                out[s["id"]] = frontend.with_level(states[s["id"]], w) if level else states[s["id"]]
             done += len(part)
             progress(done, len(scenes))
         with atomic_path(path) as tmp:
             save_file(states, str(tmp))
-        out.update(states)
     progress.close()
     return out

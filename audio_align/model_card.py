@@ -67,7 +67,8 @@ def card(config: dict[str, Any], scores: list[dict[str, Any]], params: int, name
         "the audio spliced at `<|AUDIO|>` placeholders of a ChatML prompt.", "",
         "## Architecture", "",
         f"- encoder: `{m['audio_encoder']}` (frozen; imported from its pinned PyPI package on first use), "
-        f"states averaged over {m['pool']} frames, unpadded (no 30 s window)",
+        f"states averaged over {m['pool']} frames, unpadded (no 30 s window)"
+        f"{', each frame with its level in dB as one more column' if m.get('level') else ''}",
         f"- projector: Conv1d(kernel = stride = {m['stride']}) + GELU + Linear: one audio token per "
         f"{20 * m['pool'] * m['stride']} ms",
         f"- LM: Qwen2 ({m['layers']} layers, hidden {m['hidden_size']}, {m['heads']} heads / {m['kv_heads']} KV heads, "

@@ -230,7 +230,7 @@ def train(cfg: LalmTrainConfig) -> Path:
         mcfg = model.cfg
     else:
         mcfg = LalmConfig(**cfg.lalm)
-    frontend = AudioFrontEnd(mcfg.audio_encoder, mcfg.pool, device="cpu")
+    frontend = AudioFrontEnd.of(mcfg)
     if cfg.init and frontend.dim != mcfg.encoder_dim:
         raise ConfigError(f"{cfg.init}: encoder_dim {mcfg.encoder_dim} but {mcfg.audio_encoder} has d_model {frontend.dim}")
     # rank 0 fills the encoder cache and trains the tokenizer; the other ranks wait, then read them

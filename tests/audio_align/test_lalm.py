@@ -174,3 +174,61 @@ def test_speech_recognition_turns_from_a_speech_corpus(tok, tmp_path):
         load_asr_set(str(tmp_path / "nothing"), frontend)
     with pytest.raises(ConfigError, match="asr_corpus: .*en-asr"):
         load_asr_set(str(build_eval_corpus(tmp_path / "st", pairs=("en-de",), split="train")), frontend)
+
+
+def test_frame_levels_are_the_power_of_each_span_in_db():
+    import numpy as np
+
+    from audio_align.lalm import LEVEL_FLOOR_DB, LEVEL_OFFSET_DB, LEVEL_SCALE_DB, frame_levels
+
+    t = np.arange(1280) / 16000
+    wave = np.concatenate([0.5 * np.sin(2 * np.pi * 400 * t), np.zeros(1280), 0.05 * np.ones(1280)])
+    db = frame_levels(wave, 6)[:, 0].numpy() * LEVEL_SCALE_DB - LEVEL_OFFSET_DB
+    # a sine of amplitude 0.5: power 0.125 (-9.03 dB); silence: the floor; DC 0.05: -26.02 dB
+    assert db == pytest.approx([-9.03, -9.03, LEVEL_FLOOR_DB, LEVEL_FLOOR_DB, -26.02, -26.02], abs=0.01)
+    assert frame_levels(wave, 7).shape == (7, 1)  # spans follow the encoder's frame count
+    assert frame_levels(np.zeros(0), 2)[:, 0].tolist() == [(LEVEL_FLOOR_DB + LEVEL_OFFSET_DB) / LEVEL_SCALE_DB] * 2
+
+
+def test_a_level_front_end_appends_a_column_the_cache_does_not_hold(tok, tmp_path):
+    """level: the projector hears encoder_dim + 1 columns; the encoder cache keeps the states
+    alone (shared with models without the column), the level read from the waveform."""
+    import numpy as np
+    import soundfile as sf
+
+    from audio_align.encoded import encode_scenes
+    from audio_align.lalm import AudioFrontEnd, frame_levels
+    from builders import make_model_dir
+    from speech.audio import load_audio
+
+    encoder = str(make_model_dir(tmp_path / "asr", task="asr"))
+    plain, loud = AudioFrontEnd(encoder, pool=2), AudioFrontEnd(encoder, pool=2, level=True)
+    g = np.random.default_rng(0)
+    root = tmp_path / "scenes"
+    scenes = []
+    for i, gain in enumerate((0.5, 0.05)):
+        (root / "test").mkdir(parents=True, exist_ok=True)
+        sf.write(root / "test" / f"s{i}.wav", (gain * g.standard_normal(16000)).astype(np.float32), 16000)
+        scenes.append({"id": f"s{i}", "wav": f"s{i}.wav"})
+    with_level = encode_scenes(root, "test", scenes, loud)
+    cached = [f for f in (root / "encoded").rglob("*.safetensors")]
+    without = encode_scenes(root, "test", scenes, plain)
+    assert [f for f in (root / "encoded").rglob("*.safetensors")] == cached  # one cache for both
+    for s in scenes:
+        a, b = with_level[s["id"]], without[s["id"]]
+        assert a.shape == (b.shape[0], plain.dim + 1) and torch.allclose(a[:, :-1], b.float())
+    # the louder scene's column is 20 dB (1.0 in the column's units) above the quieter one's
+    assert float((with_level["s0"][:, -1] - with_level["s1"][:, -1]).mean()) == pytest.approx(1.0, abs=0.05)
+    w = load_audio(root / "test" / "s0.wav")
+    assert torch.allclose(loud([w])[0][:, -1:], frame_levels(w, with_level["s0"].shape[0]))
+    # a model of such a config takes the column, and keeps it through its directory
+    torch.manual_seed(0)
+    cfg = LalmConfig(encoder_dim=plain.dim, hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64,
+                     projector_dim=16, stride=2, vocab_size=tok.vocab_size, level=True)
+    model = AudioLanguageModel(cfg, tok.audio).eval()
+    loaded, tok2, _ = load_lalm_dir(save_lalm_dir(model, tok.tok.path, tmp_path / "m"))
+    assert loaded.cfg.level and AudioFrontEnd.of(loaded.cfg).level
+    states, q = [with_level["s0"]], ["Can you hear a bell?"]
+    assert answer(loaded, tok2, states, q) == answer(model, tok, states, q)
+    with pytest.raises(RuntimeError):  # the states without the column do not fit its projector
+        answer(loaded, tok2, [without["s0"]], q)
