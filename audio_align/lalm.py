@@ -16,7 +16,8 @@ The chat template is Qwen2-Audio's, with single spaces where it has newlines::
 one ``<|AUDIO|>`` per audio embedding. The level column is there because the frozen encoder
 blurs level: a linear probe of its states recovers an event's RMS level within 4.0 dB,
 the frame energies within 0.2 dB (test scenes, isolated events), and "which sound is the
-loudest?" turns on gaps of 3 dB. A model directory holds ``config.json`` (this
+loudest?" turns on gaps of 3 dB. (The one model trained with it so far ignored it: BENCHMARKS.md,
+issue 24, "Louder/longer pairs and a level column".) A model directory holds ``config.json`` (this
 config, the encoder it hears through, the recipe), ``model.safetensors`` (projector and
 LM; the encoder is named, not copied: ``whisper-base`` is imported from its pinned
 package on first use), ``spm.model`` (the specials are user-defined pieces) and a card.
