@@ -44,7 +44,6 @@ def encode_scenes(root: Path, split: str, scenes: Sequence[dict], frontend, batc
     if load is None:
         load = lambda s: load_audio(root / split / s["wav"])  # noqa: E731
 
-    level = frontend.level
     folder = root / "encoded" / cache_key(frontend.name, frontend.pool) / split
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, torch.Tensor] = {}
@@ -57,8 +56,8 @@ def encode_scenes(root: Path, split: str, scenes: Sequence[dict], frontend, batc
         if path.is_file():
             cached = load_file(str(path))
             if all(i in cached for i in ids):
-                for s in shard:
-                    out[s["id"]] = frontend.with_level(cached[s["id"]], load(s)) if level else cached[s["id"]]
+                for s in shard:  # the level needs the wave; plain states need no read
+                    out[s["id"]] = frontend.with_level(cached[s["id"]], load(s)) if frontend.level else cached[s["id"]]
                 done += len(shard)
                 progress(done, len(scenes))
                 continue
@@ -68,7 +67,7 @@ def encode_scenes(root: Path, split: str, scenes: Sequence[dict], frontend, batc
             waves = [load(s) for s in part]
             for s, w, st in zip(part, waves, frontend.encode(waves)):
                 states[s["id"]] = st.to(torch.float16).contiguous()
-                out[s["id"]] = frontend.with_level(states[s["id"]], w) if level else states[s["id"]]
+                out[s["id"]] = frontend.with_level(states[s["id"]], w)
             done += len(part)
             progress(done, len(scenes))
         with atomic_path(path) as tmp:

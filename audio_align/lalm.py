@@ -340,8 +340,7 @@ class AudioFrontEnd:
         return cls(cfg.audio_encoder, cfg.pool, device=device, level=cfg.level)
 
     def __call__(self, waves: Sequence[np.ndarray]) -> list[Tensor]:
-        states = self.encode(waves)
-        return [self.with_level(s, w) for s, w in zip(states, waves)] if self.level else states
+        return [self.with_level(s, w) for s, w in zip(self.encode(waves), waves)]
 
     def with_level(self, states: Tensor, wave: np.ndarray) -> Tensor:
         """Encoder states (T, D) of ``wave`` -> the features this front end gives: (T, D + 1) with ``level``."""

@@ -116,10 +116,10 @@ def rule_negatives(q: qa.Question, scene: dict, classes: Sequence[str], rules: S
         cands = [p for p in _partners(a, rules) if p != a] + [c for c in present if c != a]
         cands = list(dict.fromkeys(cands)) or [c for c in classes if c != a]
         out.append((cands[0] if _partners(a, rules) else cands[int(rng.integers(len(cands)))], "rule:swap_identity"))
-    elif t == "which_first":
+    elif t in ("which_first", "louder", "longer"):  # the other sound the question names
         other = [c for c in present if c != a and re.search(rf"\bthe {re.escape(c)}\b", q.question)]
         if other:
-            out.append((other[0], "rule:reverse_order"))
+            out.append((other[0], "rule:reverse_order" if t == "which_first" else "rule:distractor"))
     elif t in ("first", "last"):
         ev = _events(scene)
         order = list(dict.fromkeys(e["class"] for e in (ev if t == "first" else ev[::-1])))
@@ -138,10 +138,6 @@ def rule_negatives(q: qa.Question, scene: dict, classes: Sequence[str], rules: S
         x = float(a)
         y = x * 2 + q.tolerance if rng.random() < 0.5 or x < 3 * q.tolerance else x / 2 - q.tolerance
         out.append((f"{max(0.1, y):.1f}", "rule:change_duration"))
-    elif t in ("louder", "longer"):  # the other sound of the pair
-        other = [c for c in present if c != a and re.search(rf"\bthe {re.escape(c)}\b", q.question)]
-        if other:
-            out.append((other[0], "rule:distractor"))
     elif t in ("loudest", "longest", "said", "length"):
         wrong = [o for o in q.options if o != a]
         if t in ("loudest", "longest"):  # a sound that is there beats an absent one

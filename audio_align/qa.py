@@ -406,27 +406,22 @@ class _Builder:
         options = [options[i] for i in order]
         self.add(qtype, right, options=options)
 
-    def _level(self) -> dict[str, float]:
-        return {c: max(e["level_db"] for e in self.events if e["class"] == c) for c in self.present}
-
-    def _duration(self) -> dict[str, float]:
-        return {c: sum(e["offset"] - e["onset"] for e in self.events if e["class"] == c) for c in self.present}
-
     def general(self) -> None:
+        # (most-question, pair-question, each sound's value, the gap that puts one sound clearly ahead)
+        scales: list[tuple[str, str, dict[str, float], float]] = []
         if len(self.present) >= 2:
-            level = self._level()
-            ranked = sorted(self.present, key=lambda c: -level[c])
-            if level[ranked[0]] - level[ranked[1]] >= LOUDER_DB:
+            scales = [
+                ("loudest", "louder", {c: max(e["level_db"] for e in self.events if e["class"] == c)
+                                       for c in self.present}, LOUDER_DB),
+                ("longest", "longer", {c: sum(e["offset"] - e["onset"] for e in self.events if e["class"] == c)
+                                       for c in self.present}, LONGER_S)]
+        for most, _, value, margin in scales:
+            ranked = sorted(self.present, key=lambda c: -value[c])
+            if value[ranked[0]] - value[ranked[1]] >= margin:
                 absent = [c for c in self.classes if c not in self.present]
-                # the other options are quieter sounds that are there, then absent ones
+                # the other options are sounds that are there with less of it, then absent ones
                 pool = ranked[1:] + [absent[i] for i in self.rng.permutation(len(absent))]
-                self._choice("loudest", ranked[0], pool[:3])
-            dur = self._duration()
-            ranked = sorted(self.present, key=lambda c: -dur[c])
-            if dur[ranked[0]] - dur[ranked[1]] >= LONGER_S:
-                absent = [c for c in self.classes if c not in self.present]
-                pool = ranked[1:] + [absent[i] for i in self.rng.permutation(len(absent))]
-                self._choice("longest", ranked[0], pool[:3])
+                self._choice(most, ranked[0], pool[:3])
         spoken = [e for e in self.events if e.get("text")]
         if len(spoken) == 1 and self.sentences:
             text = spoken[0]["text"]
@@ -438,9 +433,9 @@ class _Builder:
         if abs(right - d) <= 1.5:  # only clear cases
             opts = [f"{x} seconds" for x in lengths if x != right]
             self._choice("length", f"{right} seconds", opts)
-        if self.split == "train" and len(self.present) >= 2:  # after the rest: the other splits' draws stay as they were
-            self._pairs("louder", self._level(), LOUDER_DB)
-            self._pairs("longer", self._duration(), LONGER_S)
+        if self.split == "train":  # after the rest: the other splits' draws stay as they were
+            for _, more, value, margin in scales:
+                self._pairs(more, value, margin)
 
     def _pairs(self, qtype: str, value: dict[str, float], margin: float) -> None:
         """Up to PAIRS_PER_SCENE questions "which is more, A or B?" on pairs of the scene's sounds
