@@ -463,7 +463,7 @@ def align(cfg: AlignConfig) -> Path:
     root = corpus_root(cfg.scenes)
     manifest = read_manifest(root)
     classes, rules = manifest["classes"], qa.rules_of(manifest)
-    frontend = AudioFrontEnd.of(model.cfg)
+    frontend = AudioFrontEnd.of(model.cfg, ear=model.ear)
     if rank != 0:  # rank 0 fills the encoder cache, the pairs and the reference log-probs; the others read them
         barrier(world)
     scenes = {split: load_scene_set(root, split, frontend, manifest, cfg.seed) for split in ("train", "dev")}

@@ -291,7 +291,7 @@ def evaluate_aha(model_dir: str | Path | None, scenes: str, out: str | Path, spl
         from audio_align.coda import amplified, select_heads
 
         model, tok, _ = load_lalm_dir(path)
-        frontend = AudioFrontEnd.of(model.cfg)
+        frontend = AudioFrontEnd.of(model.cfg, ear=model.ear)
         states = encode_scenes(root, split, scene_list, frontend)
         if no_audio:
             states = {k: torch.zeros_like(v) for k, v in states.items()}
@@ -393,7 +393,7 @@ class LoadedLalm:
         self.hf = HFAudioLM(self.path) if is_hf_audio_dir(self.path) else None
         if self.hf is None:
             self.model, self.tok, _ = load_lalm_dir(self.path)
-            self.frontend = AudioFrontEnd.of(self.model.cfg)
+            self.frontend = AudioFrontEnd.of(self.model.cfg, ear=self.model.ear)
             self.max_seconds = self.frontend.max_seconds
         else:
             self.max_seconds = 30.0  # Whisper's window, which Qwen2-Audio's processor pads to

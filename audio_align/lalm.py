@@ -20,7 +20,9 @@ loudest?" turns on gaps of 3 dB. (The one model trained with it so far ignored i
 issue 24, "Louder/longer pairs and a level column".) A model directory holds ``config.json`` (this
 config, the encoder it hears through, the recipe), ``model.safetensors`` (projector and
 LM; the encoder is named, not copied: ``whisper-base`` is imported from its pinned
-package on first use), ``spm.model`` (the specials are user-defined pieces) and a card.
+package on first use; a model with an encoder of its own, ``ear``, a pruned and distilled
+copy made by :mod:`audio_align.compressing`, keeps it there too), ``spm.model`` (the
+specials are user-defined pieces) and a card.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import functools
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -81,6 +83,11 @@ class LalmConfig:
     prefix_tokens: int = 0
     # the projector also hears each frame's level (frame_levels): one more input column
     level: bool = False
+    # an encoder of the model's own instead of ``audio_encoder``'s (a pruned copy of it, distilled
+    # to give its states: ``interpres train lalm`` stage ``ear``): {"model": speech ModelConfig
+    # fields, "features": its config.json "features"}; its weights are "ear.*" in
+    # model.safetensors. {}: hear through ``audio_encoder``
+    ear: dict = field(default_factory=dict)
 
     @property
     def audio_dim(self) -> int:
@@ -95,6 +102,18 @@ class LalmConfig:
         if self.hidden_size % self.heads or self.heads % self.kv_heads:
             raise ConfigError(f"LalmConfig: hidden_size {self.hidden_size} must divide by heads {self.heads}, "
                               f"and heads by kv_heads {self.kv_heads}")
+        if self.ear and (not isinstance(self.ear, dict) or not isinstance(self.ear.get("model"), dict)
+                         or not isinstance(self.ear.get("features"), dict)):
+            raise ConfigError("LalmConfig: 'ear' must hold 'model' (ModelConfig fields) and 'features'")
+
+    def ear_model_config(self) -> Any:
+        """The speech ModelConfig of the model's own encoder (``ear``)."""
+        from speech.model_config import ModelConfig
+
+        try:
+            return ModelConfig(**self.ear["model"])
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"LalmConfig: bad 'ear.model' ({e})") from None
 
     def audio_tokens(self, frames: int) -> int:
         """Audio embeddings for ``frames`` pooled encoder frames."""
@@ -137,6 +156,11 @@ class AudioLanguageModel(nn.Module):
         self.projector = Projector(cfg)
         self.lm = Qwen2ForCausalLM(cfg.qwen2())
         self.prefix = nn.Parameter(torch.zeros(cfg.prefix_tokens, cfg.hidden_size)) if cfg.prefix_tokens else None
+        self.ear: nn.Module | None = None  # the encoder of its own (cfg.ear); forward takes its states, not audio
+        if cfg.ear:
+            from speech.model import AudioEncoder
+
+            self.ear = AudioEncoder(cfg.ear_model_config())
 
     def _prefixed(self, emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Put the prefix embeddings before every row (before a left-padded row's padding)."""
@@ -319,24 +343,42 @@ def frame_levels(wave: np.ndarray, frames: int) -> Tensor:
 
 class AudioFrontEnd:
     """The frozen speech encoder the LALM hears through: waveforms -> pooled states (T, D),
-    with ``level`` the frame levels as one more column (T, D + 1)."""
+    with ``level`` the frame levels as one more column (T, D + 1). The encoder is a speech
+    model's (``name``: a directory or ``whisper-base``), or a model's own (``ear``: an
+    AudioEncoder, ``ear_features`` its config.json "features"; ``name`` then keys its cache)."""
 
-    def __init__(self, name: str, pool: int, device: str | torch.device = "cpu", level: bool = False):
-        from speech.translate import load_translator
-
+    def __init__(self, name: str, pool: int, device: str | torch.device = "cpu", level: bool = False,
+                 ear: nn.Module | None = None, ear_features: dict | None = None):
         self.name = name
         self.level = bool(level)
-        self.translator = load_translator(name)
-        self.model = self.translator.models[0]
-        self.model.to(device).eval()
         self.device = torch.device(device)
         self.pool = pool
-        self.dim = int(self.model.cfg.d_model)
-        self.max_seconds = self.translator.max_segment_s
+        if ear is None:
+            from speech.translate import load_translator
+
+            translator = load_translator(name)
+            self.encoder = translator.models[0].encoder
+            self.feature_cfg = translator.feature_cfg
+            self.max_seconds = translator.max_segment_s
+        else:
+            from speech.features import feature_config
+
+            self.encoder = ear
+            self.feature_cfg = feature_config(ear_features, f"{name}: ear.features",
+                                              ear.subsample.conv_layers[0].in_channels)
+            self.max_seconds = (ear.max_source_positions - 1) * self.feature_cfg.frame_shift_ms / 1000.0
+        self.encoder.to(self.device).eval()
+        self.dim = int(self.encoder.layer_norm.normalized_shape[0])
 
     @classmethod
-    def of(cls, cfg: LalmConfig, device: str | torch.device = "cpu") -> "AudioFrontEnd":
-        """The front end a model of ``cfg`` hears through."""
+    def of(cls, cfg: LalmConfig, device: str | torch.device = "cpu", ear: nn.Module | None = None) -> "AudioFrontEnd":
+        """The front end a model of ``cfg`` hears through (``ear``: the model's own encoder,
+        which ``cfg.ear`` asks for; its cache is keyed by its weights)."""
+        if cfg.ear:
+            if ear is None:
+                raise LalmError("this model hears through an encoder of its own (config 'ear'): pass the model's ear")
+            return cls(ear_cache_name(ear), cfg.pool, device=device, level=cfg.level, ear=ear,
+                       ear_features=cfg.ear["features"])
         return cls(cfg.audio_encoder, cfg.pool, device=device, level=cfg.level)
 
     def __call__(self, waves: Sequence[np.ndarray]) -> list[Tensor]:
@@ -359,19 +401,69 @@ class AudioFrontEnd:
                 raise LalmError(f"audio of {len(w) / 16000:.1f} s: the encoder hears at most {self.max_seconds:.0f} s")
         # no padding to Whisper's 30 s window: a 10 s scene costs a third of the compute, and the
         # projector is trained on the states of unpadded audio, as it hears them at inference
-        cfg = self.translator.feature_cfg
+        cfg = self.feature_cfg
         if getattr(cfg, "pad_to_s", 0):
             cfg = dataclasses.replace(cfg, pad_to_s=0.0)
         feats = [features_of(torch.as_tensor(w, dtype=torch.float32), cfg) for w in waves]
         x, lens = pad_features(feats)
-        enc, enc_lens, _ = self.model.encode(x.to(self.device), lens.to(self.device))
-        out = []
-        for e, n in zip(enc, enc_lens.tolist()):
-            e = e[: max(1, n)].float()
-            t = math.ceil(e.shape[0] / self.pool)
-            e = torch.cat([e, e[-1:].expand(t * self.pool - e.shape[0], -1)])  # repeat the last frame
-            out.append(e.view(t, self.pool, -1).mean(1).cpu())
-        return out
+        enc, enc_lens, _ = self.encoder(x.to(self.device), lens.to(self.device))
+        return [pooled.cpu() for pooled in pool_states(enc, enc_lens, self.pool)]
+
+
+def pool_states(enc: Tensor, enc_lens: Tensor, pool: int) -> list[Tensor]:
+    """Encoder output (B, T, D) and lengths -> each row's valid frames averaged over ``pool``
+    frames (the last frame repeated to fill the last group): a list of (ceil(n / pool), D)."""
+    out = []
+    for e, n in zip(enc, enc_lens.tolist()):
+        e = e[: max(1, n)].float()
+        t = math.ceil(e.shape[0] / pool)
+        e = torch.cat([e, e[-1:].expand(t * pool - e.shape[0], -1)])
+        out.append(e.view(t, pool, -1).mean(1))
+    return out
+
+
+def ear_cache_name(ear: nn.Module) -> str:
+    """The name an own encoder's cached states go under: a digest of its weights."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for k, v in sorted(ear.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().to(torch.float32).cpu().numpy().tobytes())
+    return f"ear-{h.hexdigest()[:12]}"
+
+
+def give_own_ear(model: AudioLanguageModel) -> AudioLanguageModel:
+    """A model that hears through ``audio_encoder`` -> the same model with a copy of that
+    encoder as its own (``ear``), which structured pruning can then cut (``ear.layers``, its
+    attentions and feed-forward blocks); its states are the same until it is changed."""
+    if model.ear is not None:
+        return model
+    import copy
+
+    from speech.translate import load_translator
+
+    translator = load_translator(model.cfg.audio_encoder)
+    speech_model = translator.models[0]
+    ear = copy.deepcopy(speech_model.encoder).float()
+    model.cfg = dataclasses.replace(model.cfg, ear={"model": dataclasses.asdict(speech_model.cfg),
+                                                    "features": dataclasses.asdict(translator.feature_cfg)})
+    model.ear = ear
+    sync_ear_config(model)
+    return model
+
+
+def sync_ear_config(model: AudioLanguageModel) -> None:
+    """Write the sizes of ``model.ear``'s layers (after pruning) into ``model.cfg.ear``."""
+    if model.ear is None:
+        return
+    layers = list(model.ear.layers)
+    dims = {layer.self_attn.head_dim for layer in layers}
+    if len(dims) > 1:
+        raise LalmError(f"the ear's attention head sizes differ between layers ({sorted(dims)})")
+    sizes = {"encoder_layers": len(layers), "head_dim": dims.pop() if dims else 0,
+             "encoder_layout": [[layer.self_attn.heads, layer.ffn.fc1.out_features] for layer in layers]}
+    model.cfg = dataclasses.replace(model.cfg, ear={**model.cfg.ear, "model": {**model.cfg.ear["model"], **sizes}})
 
 
 def pad_audio(states: Sequence[Tensor]) -> tuple[Tensor, Tensor]:

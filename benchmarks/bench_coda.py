@@ -46,7 +46,7 @@ def main() -> int:
     model, tok, _ = load_lalm_dir(path)
     root = corpus_root(args.scenes)
     manifest = read_manifest(root)
-    frontend = AudioFrontEnd.of(model.cfg)
+    frontend = AudioFrontEnd.of(model.cfg, ear=model.ear)
     dev = read_scenes(root, "dev")[:40]
     dev_states = encode_scenes(root, "dev", dev, frontend)
     dev_q = [q for q in qa.build_questions(dev, "dev", manifest["classes"], qa.rules_of(manifest)) if q.kind != qa.CAPTION]

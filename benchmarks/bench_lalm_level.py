@@ -45,7 +45,7 @@ def main() -> int:
         print(f"{args.model}: the model has no level column (config lalm.level is false)", file=sys.stderr)
         return 2
     model.eval()
-    frontend = AudioFrontEnd.of(model.cfg)
+    frontend = AudioFrontEnd.of(model.cfg, ear=model.ear)
     root = corpus_root(args.scenes)
     manifest = read_manifest(root)
     print("| split | questions | n | " + " | ".join(VARIANTS) + " |")
