@@ -7,6 +7,14 @@
   scene (all four AHA kinds, the general multiple-choice set, captions), the audio in the
   first user turn; the loss is on the answers only. ``init`` starts it from the align
   stage's model directory.
+- ``stage: ear`` (the first half of distilling a LALM into a smaller one): ``init`` is a
+  model with an encoder of its own (``LalmConfig.ear``, e.g. the teacher's encoder pruned by
+  ``interpres compress``); that encoder alone learns to give the pooled states the
+  ``teacher``'s front end gives (mean squared error per frame) on the training scenes.
+- ``teacher`` in the align and sft stages: word-level KD (:func:`compress.distill.kd_loss`)
+  from the teacher LALM's distribution over each answer token, the teacher hearing through
+  its own front end; selective as the seeds' LALM recipe is: on the answer tokens only (the
+  prompt and the audio carry no loss), ``kd.truncate`` keeping the first part of each answer.
 
 The encoder is frozen: its pooled states are computed once per corpus and split
 (:mod:`audio_align.encoded`). Everything else is :func:`speech.loop.run`: exact resume
@@ -28,7 +36,8 @@ import torch
 from audio_align import qa
 from audio_align.encoded import encode_scenes
 from audio_align.lalm import (IGNORE, answer_nll, TOKENIZER_FILE, AudioFrontEnd, AudioLanguageModel, ChatTokenizer, LalmConfig,
-                              load_lalm_dir, pad_audio, save_lalm_dir, train_chat_tokenizer)
+                              load_lalm_dir, pad_audio, pool_states, save_lalm_dir, train_chat_tokenizer)
+from compress.distill import KDConfig, kd_loss
 from speech.config import ConfigError
 from speech.dataset import batches_by_frames
 from speech.loop import LoopConfig, barrier, hash_seed, run, start_run, to_device
@@ -37,7 +46,7 @@ from speech.tokenizer import PAD_ID
 
 log = logging.getLogger(__name__)
 
-STAGES = ("align", "sft")
+STAGES = ("align", "sft", "ear")
 
 
 @dataclass
@@ -46,7 +55,7 @@ class LalmTrainConfig(LoopConfig):
 
     out: str = "runs/lalm"
     scenes: str = "default"  # the corpus $INTERPRES_HOME/scenes/NAME ('interpres data scenes')
-    stage: str = "sft"  # align: captions only; sft: questions of every kind and captions
+    stage: str = "sft"  # align: captions only; sft: questions of every kind and captions; ear: see above
     init: str = ""  # a LALM directory to start from (the align stage's model); "": a new model
     train_params: str = "all"  # all, or projector (the LM frozen)
     lalm: dict = field(default_factory=dict)  # LalmConfig fields of a new model
@@ -60,6 +69,10 @@ class LalmTrainConfig(LoopConfig):
     # a one-turn "transcribe" conversation in both stages; "": none
     asr_corpus: str = ""
     asr_utterances: int = 0  # how many of them (the first in the split's order); 0: all
+    # a LALM directory to distill from (stage ear: its front end's states; align/sft: its answer
+    # distributions, kd: compress.distill.KDConfig fields); "": none
+    teacher: str = ""
+    kd: dict = field(default_factory=lambda: {"alpha": 0.5, "temperature": 1.0, "label_smoothing": 0.0})
     dev_eval_scenes: int = 60  # dev scenes whose questions the final model answers (config.json dev_scores)
     lr: float = 1e-3
     warmup_updates: int = 200
@@ -80,6 +93,12 @@ class LalmTrainConfig(LoopConfig):
             raise ConfigError(f"turns must be at least 1, got {self.turns}")
         if self.asr_utterances < 0:
             raise ConfigError(f"asr_utterances must be >= 0, got {self.asr_utterances}")
+        if self.stage == "ear" and not (self.init and self.teacher):
+            raise ConfigError("stage=ear needs init (a model with an encoder of its own) and teacher (whose states it learns)")
+        try:
+            KDConfig(**self.kd)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"kd: {e}") from None
 
 
 @dataclass
@@ -137,12 +156,35 @@ def chat_batch(rows: list[tuple[list[int], list[int]]], states: list[torch.Tenso
     return {"input_ids": ids, "labels": labels, "attention_mask": mask, "audio": audio, "audio_lens": lens}
 
 
+def truncate_answers(labels: torch.Tensor, fraction: float) -> torch.Tensor:
+    """labels (B, L) -> the same with only the first ``ceil(fraction * n)`` tokens of each answer
+    (each run of labelled positions) kept, IGNORE after them: selective KD's truncation."""
+    if fraction >= 1.0:
+        return labels
+    out = labels.clone()
+    for row in out:
+        labelled = (row != IGNORE).tolist() + [False]
+        start = None
+        for i, on in enumerate(labelled):
+            if on and start is None:
+                start = i
+            elif not on and start is not None:
+                keep = max(1, -int(-fraction * (i - start) // 1))  # ceil, at least one
+                row[start + keep:i] = IGNORE
+                start = None
+    return out
+
+
 class LalmRecipe:
     def __init__(self, cfg: LalmTrainConfig, model: AudioLanguageModel, tok: ChatTokenizer, train: SceneSet,
-                 dev: SceneSet, out: Path, recipe: dict, world: int):
+                 dev: SceneSet, out: Path, recipe: dict, world: int, teacher: AudioLanguageModel | None = None,
+                 teacher_states: list[torch.Tensor] | None = None):
         self.cfg, self.model_cfg, self.tok, self.train, self.dev = cfg, model.cfg, tok, train, dev
         self.out, self.recipe, self.world = out, recipe, world
         self.name = f"lalm {cfg.stage}"
+        # KD: the teacher and what it hears of each training scene (its own front end's states)
+        self.teacher, self.teacher_states = teacher, teacher_states
+        self.kd = KDConfig(**cfg.kd)
         self._len = [[len(tok.user_turn(q.question)) + len(tok.tok.encode(q.answer)) + 1 for q in qs]
                      for qs in train.questions]
 
@@ -171,16 +213,38 @@ class LalmRecipe:
         return chat_batch(rows, [data.states[si] for si, _ in key])
 
     def make_batch(self, key: Any, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        return self._batch(self.train, key)
+        b = self._batch(self.train, key)
+        if self.teacher is not None:
+            b["labels"] = truncate_answers(b["labels"], self.kd.truncate)
+            t_audio, t_lens = pad_audio([self.teacher_states[si].float() for si, _ in key])
+            if [self.model_cfg.audio_tokens(int(n)) for n in b["audio_lens"]] != \
+                    [self.teacher.cfg.audio_tokens(int(n)) for n in t_lens]:
+                raise ConfigError("teacher: its front end gives another number of audio tokens than the student's "
+                                  "(pool and stride must match)")
+            b["teacher_audio"], b["teacher_audio_lens"] = t_audio, t_lens
+        return b
 
     def backward(self, module: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         n_tok = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        total = 0.0
+        total, loss_sum, kd_sum = 0.0, 0.0, 0.0
         for b in batches:  # through module's forward: a DDP wrapper's gradient hooks run
-            nll, _ = answer_nll(module(b["input_ids"], b["attention_mask"], b["audio"], b["audio_lens"]), b["labels"])
-            (nll / max(1, n_tok)).backward()
-            total += float(nll.detach())
-        return {"loss": total / max(1, n_tok), "nll": total / max(1, n_tok)}
+            logits = module(b["input_ids"], b["attention_mask"], b["audio"], b["audio_lens"])
+            if self.teacher is None:
+                loss, _ = answer_nll(logits, b["labels"])
+                nll = float(loss.detach())
+            else:
+                self.teacher.to(logits.device)
+                with torch.no_grad():
+                    t_logits = self.teacher(b["input_ids"], b["attention_mask"], b["teacher_audio"],
+                                            b["teacher_audio_lens"])
+                target = b["labels"][:, 1:].masked_fill(b["labels"][:, 1:] == IGNORE, PAD_ID)
+                loss, stats = kd_loss(logits[:, :-1], t_logits[:, :-1], target, self.kd, PAD_ID)
+                nll, kd_sum = stats["nll"], kd_sum + stats["kd"]
+            (loss / max(1, n_tok)).backward()
+            total += nll
+            loss_sum += float(loss.detach())
+        out = {"loss": loss_sum / max(1, n_tok), "nll": total / max(1, n_tok)}
+        return out | ({"kd": kd_sum / max(1, n_tok)} if self.teacher is not None else {})
 
     def dev_loss(self, model: torch.nn.Module) -> float:
         convs = self._conversations(self.dev, self.cfg.seed)
@@ -202,6 +266,90 @@ class LalmRecipe:
                  "threads": torch.get_num_threads(), "processes": self.world}
         save_lalm_dir(model, self.out / TOKENIZER_FILE, self.out / "model", extra=extra)
         log.info("model written to %s (dev accuracy: %s)", self.out / "model", scores)
+
+
+class EarRecipe:
+    """stage ear: the model's own encoder (``model.ear``) learns to give the pooled states the
+    teacher's front end gives (``train.states``), from the scenes' waveforms; the rest is frozen."""
+
+    def __init__(self, cfg: LalmTrainConfig, model: AudioLanguageModel, tok: ChatTokenizer, root: Path,
+                 train: SceneSet, dev: SceneSet, out: Path, recipe: dict, world: int):
+        self.cfg, self.model_cfg, self.tok, self.root, self.train, self.dev = cfg, model.cfg, tok, root, train, dev
+        self.out, self.recipe, self.world = out, recipe, world
+        self.name = "lalm ear"
+        self.frontend = AudioFrontEnd.of(model.cfg, ear=model.ear)  # its features and pooling, not its cache
+        self.dev_items = list(range(min(len(dev.scenes), 40)))
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        lengths = [s.shape[0] for s in self.train.states]  # pooled frames
+        return batches_by_frames(lengths, self.cfg.max_tokens, self.cfg.max_items, seed=self.cfg.seed, epoch=epoch)
+
+    def _batch(self, data: SceneSet, idx: list[int]) -> dict[str, torch.Tensor]:
+        import dataclasses as dc
+
+        from speech.audio import load_audio
+        from speech.dataset import pad_features
+        from speech.features import features_of
+
+        fcfg = self.frontend.feature_cfg
+        if getattr(fcfg, "pad_to_s", 0):
+            fcfg = dc.replace(fcfg, pad_to_s=0.0)
+        feats = [features_of(torch.as_tensor(load_audio(self.root / s["split"] / s["wav"]), dtype=torch.float32), fcfg)
+                 for s in (data.scenes[i] for i in idx)]
+        x, lens = pad_features(feats)
+        target, target_lens = pad_audio([data.states[i].float() for i in idx])
+        return {"features": x, "feat_lens": lens, "target": target, "target_lens": target_lens}
+
+    def make_batch(self, key: Any, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        return self._batch(self.train, key)
+
+    def _sq_error(self, model: torch.nn.Module, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Summed squared error over the valid pooled frames (mean over the state's dimensions), and their count."""
+        enc, enc_lens, _ = model.ear(b["features"], b["feat_lens"])
+        err, frames = torch.zeros((), device=enc.device), 0
+        for pooled, t, n in zip(pool_states(enc, enc_lens, self.model_cfg.pool), b["target"], b["target_lens"].tolist()):
+            if pooled.shape[0] != n:
+                raise ConfigError(f"stage ear: the encoder gives {pooled.shape[0]} pooled frames where the teacher "
+                                  f"gives {n} (their conv front ends and pool must match)")
+            err = err + ((pooled - t[:n]) ** 2).mean(-1).sum()
+            frames += n
+        return err, frames
+
+    def backward(self, module: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        model = getattr(module, "module", module)
+        frames = sum(int(b["target_lens"].sum()) for b in batches)
+        total = 0.0
+        for b in batches:
+            err, _ = self._sq_error(model, b)
+            (err / max(1, frames)).backward()
+            total += float(err.detach())
+        return {"loss": total / max(1, frames), "nll": total / max(1, frames)}  # the loop shows "nll": here the MSE
+
+    def dev_loss(self, model: torch.nn.Module) -> float:
+        device = model_device(model)
+        total, frames = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.dev_items), 4):
+                err, n = self._sq_error(model, to_device(self._batch(self.dev, self.dev_items[i:i + 4]), device))
+                total, frames = total + float(err), frames + n
+        return total / max(1, frames)
+
+    def finish(self, model: torch.nn.Module, averaged: list[Path], state: dict) -> None:
+        # how the model's LM, unchanged, answers through the trained encoder (its states encoded anew)
+        from speech.audio import load_audio
+
+        frontend = AudioFrontEnd.of(model.cfg, ear=model.ear)
+        n = min(self.cfg.dev_eval_scenes, len(self.dev.scenes))
+        states = [frontend([load_audio(self.root / s["split"] / s["wav"])])[0] for s in self.dev.scenes[:n]]
+        heard = SceneSet(self.dev.scenes[:n], self.dev.questions[:n], states)
+        scores, nq = dev_scores(model, self.tok, heard, n)
+        extra = {"task": "lalm", "stage": "ear", "recipe": self.recipe, "scenes": self.cfg.scenes,
+                 "teacher": self.cfg.teacher, "averaged": [p.name for p in averaged], "dev_scores": scores,
+                 "dev_questions": nq, "dev_mse": round(self.dev_loss(model), 5),
+                 "train_seconds": round(state["seconds"], 1), "updates": state["update"],
+                 "threads": torch.get_num_threads(), "processes": self.world}
+        save_lalm_dir(model, self.out / TOKENIZER_FILE, self.out / "model", extra=extra)
+        log.info("model written to %s (dev accuracy through the trained encoder: %s)", self.out / "model", scores)
 
 
 def dev_scores(model: AudioLanguageModel, tok: ChatTokenizer, dev: SceneSet, scenes: int) -> tuple[dict[str, float], int]:
@@ -230,18 +378,49 @@ def train(cfg: LalmTrainConfig) -> Path:
         mcfg = model.cfg
     else:
         mcfg = LalmConfig(**cfg.lalm)
-    frontend = AudioFrontEnd.of(mcfg)
-    if cfg.init and frontend.dim != mcfg.encoder_dim:
-        raise ConfigError(f"{cfg.init}: encoder_dim {mcfg.encoder_dim} but {mcfg.audio_encoder} has d_model {frontend.dim}")
-    # rank 0 fills the encoder cache and trains the tokenizer; the other ranks wait, then read them
+        if mcfg.ear:
+            raise ConfigError("lalm.ear: a model with an encoder of its own is made by pruning a trained one "
+                              "(interpres compress), not from nothing")
+    teacher = None
+    if cfg.teacher:
+        teacher, _, _ = load_lalm_dir(cfg.teacher)
+        teacher.requires_grad_(False)
+        if cfg.init and teacher.cfg.vocab_size != mcfg.vocab_size:
+            raise ConfigError(f"teacher: {cfg.teacher} has {teacher.cfg.vocab_size} pieces, the student "
+                              f"{mcfg.vocab_size}: KD needs one tokenizer")
+    # rank 0 fills the encoder caches and trains the tokenizer; the other ranks wait, then read them
     if rank != 0:
         barrier(world)
+    teacher_sets = {}
+    if teacher is not None:
+        tfront = AudioFrontEnd.of(teacher.cfg, ear=teacher.ear)
+        teacher_sets = {split: load_scene_set(root, split, tfront, manifest, cfg.seed, encoder_batch=cfg.encoder_batch)
+                        for split in (("train", "dev") if cfg.stage == "ear" else ("train",))}
+        del tfront
+    if cfg.stage == "ear":
+        if rank == 0:
+            barrier(world)
+        tok = ChatTokenizer(out / TOKENIZER_FILE)
+        model.requires_grad_(False)
+        model.ear.requires_grad_(True)
+        log.info("LALM ear: %d trainable parameters (its encoder) learn %s's states on %d train scenes",
+                 sum(p.numel() for p in model.ear.parameters()), cfg.teacher, len(teacher_sets["train"].scenes))
+        return run(EarRecipe(cfg, model, tok, root, teacher_sets["train"], teacher_sets["dev"], out, recipe, world),
+                   model, cfg, rank, world)
+    frontend = AudioFrontEnd.of(mcfg, ear=model.ear if cfg.init else None)
+    if cfg.init and frontend.dim != mcfg.encoder_dim:
+        raise ConfigError(f"{cfg.init}: encoder_dim {mcfg.encoder_dim} but {mcfg.audio_encoder} has d_model {frontend.dim}")
     sets = {split: load_scene_set(root, split, frontend, manifest, cfg.seed, encoder_batch=cfg.encoder_batch)
             for split in ("train", "dev")}
+    teacher_states = teacher_sets["train"].states if teacher is not None else None
     if cfg.asr_corpus:
         asr = load_asr_set(cfg.asr_corpus, frontend, cfg.asr_utterances, cfg.seed)
         sets["train"] = SceneSet(sets["train"].scenes + asr.scenes, sets["train"].questions + asr.questions,
                                  sets["train"].states + asr.states)
+        if teacher is not None:
+            tfront = AudioFrontEnd.of(teacher.cfg, ear=teacher.ear)
+            teacher_states = teacher_states + load_asr_set(cfg.asr_corpus, tfront, cfg.asr_utterances, cfg.seed).states
+            del tfront
         log.info("speech recognition: %d utterances of %s", len(asr.scenes), cfg.asr_corpus)
     if rank == 0:
         if not cfg.init and not (out / TOKENIZER_FILE).is_file():
@@ -253,10 +432,16 @@ def train(cfg: LalmTrainConfig) -> Path:
         mcfg = dataclasses.replace(mcfg, vocab_size=tok.vocab_size, encoder_dim=frontend.dim)
         torch.manual_seed(cfg.seed)
         model = AudioLanguageModel(mcfg, tok.audio)
+        if teacher is not None and teacher.cfg.vocab_size != mcfg.vocab_size:
+            raise ConfigError(f"teacher: {cfg.teacher} has {teacher.cfg.vocab_size} pieces, the new tokenizer "
+                              f"{mcfg.vocab_size}: KD needs one tokenizer (start from init)")
     del frontend
+    if model.ear is not None:
+        model.ear.requires_grad_(False)  # heard through, frozen: its states are cached
     if cfg.train_params == "projector":
         model.lm.requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("LALM %s: %d trainable parameters; %d train scenes, %d dev scenes", cfg.stage, n_params,
-             len(sets["train"].scenes), len(sets["dev"].scenes))
-    return run(LalmRecipe(cfg, model, tok, sets["train"], sets["dev"], out, recipe, world), model, cfg, rank, world)
+    log.info("LALM %s: %d trainable parameters; %d train scenes, %d dev scenes%s", cfg.stage, n_params,
+             len(sets["train"].scenes), len(sets["dev"].scenes), f"; KD from {cfg.teacher}" if teacher else "")
+    return run(LalmRecipe(cfg, model, tok, sets["train"], sets["dev"], out, recipe, world, teacher, teacher_states),
+               model, cfg, rank, world)

@@ -232,3 +232,137 @@ def test_a_level_front_end_appends_a_column_the_cache_does_not_hold(tok, tmp_pat
     assert answer(loaded, tok2, states, q) == answer(model, tok, states, q)
     with pytest.raises(RuntimeError):  # the states without the column do not fit its projector
         answer(loaded, tok2, [without["s0"]], q)
+
+
+def _own_ear_model(tok, tmp_path):
+    """A LALM hearing through a tiny speech model, and that model's directory."""
+    from builders import make_model_dir
+
+    encoder = make_model_dir(tmp_path / "asr", task="asr")
+    torch.manual_seed(0)
+    cfg = LalmConfig(audio_encoder=str(encoder), encoder_dim=64, hidden_size=32, layers=1, heads=2, kv_heads=1,
+                     intermediate_size=64, projector_dim=16, stride=2, vocab_size=tok.vocab_size)
+    return AudioLanguageModel(cfg, tok.audio).eval(), encoder
+
+
+def _noise(seconds: float, seed: int):
+    import numpy as np
+
+    return (0.1 * np.random.default_rng(seed).standard_normal(int(16000 * seconds))).astype(np.float32)
+
+
+def test_an_own_ear_hears_as_the_encoder_it_copies_and_survives_pruning(tok, tmp_path):
+    """give_own_ear: the model's own copy of its encoder gives the same states, is saved in its
+    directory and keys its own cache; pruned, its sizes go into the config and it still loads."""
+    from audio_align.lalm import AudioFrontEnd, give_own_ear, sync_ear_config
+    from compress.prune import PruneConfig, prune
+
+    model, encoder = _own_ear_model(tok, tmp_path)
+    waves = [_noise(1.0, 0), _noise(1.7, 1)]
+    through = AudioFrontEnd(str(encoder), pool=2)(waves)
+    give_own_ear(model)
+    own = AudioFrontEnd.of(model.cfg, ear=model.ear)
+    assert own.name.startswith("ear-") and own.name != through and own.dim == 64
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(own(waves), through))
+    loaded, tok2, _ = load_lalm_dir(save_lalm_dir(model, tok.tok.path, tmp_path / "m"))
+    again = AudioFrontEnd.of(loaded.cfg, ear=loaded.ear)
+    assert again.name == own.name and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(again(waves), through))
+    with pytest.raises(LalmError, match="encoder of its own"):
+        AudioFrontEnd.of(loaded.cfg)
+    prune(loaded, PruneConfig(importance="magnitude", heads={"ear": 0.5}, ffn={"ear": 0.5}, layers={"ear.layers": 1}),
+          (), None)
+    sync_ear_config(loaded)
+    assert loaded.cfg.ear["model"]["encoder_layers"] == 1 and loaded.cfg.ear["model"]["encoder_layout"] == [[2, 64]]
+    small, _, _ = load_lalm_dir(save_lalm_dir(loaded, tok.tok.path, tmp_path / "pruned"))
+    cut = AudioFrontEnd.of(small.cfg, ear=small.ear)
+    assert sum(p.numel() for p in small.ear.parameters()) < sum(p.numel() for p in model.ear.parameters())
+    states = cut(waves)
+    assert [s.shape for s in states] == [s.shape for s in through] and cut.name != own.name  # same frames, new states
+    q = ["Can you hear a bell?"]
+    assert answer(small, tok2, states[:1], q) == answer(loaded, tok2, states[:1], q)
+
+
+def test_truncate_answers_keeps_the_first_part_of_each_answer():
+    from audio_align.train import truncate_answers
+
+    labels = torch.tensor([[IGNORE, 5, 6, 7, 8, IGNORE, IGNORE, 9, 10, IGNORE],
+                           [IGNORE, IGNORE, 3, IGNORE, 4, 5, 6, 7, 8, 9]])
+    assert truncate_answers(labels, 1.0) is labels
+    half = truncate_answers(labels, 0.5)
+    assert half.tolist() == [[IGNORE, 5, 6, IGNORE, IGNORE, IGNORE, IGNORE, 9, IGNORE, IGNORE],
+                             [IGNORE, IGNORE, 3, IGNORE, 4, 5, 6, IGNORE, IGNORE, IGNORE]]
+    assert truncate_answers(labels, 0.01).ne(IGNORE).sum(1).tolist() == [2, 2]  # at least one token of each
+
+
+def test_the_ear_stage_teaches_a_pruned_encoder_the_teachers_states(tok, tmp_path):
+    """stage ear: a one-layer cut of the encoder learns, from the waveforms, the pooled states
+    the whole encoder gives; only the ear changes, and the model directory says how well."""
+    import soundfile as sf
+
+    from audio_align.lalm import AudioFrontEnd, give_own_ear, sync_ear_config
+    from audio_align.train import EarRecipe
+    from compress.prune import PruneConfig, prune
+
+    model, encoder = _own_ear_model(tok, tmp_path)
+    teacher_front = AudioFrontEnd(str(encoder), pool=2)
+    give_own_ear(model)
+    prune(model, PruneConfig(importance="magnitude", layers={"ear.layers": 1}), (), None)
+    sync_ear_config(model)
+    root = tmp_path / "scenes"
+    sets = {}
+    for split, n, seed in (("train", 8, 0), ("dev", 4, 100)):
+        (root / split).mkdir(parents=True)
+        scenes = []
+        for i in range(n):
+            sf.write(root / split / f"{i}.wav", _noise(0.6 + 0.1 * i, seed + i), 16000)
+            scenes.append({"id": f"{split}{i}", "split": split, "wav": f"{i}.wav"})
+        base = _scene_set(n, seed)
+        states = teacher_front([_noise(0.6 + 0.1 * i, seed + i) for i in range(n)])
+        sets[split] = SceneSet(scenes, base.questions, states)
+    lm_before = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    cfg = LalmTrainConfig(out=str(tmp_path / "run"), stage="ear", init="x", teacher="y", max_tokens=4000, max_items=4,
+                          lr=3e-3, warmup_updates=5, max_updates=60, save_interval_updates=60,
+                          validate_interval_updates=60, average_last=1, dev_eval_scenes=2, device="cpu", max_epochs=1000)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "spm.model").write_bytes(tok.tok.path.read_bytes())
+    model.requires_grad_(False)
+    model.ear.requires_grad_(True)
+    recipe = EarRecipe(cfg, model, tok, root, sets["train"], sets["dev"], tmp_path / "run", {}, 1)
+    before = recipe.dev_loss(model)
+    final = run(recipe, model, cfg)
+    loaded, _, config = load_lalm_dir(final)
+    assert config["stage"] == "ear" and config["dev_mse"] < 0.5 * before, (before, config["dev_mse"])
+    assert all(torch.equal(v, lm_before[k]) for k, v in loaded.lm.state_dict().items())
+    with pytest.raises(Exception, match="stage=ear needs init"):
+        LalmTrainConfig(stage="ear")
+
+
+def test_kd_from_a_teacher_moves_the_students_answers_to_the_teachers(tok, tmp_path):
+    """teacher: the loss is word-level KD on the answer tokens (alpha 1: the teacher's distribution
+    alone); the student's answer distributions move to the teacher's."""
+    teacher = _model(tok, seed=5)
+    with torch.no_grad():  # a teacher with its own opinions: a large random output bias
+        teacher.lm.model.norm.weight.mul_(4.0)
+    student = _model(tok, seed=1)
+    train, dev = _scene_set(8, 0), _scene_set(4, 1)
+    cfg = LalmTrainConfig(out=str(tmp_path / "run"), turns=2, lr=1e-2, warmup_updates=5, max_updates=60,
+                          save_interval_updates=60, validate_interval_updates=60, average_last=1, dev_eval_scenes=2,
+                          device="cpu", max_epochs=1000, kd={"alpha": 1.0, "label_smoothing": 0.0})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "spm.model").write_bytes(tok.tok.path.read_bytes())
+    recipe = LalmRecipe(cfg, student, tok, train, dev, tmp_path / "run", {}, 1, teacher, train.states)
+
+    def kl() -> float:
+        b = recipe._batch(dev, [(i, (0, 1)) for i in range(4)])
+        with torch.no_grad():
+            s = torch.log_softmax(student(b["input_ids"], b["attention_mask"], b["audio"], b["audio_lens"]), -1)
+            t = torch.log_softmax(teacher(b["input_ids"], b["attention_mask"], b["audio"], b["audio_lens"]), -1)
+        where = b["labels"][:, 1:] != IGNORE
+        return float((t.exp() * (t - s)).sum(-1)[:, :-1][where].mean())
+
+    before = kl()
+    batch = recipe.make_batch([(0, (0, 1)), (1, (0, 1))], torch.Generator())
+    assert "teacher_audio" in batch and "kd" in recipe.backward(student, [batch])
+    student.zero_grad()
+    run(recipe, student, cfg)
+    assert kl() < 0.3 * before, (before, kl())
