@@ -22,7 +22,8 @@ class CompressError(UserError, ValueError):
 
 
 class Family(Protocol):
-    """What a model family gives the pipeline (see speech.compressing and simul.compressing)."""
+    """What a model family gives the pipeline (see speech.compressing, simul.compressing and
+    audio_align.compressing)."""
 
     quality: str  # the headline quality metric in score()'s dict, higher is better (e.g. "chrF")
 

@@ -112,6 +112,26 @@ def test_scenes_train_eval_and_ask(tmp_path, capsys, monkeypatch):
         main([*args[:-4], "--out", str(coda), "--coda", "0:1", "--home", str(home)])
     assert bad.value.code == 2 and "SCALE must be a positive number" in capsys.readouterr().err
 
+    # the compression chain (issue 25, item 5): the model's own encoder copy pruned by Taylor
+    # scores, re-distilled (its states, then the answers by KD), int8, a report of every variant
+    monkeypatch.setenv("INTERPRES_HOME", str(home))
+    comp = tmp_path / "compress"
+    assert main(["compress", str(CONFIGS / "compress_lalm_tiny.yaml"), f"out={comp}", f"teacher=[{run / 'model'}]"]) == 0
+    pruned = json.loads((comp / "2-prune" / "model" / "config.json").read_text())
+    assert pruned["lalm"]["ear"]["model"]["encoder_layers"] == 1 and pruned["lalm"]["ear"]["model"]["encoder_layout"] == [[2, 64]]
+    ear_stage = json.loads((comp / "3-redistill" / "ear" / "model" / "config.json").read_text())
+    assert ear_stage["stage"] == "ear" and ear_stage["updates"] == 3 and ear_stage["dev_mse"] >= 0
+    student = json.loads((comp / "3-redistill" / "lm" / "model" / "config.json").read_text())
+    assert student["stage"] == "sft" and student["recipe"]["teacher"] == str(run / "model")
+    report_md = (comp / "report" / "report.md").read_text()
+    for name in ("teacher", "pruned", "re-distilled", "teacher int8", "student int8"):
+        assert f"| {name} |" in report_md, report_md
+    # the student answers through its own encoder, from the CLI like any model
+    capsys.readouterr()
+    wav0 = root / "test" / "wav" / "test-000000.wav"
+    assert main(["ask", str(wav0), "Is there a bell?", "--model", str(comp / "3-redistill" / "lm" / "model")]) == 0
+    assert capsys.readouterr().out.strip()
+
     # the bundle: fp16 weights, the card with the AHA-Eval table; it loads and answers
     from audio_align.lalm import load_lalm_dir
     from audio_align.model_card import main as card_main
