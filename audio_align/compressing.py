@@ -77,22 +77,17 @@ class LalmFamily:
         from audio_align.scenes import corpus_root, read_manifest, read_scenes
         from audio_align.train import chat_batch
         from speech.audio import load_audio
-        from speech.dataset import pad_features
-        from speech.features import features_of
 
         model = self.load(model_dir)
         _, tok, _ = load_lalm_dir(model_dir)
         frontend = AudioFrontEnd.of(model.cfg, ear=model.ear)
-        fcfg = dataclasses.replace(frontend.feature_cfg, pad_to_s=0.0) if hasattr(frontend.feature_cfg, "pad_to_s") \
-            else frontend.feature_cfg
         root = corpus_root(self.scenes)
         manifest = read_manifest(root)
         scenes = read_scenes(root, "train")[: 2 * n]
         questions = qa.questions_by_scene(scenes, "train", manifest["classes"], qa.rules_of(manifest), self.seed)
         batches = []
         for i in range(0, len(scenes), 2):
-            waves = [load_audio(root / "train" / s["wav"]) for s in scenes[i:i + 2]]
-            x, lens = pad_features([features_of(torch.as_tensor(w, dtype=torch.float32), fcfg) for w in waves])
+            x, lens = frontend.features([load_audio(root / "train" / s["wav"]) for s in scenes[i:i + 2]])
             with torch.no_grad():
                 enc, enc_lens, _ = model.ear(x, lens)
             frames = [p.shape[0] for p in pool_states(enc, enc_lens, model.cfg.pool)]
@@ -177,8 +172,9 @@ class LalmFamily:
         model, tok, _ = load_lalm_dir(variant["path"])
         frontend = AudioFrontEnd.of(model.cfg, ear=model.ear)
         if runtime == "torch-int8":
-            model = quantize_torch_int8(model)
             frontend.encoder = quantize_torch_int8(frontend.encoder)
+            model.ear = None  # it hears through the front end's copy: not kept twice
+            model = quantize_torch_int8(model)
         return LalmRunner(model, tok, frontend, self.max_new_tokens)
 
     def _wave(self, path: str) -> np.ndarray:

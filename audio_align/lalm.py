@@ -393,21 +393,24 @@ class AudioFrontEnd:
     @torch.no_grad()
     def encode(self, waves: Sequence[np.ndarray]) -> list[Tensor]:
         """The pooled encoder states alone (what audio_align.encoded caches)."""
-        from speech.dataset import pad_features
-        from speech.features import features_of
-
         for w in waves:
             if len(w) / 16000 > self.max_seconds:
                 raise LalmError(f"audio of {len(w) / 16000:.1f} s: the encoder hears at most {self.max_seconds:.0f} s")
+        x, lens = self.features(waves)
+        enc, enc_lens, _ = self.encoder(x.to(self.device), lens.to(self.device))
+        return [pooled.cpu() for pooled in pool_states(enc, enc_lens, self.pool)]
+
+    def features(self, waves: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+        """The encoder's input features of ``waves``, padded into a batch, and their lengths."""
+        from speech.dataset import pad_features
+        from speech.features import features_of
+
         # no padding to Whisper's 30 s window: a 10 s scene costs a third of the compute, and the
         # projector is trained on the states of unpadded audio, as it hears them at inference
         cfg = self.feature_cfg
         if getattr(cfg, "pad_to_s", 0):
             cfg = dataclasses.replace(cfg, pad_to_s=0.0)
-        feats = [features_of(torch.as_tensor(w, dtype=torch.float32), cfg) for w in waves]
-        x, lens = pad_features(feats)
-        enc, enc_lens, _ = self.encoder(x.to(self.device), lens.to(self.device))
-        return [pooled.cpu() for pooled in pool_states(enc, enc_lens, self.pool)]
+        return pad_features([features_of(torch.as_tensor(w, dtype=torch.float32), cfg) for w in waves])
 
 
 def pool_states(enc: Tensor, enc_lens: Tensor, pool: int) -> list[Tensor]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ def truncate_answers(labels: torch.Tensor, fraction: float) -> torch.Tensor:
             if on and start is None:
                 start = i
             elif not on and start is not None:
-                keep = max(1, -int(-fraction * (i - start) // 1))  # ceil, at least one
+                keep = max(1, math.ceil(fraction * (i - start) - 1e-9))
                 row[start + keep:i] = IGNORE
                 start = None
     return out
@@ -285,18 +286,10 @@ class EarRecipe:
         return batches_by_frames(lengths, self.cfg.max_tokens, self.cfg.max_items, seed=self.cfg.seed, epoch=epoch)
 
     def _batch(self, data: SceneSet, idx: list[int]) -> dict[str, torch.Tensor]:
-        import dataclasses as dc
-
         from speech.audio import load_audio
-        from speech.dataset import pad_features
-        from speech.features import features_of
 
-        fcfg = self.frontend.feature_cfg
-        if getattr(fcfg, "pad_to_s", 0):
-            fcfg = dc.replace(fcfg, pad_to_s=0.0)
-        feats = [features_of(torch.as_tensor(load_audio(self.root / s["split"] / s["wav"]), dtype=torch.float32), fcfg)
-                 for s in (data.scenes[i] for i in idx)]
-        x, lens = pad_features(feats)
+        x, lens = self.frontend.features([load_audio(self.root / data.scenes[i]["split"] / data.scenes[i]["wav"])
+                                          for i in idx])
         target, target_lens = pad_audio([data.states[i].float() for i in idx])
         return {"features": x, "feat_lens": lens, "target": target, "target_lens": target_lens}
 
@@ -398,6 +391,9 @@ def train(cfg: LalmTrainConfig) -> Path:
                         for split in (("train", "dev") if cfg.stage == "ear" else ("train",))}
         del tfront
     if cfg.stage == "ear":
+        if model.ear is None:
+            raise ConfigError(f"stage=ear: {cfg.init} hears through {mcfg.audio_encoder}, it has no encoder of its "
+                              "own to train (interpres compress's prune stage gives it one)")
         if rank == 0:
             barrier(world)
         tok = ChatTokenizer(out / TOKENIZER_FILE)
