@@ -366,3 +366,33 @@ def test_kd_from_a_teacher_moves_the_students_answers_to_the_teachers(tok, tmp_p
     student.zero_grad()
     run(recipe, student, cfg)
     assert kl() < 0.3 * before, (before, kl())
+
+
+def test_the_compress_family_cuts_lm_layers_and_the_ear_and_the_cut_loads_from_its_config(tok, tmp_path):
+    """LalmFamily.load gives the model its own ear; pruning whole LM layers (lm.model.layers) and
+    ear layers, then save, gives a directory that loads from its own config and answers as the
+    pruned model in memory did."""
+    from audio_align.compressing import LalmFamily
+    from compress.prune import PruneConfig, prune
+
+    import dataclasses
+
+    base, _ = _own_ear_model(tok, tmp_path)
+    torch.manual_seed(3)
+    cfg = dataclasses.replace(base.cfg, layers=3)
+    src = save_lalm_dir(AudioLanguageModel(cfg, tok.audio).eval(), tok.tok.path, tmp_path / "m")
+    family = LalmFamily()
+    cut = family.load(src)
+    assert cut.ear is not None and len(cut.ear.layers) == 2
+    prune(cut, PruneConfig(importance="magnitude", layers={"lm.model.layers": [0, 2], "ear.layers": 1}), (), None)
+    family.save(cut, src, tmp_path / "cut", {"pruned_from": str(src)})
+    loaded, tok2, config = load_lalm_dir(tmp_path / "cut")
+    assert config["lalm"]["layers"] == 2 and len(loaded.lm.model.layers) == 2
+    assert config["lalm"]["ear"]["model"]["encoder_layers"] == 1 and config["pruned_from"] == str(src)
+    states = [torch.randn(10, 64, generator=torch.Generator().manual_seed(0))]
+    q = ["Can you hear a bell?"]
+    assert answer(loaded, tok2, states, q) == answer(cut, tok, states, q)
+    with torch.no_grad():
+        b = chat_batch([tok.conversation([(q[0], "yes")], cfg.audio_tokens(10))], states)
+        assert torch.allclose(loaded(b["input_ids"], b["attention_mask"], b["audio"], b["audio_lens"]),
+                              cut(b["input_ids"], b["attention_mask"], b["audio"], b["audio_lens"]), atol=1e-5)
