@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from audio_align import qa
-from audio_align.lalm import (TOKENIZER_FILE, AudioFrontEnd, AudioLanguageModel, answer_nll, give_own_ear,
+from audio_align.lalm import (TOKENIZER_FILE, AudioFrontEnd, AudioLanguageModel, ChatTokenizer, answer_nll, give_own_ear,
                               load_lalm_dir, pad_audio, pool_states, save_lalm_dir, sync_ear_config)
 from compress.family import CompressError
 
@@ -79,7 +79,7 @@ class LalmFamily:
         from speech.audio import load_audio
 
         model = self.load(model_dir)
-        _, tok, _ = load_lalm_dir(model_dir)
+        tok = ChatTokenizer(Path(model_dir) / TOKENIZER_FILE)
         frontend = AudioFrontEnd.of(model.cfg, ear=model.ear)
         root = corpus_root(self.scenes)
         manifest = read_manifest(root)

@@ -384,16 +384,16 @@ def train(cfg: LalmTrainConfig) -> Path:
     # rank 0 fills the encoder caches and trains the tokenizer; the other ranks wait, then read them
     if rank != 0:
         barrier(world)
-    teacher_sets = {}
+    teacher_sets, tfront = {}, None
     if teacher is not None:
         tfront = AudioFrontEnd.of(teacher.cfg, ear=teacher.ear)
         teacher_sets = {split: load_scene_set(root, split, tfront, manifest, cfg.seed, encoder_batch=cfg.encoder_batch)
                         for split in (("train", "dev") if cfg.stage == "ear" else ("train",))}
-        del tfront
     if cfg.stage == "ear":
         if model.ear is None:
             raise ConfigError(f"stage=ear: {cfg.init} hears through {mcfg.audio_encoder}, it has no encoder of its "
                               "own to train (interpres compress's prune stage gives it one)")
+        del tfront  # its states are loaded; the teacher's encoder is not needed while training
         if rank == 0:
             barrier(world)
         tok = ChatTokenizer(out / TOKENIZER_FILE)
@@ -414,9 +414,7 @@ def train(cfg: LalmTrainConfig) -> Path:
         sets["train"] = SceneSet(sets["train"].scenes + asr.scenes, sets["train"].questions + asr.questions,
                                  sets["train"].states + asr.states)
         if teacher is not None:
-            tfront = AudioFrontEnd.of(teacher.cfg, ear=teacher.ear)
             teacher_states = teacher_states + load_asr_set(cfg.asr_corpus, tfront, cfg.asr_utterances, cfg.seed).states
-            del tfront
         log.info("speech recognition: %d utterances of %s", len(asr.scenes), cfg.asr_corpus)
     if rank == 0:
         if not cfg.init and not (out / TOKENIZER_FILE).is_file():
@@ -431,7 +429,7 @@ def train(cfg: LalmTrainConfig) -> Path:
         if teacher is not None and teacher.cfg.vocab_size != mcfg.vocab_size:
             raise ConfigError(f"teacher: {cfg.teacher} has {teacher.cfg.vocab_size} pieces, the new tokenizer "
                               f"{mcfg.vocab_size}: KD needs one tokenizer (start from init)")
-    del frontend
+    del frontend, tfront
     if model.ear is not None:
         model.ear.requires_grad_(False)  # heard through, frozen: its states are cached
     if cfg.train_params == "projector":
